@@ -1,0 +1,167 @@
+"""Config defaults and loading.
+
+Configs are ml_collections `get_config(arg=None)` files under `configs/` (big_vision style).
+Each starts from `base_config()` and overrides what differs. `load_config` is the one entry
+point for scripts and tests: it loads a file, applies `a.b.c=value` overrides, and fails with
+a clear message on an unknown key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # --- Micro-turn layout (interaction_jax/streams/layout.py reads only this). ---
+    c.layout = ml_collections.ConfigDict()
+    c.layout.micro_turn_ms = 200.0
+    c.layout.frame_ms = 12.5  # one dMel / log-mel frame (80 frames/s)
+    c.layout.frames_per_audio_position = 4  # 4 x 12.5 ms = 50 ms per audio position
+    c.layout.video_patches = 16  # patches per micro-turn (0 disables video)
+    c.layout.patch_size = 40
+    c.layout.video_frame_size = 160  # frames are resized/cropped to this square size
+    c.layout.user_text_slots = 4
+    c.layout.background_slots = 4
+    c.layout.model_text_slots = 4
+    # Audio positions per micro-turn are derived: micro_turn_ms / (frame_ms * frames_per_position).
+
+    # --- Features (interaction_jax/features). dMel exactly as Bai et al. 2024. ---
+    c.features = ml_collections.ConfigDict()
+    c.features.sample_rate = 16000
+    c.features.n_fft = 1024
+    c.features.win_length = 800
+    c.features.hop_length = 200
+    c.features.n_mels = 80
+    c.features.fmin = 80.0
+    c.features.fmax = 7600.0
+    c.features.dmel_bins = 16
+    c.features.dmel_min = -7.0
+    c.features.dmel_max = 2.0
+
+    # --- Text. ---
+    c.text = ml_collections.ConfigDict()
+    c.text.tokenizer = "byte"  # "byte" or "sentencepiece"
+    c.text.sentencepiece_model = ""
+
+    # --- Data. ---
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "mix"  # a task name or "mix"
+    c.data.data_dir = ""  # prepared data set; empty = generate on the fly
+    c.data.num_episodes = 64
+    c.data.eval_num_episodes = 16
+    c.data.episode_seconds = 12.0
+    c.data.window_micro_turns = 40
+    c.data.batch_size = 8
+    c.data.worker_count = 0
+    c.data.seed = 0
+    c.data.eval_seed = 1_000_003  # disjoint from training seeds
+
+    # --- Model. ---
+    c.model = ml_collections.ConfigDict()
+    c.model.d_model = 256
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.head_dim = 64
+    c.model.ffn_dim = 1024
+    c.model.layer_pattern = "dense"  # e.g. "dense", "moe", "dense,moe" (repeated to num_layers)
+    c.model.rope_theta = 10_000.0
+    c.model.sliding_window = 0  # 0 = full causal attention
+    c.model.attention_sinks = 0
+    c.model.time_embedding = False
+    c.model.tie_embeddings = True
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.remat = "none"  # "none" | "full" | "dots"
+    c.model.scan_layers = True
+    c.model.attention_impl = "xla"
+    c.model.batch_invariant = False
+    c.model.moe = ml_collections.ConfigDict()
+    c.model.moe.num_experts = 8
+    c.model.moe.top_k = 2
+    c.model.moe.expert_ffn_dim = 512
+    c.model.moe.router = "softmax"  # "softmax" | "sigmoid" (bias-balanced)
+    c.model.moe.shared_expert = False
+    c.model.moe.impl = "ragged_dot"  # "ragged_dot" | "gather" | (kernels) "pallas_gmm" | "gather_gemv"
+    c.model.moe.load_balance_weight = 0.01
+    c.model.moe.z_loss_weight = 1e-3
+    c.model.flow = ml_collections.ConfigDict()
+    c.model.flow.hidden_dim = 256
+    c.model.flow.num_layers = 2
+    c.model.flow.ode_steps = 8
+    c.model.flow.solver = "midpoint"  # "euler" | "midpoint"
+    return c
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid."""
+
+
+def _parse_value(text: str, old):
+    if isinstance(old, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"expected a boolean, got {text!r}")
+    if isinstance(old, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(old, float) and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets `config.<key>` from a string, refusing keys the config does not define."""
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            where = ".".join(parts[:i]) or "<root>"
+            raise ConfigError(
+                f"unknown config key {key!r}: {where!r} has no field {part!r}; known fields: {known}"
+            )
+        if i < len(parts) - 1:
+            node = node[part]
+    old = node[parts[-1]]
+    with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
+        node[parts[-1]] = _parse_value(text, old)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def load_config(path: str, overrides: dict[str, str] | list[str] | None = None, arg: str | None = None):
+    """Loads `get_config(arg)` from a config file and applies `key=value` overrides."""
+    if ":" in os.path.basename(path) and arg is None:
+        path, arg = path.rsplit(":", 1)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_ij_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config(arg=None)")
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    items = overrides.items() if isinstance(overrides, dict) else [o.split("=", 1) for o in overrides or []]
+    for key, value in items:
+        apply_override(config, key.removeprefix("config."), str(value))
+    config.lock()
+    return config

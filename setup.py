@@ -1,0 +1,34 @@
+"""interaction_jax: a JAX research codebase for real-time interaction models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="interaction_jax",
+    version="0.1.0",
+    description="JAX/Flax NNX interaction models: micro-turn streaming over audio, video and text.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["interaction_jax", "interaction_jax.*", "pallas_kernels", "pallas_kernels.*"]),
+    install_requires=[
+        "jax>=0.7.0",
+        "flax>=0.11.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "grain>=0.2.10",
+        "array-record>=0.7.0",
+        "librosa>=0.10.2",
+        "soundfile>=0.12",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.0",
+        "tensorboard>=2.15",
+        "numpy>=1.26",
+        "espeakng-loader>=0.2.4",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "hypothesis>=6.100"],
+        "dev": ["ruff>=0.6"],
+    },
+)
