@@ -3,7 +3,8 @@
 Synthetic interaction tasks need speech with exact word times and no network or system
 package, so we drive libespeak-ng directly: synchronous synthesis, audio and WORD events
 delivered to a Python callback. espeak-ng keeps global state, so one process-wide lock guards
-every call and the library is initialised once. Audio is resampled 22.05 kHz -> `sample_rate`
+every call, and the library is loaded fresh per synthesis so renders are reproducible
+(see `_Engine`). Audio is resampled 22.05 kHz -> `sample_rate`
 with librosa; renders are cached (LRU) because tasks reuse phrases.
 
 Word times: a word starts at its WORD event and ends where the next word starts (the last one
@@ -13,6 +14,7 @@ counted as speech).
 
 from __future__ import annotations
 
+import _ctypes
 import collections
 import ctypes
 import dataclasses
@@ -32,6 +34,7 @@ _EVENT_WORD = 1
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _PARAM_RANGE = 4
+_RAND_SEED = 0
 
 
 class _EventId(ctypes.Union):
@@ -109,19 +112,35 @@ class RenderedSpeech:
 
 
 class _Engine:
-    """The process-wide espeak-ng handle; every method must be called with `_LOCK` held."""
+    """The espeak-ng library; every method must be called with `_LOCK` held.
+
+    espeak-ng keeps synthesis state in function-static variables (e.g. the pitch-flutter
+    phase) that no API resets, so a render would depend on what was synthesised before it.
+    We therefore load the library fresh for every synthesis and unload it afterwards
+    (about 10 ms): a render then depends only on (text, voice), in any process.
+    """
 
     def __init__(self):
         try:
             import espeakng_loader
 
-            lib = ctypes.CDLL(espeakng_loader.get_library_path())
-            data = espeakng_loader.get_data_path()
-        except Exception as e:  # ImportError, OSError: missing wheel or unloadable .so
+            self._lib_path = espeakng_loader.get_library_path()
+            self._data_path = espeakng_loader.get_data_path()
+        except Exception as e:  # ImportError: the wheel is missing
             raise RuntimeError(
-                f"speech: cannot load espeak-ng from the `espeakng-loader` wheel ({e}); "
-                "install it with `pip install espeakng-loader`"
+                f"speech: cannot find espeak-ng ({e}); install it with `pip install espeakng-loader`"
             ) from e
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, int, int]] = []  # (text_position, length, audio ms)
+        self._callback = _CALLBACK(self._on_synth)  # keep a reference: C holds the pointer
+        lib, self.native_rate = self._load()  # fail early with a clear error
+        self._unload(lib)
+
+    def _load(self) -> tuple[ctypes.CDLL, int]:
+        try:
+            lib = ctypes.CDLL(self._lib_path)
+        except OSError as e:
+            raise RuntimeError(f"speech: cannot load espeak-ng from {self._lib_path}: {e}") from e
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
@@ -129,22 +148,27 @@ class _Engine:
         lib.espeak_SetVoiceByName.restype = ctypes.c_int
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [
             ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
             ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(), _INITIALIZE_DONT_EXIT)
+        data = self._data_path.encode()
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_DONT_EXIT)
         if rate <= 0:
-            raise RuntimeError(f"speech: espeak_Initialize failed (returned {rate}) with data dir {data}")
-        self.lib = lib
-        self.native_rate = rate
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, int, int]] = []  # (text_position, length, audio ms)
-        self._callback = _CALLBACK(self._on_synth)  # keep a reference: C holds the pointer
+            self._unload(lib)
+            raise RuntimeError(
+                f"speech: espeak_Initialize failed (returned {rate}) with data dir {self._data_path}"
+            )
         lib.espeak_SetSynthCallback(self._callback)
-        self._voice: VoiceSpec | None = None
+        return lib, rate
+
+    @staticmethod
+    def _unload(lib: ctypes.CDLL) -> None:
+        lib.espeak_Terminate()
+        _ctypes.dlclose(lib._handle)
 
     def _on_synth(self, wav, numsamples, events) -> int:
         if numsamples > 0 and wav:
@@ -157,25 +181,24 @@ class _Engine:
             i += 1
         return 0
 
-    def _set_voice(self, voice: VoiceSpec) -> None:
-        if voice == self._voice:
-            return
-        if self.lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
-            raise ValueError(f"speech: espeak-ng has no voice {voice.espeak_name!r}")
-        self.lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate_wpm), 0)
-        self.lib.espeak_SetParameter(_PARAM_PITCH, int(voice.pitch), 0)
-        self.lib.espeak_SetParameter(_PARAM_RANGE, int(voice.pitch_range), 0)
-        self._voice = voice
-
     def synth(self, text: str, voice: VoiceSpec) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
         """Native-rate int16 audio and WORD events for `text`."""
-        self._set_voice(voice)
-        self._chunks, self._events = [], []
-        buf = ctypes.create_string_buffer(text.encode("utf-8"))
-        err = self.lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        if err != 0:
-            raise RuntimeError(f"speech: espeak_Synth failed with error {err} for text {text!r}")
-        self.lib.espeak_Synchronize()
+        lib, _ = self._load()
+        try:
+            if lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
+                raise ValueError(f"speech: espeak-ng has no voice {voice.espeak_name!r}")
+            lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate_wpm), 0)
+            lib.espeak_SetParameter(_PARAM_PITCH, int(voice.pitch), 0)
+            lib.espeak_SetParameter(_PARAM_RANGE, int(voice.pitch_range), 0)
+            lib.espeak_ng_SetRandSeed(_RAND_SEED)
+            self._chunks, self._events = [], []
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            err = lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            if err != 0:
+                raise RuntimeError(f"speech: espeak_Synth failed with error {err} for text {text!r}")
+            lib.espeak_Synchronize()
+        finally:
+            self._unload(lib)
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return audio, list(self._events)
 
