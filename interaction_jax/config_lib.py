@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.task = "mix"  # a task name or "mix"
     c.data.data_dir = ""  # prepared data set; empty = generate on the fly
+    c.data.eval_data_dir = ""  # prepared held-out set; empty = generate from eval_seed
     c.data.num_episodes = 64
     c.data.eval_num_episodes = 16
     c.data.episode_seconds = 12.0
@@ -97,6 +98,34 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.flow.num_layers = 2
     c.model.flow.ode_steps = 8
     c.model.flow.solver = "midpoint"  # "euler" | "midpoint"
+
+    # --- Training (interaction_jax/train). ---
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.learning_rate = 3e-4
+    c.train.min_lr_ratio = 0.1
+    c.train.warmup_steps = 100
+    c.train.weight_decay = 0.1
+    c.train.grad_clip_norm = 1.0
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.95
+    c.train.grad_accum_steps = 1
+    c.train.log_every = 10
+    c.train.eval_every = 200
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 200
+    c.train.keep_last = 3  # keep the newest N checkpoints ...
+    c.train.keep_every = 0  # ... plus every K-th step forever (0 = off)
+    c.train.async_checkpointing = True
+    c.train.on_nonfinite = "stop"  # "stop" | "skip" (skip the update, keep going)
+    c.train.user_stream_loss_weight = 0.0  # ablation: also predict the user's text stream
+
+    # --- Mesh (interaction_jax/parallel). Product must equal the device count; -1 = the rest. ---
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.expert = 1
+    c.mesh.tensor = 1
     return c
 
 

@@ -188,7 +188,7 @@ class StreamLayout:
         """Shapes/dtypes of one packed window (a batch adds a leading axis). See `pack.py`."""
         L = self.seq_len(num_turns)
         F, M = self.frames_per_audio_position, self.n_mels
-        V, ps = max(self.video_patches, 1), self.patch_size
+        V, ps = self.video_patches, self.patch_size
         return {
             "token_ids": ((L,), np.int32),  # text id fed at text positions, PAD elsewhere
             "dmel": ((L, F, M), np.uint8),  # dMel codes fed at audio positions, 0 elsewhere

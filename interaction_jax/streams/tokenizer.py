@@ -23,8 +23,8 @@ class Control(enum.IntEnum):
     BG_START = 5  # a background result begins
     BG_END = 6  # a background result ends
     BG_ERROR = 7  # the background job failed
-    VIDEO_NONE = 8  # no frame in this micro-turn
-    RESERVED_9 = 9
+    TEXT_END = 8  # ends one typed user message
+    DELEGATE_END = 9  # ends the request text that follows DELEGATE
     RESERVED_10 = 10
     RESERVED_11 = 11
     RESERVED_12 = 12

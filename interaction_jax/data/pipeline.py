@@ -1,0 +1,115 @@
+"""The Grain input pipeline: episodes -> random windows of W micro-turns -> packed static batches.
+
+    MapDataset(source)                 random access to episodes (a prepared store or synthetic)
+      .slice(process_index::count)     each host reads a disjoint shard
+      .shuffle(seed).repeat()          reshuffled every epoch
+      .map(ToGrid)                     features + text streams on the micro-turn grid
+      .random_map(RandomWindow)        a window start per element, from a per-index RNG
+      .batch(B, drop_remainder=True)   static shapes
+      .to_iter_dataset()[.mp_prefetch] worker processes if data.worker_count > 0
+
+Everything is a deterministic function of (seed, element index), so the iterator state is one
+integer; it is saved with the model checkpoint (`grain.checkpoint.CheckpointSave`) and a
+resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+from interaction_jax.data.episode import Episode
+from interaction_jax.streams.layout import StreamLayout
+from interaction_jax.streams.pack import EpisodeGrid, pack_window
+from interaction_jax.streams.tokenizer import make_tokenizer
+
+
+def _split_record(record: Any) -> tuple[Episode, dict]:
+    if isinstance(record, Episode):
+        return record, {}
+    if isinstance(record, tuple) and len(record) == 2 and isinstance(record[0], Episode):
+        return record[0], dict(record[1] or {})
+    raise TypeError(f"data source returned {type(record).__name__}; expected Episode or (Episode, extras)")
+
+
+@dataclasses.dataclass
+class ToGrid(grain.transforms.Map):
+    """Episode (+ optional precomputed log-mels in extras) -> EpisodeGrid."""
+
+    layout: StreamLayout
+    text_config: Any
+    feature_config: Any
+
+    def map(self, record):
+        from interaction_jax.features.mel import FeatureParams
+
+        episode, extras = _split_record(record)
+        um, mm = extras.get("user_logmel"), extras.get("model_logmel")
+        return EpisodeGrid.from_episode(
+            episode,
+            self.layout,
+            make_tokenizer(self.text_config),
+            FeatureParams.from_config(self.feature_config),
+            user_logmel=None if um is None else np.asarray(um, np.float32),
+            model_logmel=None if mm is None else np.asarray(mm, np.float32),
+        )
+
+
+@dataclasses.dataclass
+class RandomWindow(grain.transforms.RandomMap):
+    """Packs a window of `num_turns` micro-turns at a random start (short episodes are padded)."""
+
+    num_turns: int
+
+    def random_map(self, grid: EpisodeGrid, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        last_start = max(0, grid.num_turns - self.num_turns)
+        start = int(rng.integers(0, last_start + 1))
+        return pack_window(grid, start, self.num_turns)
+
+
+def make_dataset(
+    config,
+    source,
+    *,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    num_turns: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
+    """The map-style pipeline (before batching workers); `make_iterator` wraps it."""
+    import jax
+
+    if len(source) == 0:
+        raise ValueError("data source is empty: prepare a data set or raise data.num_episodes")
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    seed = int(config.data.seed if seed is None else seed)
+    bs = int(config.data.batch_size if batch_size is None else batch_size)
+    w = int(config.data.window_micro_turns if num_turns is None else num_turns)
+    if bs % pc and batch_size is None:
+        raise ValueError(f"data.batch_size={bs} is the global batch; it must divide by {pc} processes")
+    per_host = bs // pc if batch_size is None else bs
+    layout = StreamLayout.from_config(config)
+    ds = grain.MapDataset.source(source)
+    if pc > 1:
+        ds = ds.slice(slice(pi, None, pc))
+    if len(ds) == 0:
+        raise ValueError(f"process {pi} of {pc} got no episodes; use at least {pc} episodes")
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    ds = ds.map(ToGrid(layout, config.text, config.features))
+    ds = ds.random_map(RandomWindow(w), seed=seed + 7919 * (pi + 1))
+    return ds.batch(per_host, drop_remainder=True)
+
+
+def make_iterator(config, source, *, worker_count: int | None = None, **kwargs) -> grain.DatasetIterator:
+    """A checkpointable iterator of batches (`get_state()` / `set_state()`)."""
+    ds = make_dataset(config, source, **kwargs).to_iter_dataset()
+    workers = int(config.data.worker_count if worker_count is None else worker_count)
+    if workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(ds)

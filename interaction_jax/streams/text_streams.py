@@ -1,0 +1,110 @@
+"""Text streams on the micro-turn grid: which token goes into which slot of which micro-turn.
+
+Every text stream (user typed text, background results, model text) is a time-ordered list of
+tokens, each with the micro-turn in which it becomes available. `fill_slots` places them into
+the fixed slots of each micro-turn in order; tokens that do not fit carry over to the next
+micro-turn (never dropped inside the window, never reordered, never placed early). Unused
+slots hold `Control.NOTHING`: silence is data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from interaction_jax.data.episode import Episode
+from interaction_jax.streams.layout import StreamLayout
+from interaction_jax.streams.tokenizer import Control
+
+# Gap (seconds) between two model words that starts a new utterance (SPEECH_END / SPEECH_START).
+UTTERANCE_GAP_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedToken:
+    """A token that becomes available in micro-turn `turn` (`time` only orders ties)."""
+
+    turn: int
+    time: float
+    token: int
+
+
+def fill_slots(tokens: list[TimedToken], num_turns: int, slots: int) -> tuple[np.ndarray, int]:
+    """Places tokens into `[num_turns, slots]` (NOTHING-filled), carrying overflow forward.
+
+    Returns the slot array and the number of tokens that did not fit before `num_turns`.
+    """
+    out = np.full((num_turns, max(slots, 0)), int(Control.NOTHING), np.int32)
+    if slots <= 0:
+        return out, len(tokens)
+    ordered = sorted(tokens, key=lambda x: (x.turn, x.time))
+    i = 0
+    for t in range(num_turns):
+        k = 0
+        while i < len(ordered) and ordered[i].turn <= t and k < slots:
+            out[t, k] = ordered[i].token
+            i += 1
+            k += 1
+    return out, len(ordered) - i
+
+
+def _words_to_utterances(words) -> list[list]:
+    utterances: list[list] = []
+    for w in sorted(words, key=lambda w: w.start):
+        if utterances and w.start - utterances[-1][-1].end <= UTTERANCE_GAP_S:
+            utterances[-1].append(w)
+        else:
+            utterances.append([w])
+    return utterances
+
+
+def user_text_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
+    """Typed user messages: the message's tokens then TEXT_END, available at arrival."""
+    out: list[TimedToken] = []
+    for ev in episode.user_text:
+        turn = layout.input_turn(ev.time)
+        ids = tokenizer.encode(ev.text) + [int(Control.TEXT_END)]
+        out += [TimedToken(turn, ev.time + 1e-6 * j, i) for j, i in enumerate(ids)]
+    return out
+
+
+def background_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
+    """Background results/errors: BG_START|BG_ERROR, text, BG_END, available on arrival."""
+    out: list[TimedToken] = []
+    for ev in episode.background:
+        if ev.kind == "request":
+            continue
+        if ev.kind not in ("result", "error"):
+            raise ValueError(f"episode {episode.episode_id}: unknown background event kind {ev.kind!r}")
+        turn = layout.input_turn(ev.time)
+        head = Control.BG_START if ev.kind == "result" else Control.BG_ERROR
+        ids = [int(head)] + tokenizer.encode(ev.text) + [int(Control.BG_END)]
+        out += [TimedToken(turn, ev.time + 1e-6 * j, i) for j, i in enumerate(ids)]
+    return out
+
+
+def model_text_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
+    """What the model should write: utterances framed by SPEECH_START/END, and delegations.
+
+    A word starting at time s is produced by micro-turn `layout.output_turn(s)` (the output
+    block that plays during [s - s mod T, ...)). SPEECH_END is produced with the turn that
+    covers the utterance's end. A delegation request at time s is DELEGATE, request text,
+    DELEGATE_END, produced by `output_turn(s)`.
+    """
+    out: list[TimedToken] = []
+    for utt in _words_to_utterances(episode.model_words):
+        first = utt[0]
+        out.append(TimedToken(layout.output_turn(first.start), first.start - 1e-6, int(Control.SPEECH_START)))
+        for w in utt:
+            ids = tokenizer.encode(w.text + " ")
+            out += [TimedToken(layout.output_turn(w.start), w.start + 1e-6 * j, i) for j, i in enumerate(ids)]
+        last = utt[-1]
+        out.append(TimedToken(layout.output_turn(last.end), last.end, int(Control.SPEECH_END)))
+    for ev in episode.background:
+        if ev.kind != "request":
+            continue
+        ids = [int(Control.DELEGATE)] + tokenizer.encode(ev.text) + [int(Control.DELEGATE_END)]
+        turn = layout.output_turn(ev.time)
+        out += [TimedToken(turn, ev.time + 1e-6 * j, i) for j, i in enumerate(ids)]
+    return out
