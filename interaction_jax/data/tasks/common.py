@@ -10,6 +10,10 @@ Conventions every task follows (the evaluation and packing code rely on them):
     `time + typed_read_s(text)` (a byte tokenizer with 4 slots per 200 ms reads 20 bytes/s)
     and schedule reactions after that. `metadata["instruction_end"]` stores this time.
   * user_audio = user + other voices (+ background speech at low gain) + a small noise floor.
+  * Grading windows: `speak` = a model utterance must *start* inside [start, end) and contain
+    `expected` (it may run past `end`); `silent` = no model word starts inside; `stop` = model
+    speech has ended by `end`; `no_stop` = the model keeps speaking across the whole window;
+    `delegate` / `no_delegate` = a request is / is not emitted inside the window.
 """
 
 from __future__ import annotations
