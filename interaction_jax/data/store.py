@@ -1,0 +1,327 @@
+"""Episode store: ArrayRecord shards of serialised episodes plus a JSON manifest.
+
+    out_dir/
+      shard-00000.array_record   records written with group_size:1 (cheap random access)
+      ...
+      manifest.json              written LAST; its presence is what makes a store complete
+
+Crash safety: `write_store` builds everything in a sibling `out_dir.tmp-<pid>`, fsyncs the
+files and the directory, and only then renames it to `out_dir`. A directory without
+`manifest.json` is never treated as a store, so an interrupted write can never be mistaken
+for a finished one, and an existing store is only replaced with `overwrite=True` (old one
+renamed away, new one renamed in, old one deleted).
+
+`EpisodeStore` is a Grain `RandomAccessDataSource` (len + getitem). It pickles without
+its open readers (they are reopened lazily in each worker process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sized
+from typing import Any
+
+import numpy as np
+
+from interaction_jax.data.episode import Episode
+from interaction_jax.data.serialize import (
+    VERSION as EPISODE_VERSION,
+)
+from interaction_jax.data.serialize import (
+    episode_and_extras_from_bytes,
+    episode_to_bytes,
+    record_header,
+)
+
+MANIFEST = "manifest.json"
+STORE_FORMAT = "interaction_jax.episode_store"
+STORE_VERSION = 1
+_WRITER_OPTIONS = "group_size:1"  # one record per chunk: random reads decode only that record
+_READER_OPTIONS = "readahead_buffer_size:0"  # random access: no read-ahead
+
+
+def is_complete_store(path: str) -> bool:
+    """True iff `path` is a directory holding a manifest (the last file a writer creates)."""
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _as_record(item: Episode | bytes) -> bytes:
+    if isinstance(item, Episode):
+        return episode_to_bytes(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError(f"write_store takes Episodes or serialised bytes, got {type(item).__name__}")
+
+
+class _Progress:
+    """One stderr line every `every` episodes with the running rate."""
+
+    def __init__(self, every: int):
+        self.every, self.t0 = every, time.time()
+
+    def update(self, n: int, final: bool = False) -> None:
+        if self.every <= 0 or (not final and n % self.every):
+            return
+        dt = max(time.time() - self.t0, 1e-9)
+        print(f"write_store: {n} episodes, {n / dt:.1f} episodes/s{' (done)' if final else ''}",
+              file=sys.stderr, flush=True)
+
+
+def _write_shards(tmp: str, records: Iterable[bytes], per_shard: int, progress: _Progress):
+    """Writes shards into `tmp`; returns (shard entries, sorted extras keys)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    shards: list[dict[str, Any]] = []
+    extras_keys: set[str] = set()
+    writer, n = None, 0
+    try:
+        for rec in records:
+            if writer is None:
+                name = f"shard-{len(shards):05d}.array_record"
+                writer = ArrayRecordWriter(os.path.join(tmp, name), _WRITER_OPTIONS)
+                shards.append({"file": name, "num_records": 0})
+            extras_keys.update(record_header(rec).get("extras", []))  # also rejects non-records early
+            writer.write(rec)
+            shards[-1]["num_records"] += 1
+            n += 1
+            progress.update(n)
+            if shards[-1]["num_records"] == per_shard:
+                writer.close()
+                writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+    for s in shards:
+        _fsync_path(os.path.join(tmp, s["file"]))
+    progress.update(n, final=True)
+    return shards, sorted(extras_keys)
+
+
+def write_store(
+    out_dir: str,
+    episodes: Iterable[Episode | bytes],
+    *,
+    num_shards: int | None = None,
+    records_per_shard: int = 256,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool | int = True,
+) -> str:
+    """Writes `episodes` (Episodes or `episode_to_bytes` records) as a store at `out_dir`.
+
+    `num_shards` (needs a sized `episodes`) overrides `records_per_shard`. `metadata`
+    (JSON: task, seed, config summary, ...) is kept in the manifest. `progress`: True prints
+    every 100 episodes, an int every that many, False never. Returns `out_dir`.
+    """
+    out_dir = os.path.normpath(os.path.abspath(out_dir))
+    if num_shards is not None:
+        if num_shards <= 0:
+            raise ValueError(f"num_shards must be > 0, got {num_shards}")
+        if not isinstance(episodes, Sized):
+            raise ValueError("num_shards needs a sized episode collection; pass records_per_shard instead")
+        records_per_shard = max(1, math.ceil(len(episodes) / num_shards))
+    if records_per_shard <= 0:
+        raise ValueError(f"records_per_shard must be > 0, got {records_per_shard}")
+    if os.path.exists(out_dir) and not overwrite:
+        if is_complete_store(out_dir):
+            raise FileExistsError(f"{out_dir} already holds an episode store; "
+                                  "pass overwrite=True to replace it")
+        if not os.path.isdir(out_dir) or os.listdir(out_dir):
+            raise FileExistsError(f"{out_dir} exists and is not an episode store (no {MANIFEST}); "
+                                  "remove it or pass overwrite=True")
+    manifest_meta = json.loads(json.dumps(metadata or {}, default=str))  # fail early, not after hours
+    every = 100 if progress is True else int(progress or 0)
+
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from an earlier crash with this pid
+    os.makedirs(tmp)
+    try:
+        records = map(_as_record, episodes)
+        shards, extras_keys = _write_shards(tmp, records, records_per_shard, _Progress(every))
+        manifest = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "episode_format_version": EPISODE_VERSION,
+            "num_episodes": sum(s["num_records"] for s in shards),
+            "shards": shards,
+            "extras": extras_keys,
+            "metadata": manifest_meta,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created_unix": time.time(),
+        }
+        mpath = os.path.join(tmp, MANIFEST)
+        with open(mpath + ".part", "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(mpath + ".part", mpath)
+        _fsync_path(tmp)
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _install(tmp: str, out_dir: str) -> None:
+    """Renames the finished `tmp` to `out_dir`, moving any existing `out_dir` away first."""
+    old = None
+    if os.path.lexists(out_dir):
+        old = f"{out_dir}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)  # put the previous store back
+        raise
+    _fsync_path(os.path.dirname(out_dir) or ".")
+    if old is not None:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)
+
+
+class EpisodeStore:
+    """Random access to the episodes of one store; see `open_store`.
+
+    `store[i]` is an `Episode`, or `(Episode, extras)` when `with_extras` (default: when the
+    store carries extras such as precomputed log-mels) — the form the Grain pipeline takes.
+    """
+
+    def __init__(self, path: str, manifest: dict[str, Any], with_extras: bool | None = None):
+        self.path = path
+        self.manifest = manifest
+        self.with_extras = bool(manifest.get("extras")) if with_extras is None else with_extras
+        counts = [s["num_records"] for s in manifest["shards"]]
+        self._ends = np.cumsum(counts, dtype=np.int64)
+        self._len = int(self._ends[-1]) if counts else 0
+        self._readers: list[Any] = [None] * len(counts)
+        self._lock = threading.Lock()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.manifest.get("metadata", {})
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _reader(self, shard: int):
+        r = self._readers[shard]
+        if r is None:
+            from array_record.python.array_record_module import ArrayRecordReader
+
+            with self._lock:
+                r = self._readers[shard]
+                if r is None:
+                    path = os.path.join(self.path, self.manifest["shards"][shard]["file"])
+                    r = self._readers[shard] = ArrayRecordReader(path, _READER_OPTIONS)
+        return r
+
+    def raw(self, index: int) -> bytes:
+        """The serialised record of episode `index`."""
+        i = int(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"episode index {index} out of range for a store of {self._len}")
+        shard = int(np.searchsorted(self._ends, i, side="right"))
+        pos = i - (int(self._ends[shard - 1]) if shard else 0)
+        return self._reader(shard).read([pos])[0]
+
+    def episode(self, index: int) -> Episode:
+        return episode_and_extras_from_bytes(self.raw(index))[0]
+
+    def episode_and_extras(self, index: int) -> tuple[Episode, dict[str, np.ndarray]]:
+        return episode_and_extras_from_bytes(self.raw(index))
+
+    def __getitem__(self, index: int) -> Episode | tuple[Episode, dict[str, np.ndarray]]:
+        ep, extras = self.episode_and_extras(index)
+        return (ep, extras) if self.with_extras else ep
+
+    def close(self) -> None:
+        with self._lock:
+            for r in self._readers:
+                if r is not None:
+                    r.close()
+            self._readers = [None] * len(self._readers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = [None] * len(self._readers)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore({self.path!r}, {self._len} episodes, {len(self._readers)} shards)"
+
+
+def _validate(path: str, m: Any) -> None:
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"episode store {path}: {msg}")
+
+    if not isinstance(m, dict) or m.get("format") != STORE_FORMAT:
+        raise bad(f"{MANIFEST} is not an {STORE_FORMAT} manifest")
+    if m.get("version") != STORE_VERSION:
+        raise bad(f"unsupported store version {m.get('version')!r} (this code reads {STORE_VERSION})")
+    for key in ("num_episodes", "shards"):
+        if key not in m:
+            raise bad(f"{MANIFEST} is missing {key!r}")
+    if not isinstance(m["shards"], list):
+        raise bad("manifest 'shards' must be a list")
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    for k, s in enumerate(m["shards"]):
+        if not isinstance(s, dict) or "file" not in s or "num_records" not in s:
+            raise bad(f"manifest shard entry {k} needs 'file' and 'num_records', got {s!r}")
+        f = os.path.join(path, s["file"])
+        if not os.path.isfile(f):
+            raise bad(f"missing shard file {s['file']} (listed in {MANIFEST})")
+        try:
+            r = ArrayRecordReader(f, _READER_OPTIONS)
+            n = r.num_records()
+            r.close()
+        except Exception as e:  # noqa: BLE001 - any reader failure means a damaged shard
+            raise bad(f"shard {s['file']} is unreadable: {e}") from e
+        if n != s["num_records"]:
+            raise bad(f"shard {s['file']} holds {n} records but the manifest says {s['num_records']}")
+    total = sum(s["num_records"] for s in m["shards"])
+    if total != m["num_episodes"]:
+        raise bad(f"shards hold {total} records but the manifest says num_episodes={m['num_episodes']}")
+
+
+def open_store(path: str, *, with_extras: bool | None = None) -> EpisodeStore:
+    """Opens and validates a store written by `write_store` (errors name what is wrong)."""
+    path = os.path.normpath(os.path.abspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"episode store {path} does not exist")
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.isfile(mpath):
+        raise ValueError(f"{path} is not a complete episode store: no {MANIFEST} (an interrupted write?)")
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"episode store {path}: {MANIFEST} is not valid JSON: {e}") from e
+    _validate(path, manifest)
+    return EpisodeStore(path, manifest, with_extras)
