@@ -95,6 +95,8 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partit
                 kept.append(a)
                 prod *= sizes[a]
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    while out and out[-1] is None:
+        out.pop()
     return PartitionSpec(*out)
 
 
