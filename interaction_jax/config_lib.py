@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = True
     c.model.attention_impl = "xla"
     c.model.batch_invariant = False
+    c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary; larger pads the text table (sharding)
+    c.model.text_loss_weight = 1.0
+    c.model.audio_loss_weight = 1.0
     c.model.moe = ml_collections.ConfigDict()
     c.model.moe.num_experts = 8
     c.model.moe.top_k = 2
@@ -98,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.flow.num_layers = 2
     c.model.flow.ode_steps = 8
     c.model.flow.solver = "midpoint"  # "euler" | "midpoint"
+    c.model.flow.sigma_min = 1e-4  # conditional OT path: noise scale left at t=1
 
     # --- Training (interaction_jax/train). ---
     c.train = ml_collections.ConfigDict()

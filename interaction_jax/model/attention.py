@@ -1,0 +1,226 @@
+"""Grouped-query attention with RoPE, causal / sliding-window+sinks masks, and a cached step.
+
+Two layers:
+
+* `attention(q, k, v, *, mask=None | q_positions/kv_positions/window/sinks, impl="xla")` — a
+  pure function over [B, S, H, hd] queries and [B, T, KVH, hd] keys/values. `impl` picks the
+  backend (`c.model.attention_impl`); "xla" is the einsum reference and a Pallas kernel can
+  register itself with `register_attention_impl` without touching the model.
+* `Attention` — the module: projections, RoPE at the packed `positions`, and two entry points,
+  `__call__` (whole sequence, teacher forcing) and `cached` (a block of new positions against
+  an explicit KV cache, gemma-sampler style: the cache comes in and goes out as arrays).
+
+Mask semantics (shared by both paths): key j is visible from query i iff
+  kv_pos[j] <= q_pos[i]  and  (window == 0  or  q_pos[i] - kv_pos[j] < window  or  kv_pos[j] < sinks)
+and, for the cache, j is a written entry. `window` counts the query itself; the first `sinks`
+positions stay visible forever (attention sinks, Xiao et al. 2023).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from interaction_jax.model.layers import fan_in_init, param
+
+NEG_INF = -1e30
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding (half-split convention) of x [B, S, H, hd] at positions [B, S]."""
+    hd = x.shape[-1]
+    half = hd // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, S, half]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def make_mask(
+    q_positions: jax.Array,
+    kv_positions: jax.Array,
+    *,
+    window: int = 0,
+    sinks: int = 0,
+    kv_valid: jax.Array | None = None,
+) -> jax.Array:
+    """Boolean mask [B, S, T] from positions [B, S] / [B, T] (see the module docstring)."""
+    q = q_positions[:, :, None]
+    k = kv_positions[:, None, :]
+    mask = k <= q
+    if window:
+        mask &= (q - k < window) | (k < sinks)
+    if kv_valid is not None:
+        mask &= kv_valid[:, None, :]
+    return mask
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Reference GQA: q [B,S,H,hd], k/v [B,T,KVH,hd], mask [B,S,T] -> [B,S,H,hd]; softmax in f32."""
+    b, s, h, hd = q.shape
+    kvh = k.shape[2]
+    if h % kvh:
+        raise ValueError(f"attention: num_heads={h} is not a multiple of num_kv_heads={kvh}")
+    qg = q.reshape(b, s, kvh, h // kvh, hd)
+    logits = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32)
+    logits = logits * (hd**-0.5)
+    logits = jnp.where(mask[:, None, None, :, :], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    # A row with no visible key (cannot happen for causal rows) would be uniform; zero it.
+    probs = jnp.where(jnp.any(mask, axis=-1)[:, None, None, :, None], probs, 0.0)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(b, s, h, hd).astype(q.dtype)
+
+
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+_IMPLS: dict[str, AttentionFn] = {"xla": xla_attention}
+
+
+def register_attention_impl(name: str, fn: AttentionFn, *, overwrite: bool = False) -> None:
+    """Makes `fn(q, k, v, mask)` selectable as `c.model.attention_impl = name`."""
+    if name in _IMPLS and not overwrite:
+        raise ValueError(f"attention impl {name!r} is already registered")
+    _IMPLS[name] = fn
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    kv_valid: jax.Array | None = None,
+    window: int = 0,
+    sinks: int = 0,
+    impl: str = "xla",
+) -> jax.Array:
+    """Dispatching attention: give either `mask` [B,S,T] or the positions to build it from."""
+    if mask is None:
+        if q_positions is None or kv_positions is None:
+            raise ValueError("attention: pass `mask` or both `q_positions` and `kv_positions`")
+        mask = make_mask(q_positions, kv_positions, window=window, sinks=sinks, kv_valid=kv_valid)
+    if impl not in _IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(_IMPLS)}")
+    return _IMPLS[impl](q, k, v, mask)
+
+
+def _write_rows(cache: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
+    """cache [B,T,...] with new [B,S,...] written at row offsets starts [B] (per-slot)."""
+
+    def one(c, n, s):
+        return jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), s, axis=0)
+
+    return jax.vmap(one)(cache, new, starts)
+
+
+class Attention(nnx.Module):
+    """GQA self-attention: q/k/v projections, RoPE, masked attention, output projection."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        rope_theta: float = 10_000.0,
+        window: int = 0,
+        sinks: int = 0,
+        impl: str = "xla",
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+        self.rope_theta = float(rope_theta)
+        self.window = int(window)
+        self.sinks = int(sinks)
+        self.impl = impl
+        self.dtype = dtype
+        init_in = fan_in_init(d_model)
+        self.wq = param(
+            rngs, init_in, (d_model, num_heads, head_dim), ("embed", "heads", "head_dim"), param_dtype
+        )
+        self.wk = param(
+            rngs, init_in, (d_model, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), param_dtype
+        )
+        self.wv = param(
+            rngs, init_in, (d_model, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), param_dtype
+        )
+        self.wo = param(
+            rngs,
+            fan_in_init(num_heads * head_dim),
+            (num_heads, head_dim, d_model),
+            ("heads", "head_dim", "embed"),
+            param_dtype,
+        )
+
+    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        dt = self.dtype
+        x = x.astype(dt)
+        q = jnp.einsum("bsd,dhk->bshk", x, self.wq[...].astype(dt))
+        k = jnp.einsum("bsd,dhk->bshk", x, self.wk[...].astype(dt))
+        v = jnp.einsum("bsd,dhk->bshk", x, self.wv[...].astype(dt))
+        return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
+
+    def _out(self, o: jax.Array) -> jax.Array:
+        return jnp.einsum("bshk,hkd->bsd", o, self.wo[...].astype(self.dtype))
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Full causal attention over x [B, L, D] with packed `positions` [B, L]."""
+        q, k, v = self._qkv(x, positions)
+        o = attention(
+            q,
+            k,
+            v,
+            q_positions=positions,
+            kv_positions=positions,
+            window=self.window,
+            sinks=self.sinks,
+            impl=self.impl,
+        )
+        return self._out(o)
+
+    def cached(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        k_cache: jax.Array,
+        v_cache: jax.Array,
+        lengths: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """A block x [B, S, D] appended at per-slot offsets `lengths` [B] of the cache.
+
+        k_cache / v_cache: [B, max_len, KVH, hd]. The block's K/V are written at rows
+        [lengths[b], lengths[b] + S) of slot b, then the block attends over rows
+        [0, lengths[b] + S) with the causal / window mask taken on cache row indices (row
+        index = sequence index of the slot; RoPE uses the packed `positions`). Returns
+        (y [B, S, D], new k_cache, new v_cache); the caller advances `lengths`. Writing
+        past max_len is the caller's error to prevent (dynamic_update_slice would clamp).
+        """
+        b, s = x.shape[:2]
+        t = k_cache.shape[1]
+        q, k, v = self._qkv(x, positions)
+        k_cache = _write_rows(k_cache, k, lengths)
+        v_cache = _write_rows(v_cache, v, lengths)
+        q_rows = lengths[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]
+        kv_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))
+        o = attention(
+            q,
+            k_cache.astype(self.dtype),
+            v_cache.astype(self.dtype),
+            q_positions=q_rows,
+            kv_positions=kv_rows,
+            window=self.window,
+            sinks=self.sinks,
+            impl=self.impl,
+        )
+        return self._out(o), k_cache, v_cache

@@ -1,0 +1,222 @@
+"""The interaction model: packed multimodal sequence -> backbone -> text logits + mel flow head.
+
+    batch (streams/layout.py `packed_spec`, leading batch axis B)
+      -> InputEmbedding (kind + text | dMel bag | hMLP patch, per position)
+      -> Transformer (pre-norm GQA + dense/MoE blocks, scanned)
+      -> hidden [B, L, D] -> TextHead (text logits)   and   FlowHead (mel frames, via loss/sampling)
+
+Used functionally (DESIGN.md): the trainer splits the module once and calls
+`forward(graphdef, state, batch, rng)` under `jax.jit`/`jax.grad`. Streaming: `init_cache`
+allocates the explicit KV cache, and `step(block, cache)` runs any contiguous block of packed
+positions (a micro-turn's input block, one output position, a whole turn ...) against it;
+running a window block by block gives the same outputs as `__call__` on the whole window.
+Targets are already aligned by the packer (position p carries the token / mel frames that
+position p must predict), so no shifting happens here.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from interaction_jax.model.embeddings import InputEmbedding
+from interaction_jax.model.flow import FlowHead
+from interaction_jax.model.heads import TextHead
+from interaction_jax.model.transformer import KVCache, Transformer
+from interaction_jax.streams.layout import StreamLayout
+from interaction_jax.streams.tokenizer import make_tokenizer
+
+
+def model_vocab_size(config) -> int:
+    """Text vocabulary of the model: `model.vocab_size` if set (>= the tokenizer's), else the tokenizer's."""
+    tok = make_tokenizer(config.text).vocab_size
+    want = int(config.model.get("vocab_size", 0) or 0)
+    if want and want < tok:
+        raise ValueError(f"model.vocab_size={want} is smaller than the tokenizer's vocabulary ({tok})")
+    return want or tok
+
+
+class InteractionModel(nnx.Module):
+    """Built from a full config: `InteractionModel(config, rngs=nnx.Rngs(0))`."""
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        m = config.model
+        layout = StreamLayout.from_config(config)
+        dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
+        self.d_model = int(m.d_model)
+        self.num_kv_heads = int(m.num_kv_heads)
+        self.head_dim = int(m.head_dim)
+        self.vocab_size = model_vocab_size(config)
+        self.ode_steps = int(m.flow.ode_steps)
+        self.solver = str(m.flow.solver)
+        self.embed = InputEmbedding(
+            d_model=self.d_model,
+            vocab_size=self.vocab_size,
+            n_mels=layout.n_mels,
+            frames_per_position=layout.frames_per_audio_position,
+            dmel_bins=int(config.features.dmel_bins),
+            patch_size=layout.patch_size,
+            video_patches=layout.video_patches,
+            time_embedding=bool(m.time_embedding),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.backbone = Transformer(m, rngs=rngs)
+        self.text_head = TextHead(
+            self.d_model, self.vocab_size, tied=bool(m.tie_embeddings), param_dtype=param_dtype, rngs=rngs
+        )
+        self.flow = FlowHead(
+            self.d_model,
+            frames=layout.frames_per_audio_position,
+            n_mels=layout.n_mels,
+            hidden_dim=int(m.flow.hidden_dim),
+            num_layers=int(m.flow.num_layers),
+            sigma_min=float(m.flow.get("sigma_min", 1e-4)),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def _logits(self, hidden: jax.Array) -> jax.Array:
+        return self.text_head(hidden, self.embed.text)
+
+    def __call__(self, batch: dict) -> dict:
+        """Teacher-forced forward: {text_logits [B,L,V] f32, hidden [B,L,D], aux (MoE losses)}."""
+        x = self.embed(batch)
+        hidden, aux = self.backbone(x, batch["positions"])
+        return {"text_logits": self._logits(hidden), "hidden": hidden, "aux": aux}
+
+    # ---- streaming ------------------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """Empty KV cache for `batch_size` slots of `max_len` positions (lengths = 0)."""
+        return self.backbone.init_cache(batch_size, max_len, self.num_kv_heads, self.head_dim)
+
+    def step(self, block: dict, cache: KVCache) -> tuple[dict, KVCache]:
+        """Runs a block of S packed positions (same keys as a batch, length S; `patches` holds the
+        micro-turns whose VIDEO positions are in the block, [B, W', V, ...], W' may be 0) at each
+        slot's cache offset. Returns ({text_logits, hidden, aux}, cache with lengths + S)."""
+        x = self.embed(block)
+        hidden, aux, cache = self.backbone.step(x, block["positions"], cache)
+        return {"text_logits": self._logits(hidden), "hidden": hidden, "aux": aux}, cache
+
+    def sample_mel(
+        self, hidden: jax.Array, rng: jax.Array, steps: int | None = None, solver: str | None = None
+    ) -> jax.Array:
+        """Mel frames [..., F, M] (log-mel) for backbone states [..., D] with the configured ODE sampler."""
+        return self.flow.sample(hidden, rng, steps=steps or self.ode_steps, solver=solver or self.solver)
+
+
+def text_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(masked mean cross-entropy, masked accuracy) over positions with mask > 0."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    m = mask.astype(jnp.float32)
+    denom = jnp.maximum(jnp.sum(m), 1.0)
+    acc = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * m) / denom
+    return jnp.sum(ce * m) / denom, acc
+
+
+def loss_weights(config) -> dict[str, float]:
+    m = config.model
+    return {
+        "text": float(m.get("text_loss_weight", 1.0)),
+        "audio": float(m.get("audio_loss_weight", 1.0)),
+        "load_balance": float(m.moe.load_balance_weight),
+        "z_loss": float(m.moe.z_loss_weight),
+    }
+
+
+def forward(
+    graphdef: nnx.GraphDef,
+    state,
+    batch: dict,
+    rng: jax.Array,
+    *extra_states,
+    weights: dict[str, float] | None = None,
+) -> tuple[jax.Array, dict]:
+    """Pure training/eval forward: (loss, metrics). `state` (e.g. the nnx.Param state) and any
+    `extra_states` are merged with `graphdef`; `rng` draws the flow-matching noise and times.
+    `weights` (see `loss_weights(config)`) default to 1 for text/audio and the MoE defaults."""
+    w = {"text": 1.0, "audio": 1.0, "load_balance": 0.01, "z_loss": 1e-3}
+    w.update(weights or {})
+    model = nnx.merge(graphdef, state, *extra_states)
+    out = model(batch)
+    t_loss, t_acc = text_loss(out["text_logits"], batch["text_targets"], batch["text_loss_mask"])
+    a_loss = model.flow.loss(out["hidden"], batch["mel_targets"], batch["audio_loss_mask"], rng)
+    aux = out["aux"]
+    loss = (
+        w["text"] * t_loss
+        + w["audio"] * a_loss
+        + w["load_balance"] * aux["load_balance_loss"]
+        + w["z_loss"] * aux["z_loss"]
+    )
+    metrics = {
+        "loss": loss,
+        "text_loss": t_loss,
+        "text_accuracy": t_acc,
+        "audio_loss": a_loss,
+        "load_balance_loss": aux["load_balance_loss"],
+        "z_loss": aux["z_loss"],
+    }
+    if "expert_counts" in aux:
+        metrics["expert_counts"] = aux["expert_counts"]
+    return loss, metrics
+
+
+def dummy_batch(config, batch_size: int, num_turns: int, seed: int = 0) -> dict:
+    """A random batch with the exact packed layout (kinds/positions from the layout, random
+    contents, losses on the model-output kinds). For tests, shape checks and benchmarks."""
+    import numpy as np
+
+    from interaction_jax.streams.layout import Kind
+
+    layout = StreamLayout.from_config(config)
+    spec = layout.packed_spec(num_turns)
+    rs = np.random.RandomState(seed)
+    b, n_turn = batch_size, layout.positions_per_turn
+    kinds = np.tile(layout.turn_kinds(), num_turns)
+    vocab = make_tokenizer(config.text).vocab_size
+    out = {
+        "token_ids": rs.randint(0, vocab, (b,) + spec["token_ids"][0]),
+        "dmel": rs.randint(0, int(config.features.dmel_bins), (b,) + spec["dmel"][0]),
+        "patches": rs.randint(0, 256, (b,) + spec["patches"][0]),
+        "video_present": rs.rand(b, num_turns) < 0.7,
+        "kinds": np.broadcast_to(kinds, (b, kinds.size)),
+        "positions": np.broadcast_to(np.arange(kinds.size), (b, kinds.size)),
+        "micro_turn": np.broadcast_to(np.arange(kinds.size) // n_turn, (b, kinds.size)),
+        "valid": np.ones((b, kinds.size), bool),
+        "text_targets": rs.randint(0, vocab, (b,) + spec["text_targets"][0]),
+        "text_loss_mask": np.broadcast_to(kinds == int(Kind.MODEL_TEXT), (b, kinds.size)),
+        "mel_targets": rs.uniform(-7.0, 2.0, (b,) + spec["mel_targets"][0]),
+        "audio_loss_mask": np.broadcast_to(kinds == int(Kind.MODEL_AUDIO), (b, kinds.size)),
+    }
+    return {k: jnp.asarray(np.asarray(v).astype(spec[k][1])) for k, v in out.items()}
+
+
+def block_of(batch: dict, start: int, stop: int, layout: StreamLayout) -> dict:
+    """The streaming block of positions [start, stop) of a packed window (host-side, static).
+
+    Per-position arrays are sliced; `patches` / `video_present` keep the micro-turns whose VIDEO
+    positions lie in the block (a block must not cut a video block in two).
+    """
+    from interaction_jax.streams.layout import Kind
+
+    seq = batch["kinds"].shape[1]
+    turns = []
+    vs = layout.block_slice(Kind.VIDEO)
+    for t in range(seq // layout.positions_per_turn):
+        lo, hi = t * layout.positions_per_turn + vs.start, t * layout.positions_per_turn + vs.stop
+        if hi <= lo or hi <= start or lo >= stop:
+            continue
+        if lo < start or hi > stop:
+            raise ValueError(f"block [{start}, {stop}) cuts micro-turn {t}'s video positions [{lo}, {hi})")
+        turns.append(t)
+    out = {}
+    for k, v in batch.items():
+        if k in ("patches", "video_present"):
+            out[k] = v[:, turns[0] : turns[-1] + 1] if turns else v[:, :0]
+        else:
+            out[k] = v[:, start:stop]
+    return out
