@@ -184,3 +184,17 @@ def test_gradients_flow_and_match_gather():
         a, b = np.asarray(g_ragged[name][...]), np.asarray(g_gather[name][...])
         assert np.abs(a).sum() > 0, name
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_set_expert_mesh_reaches_nested_layers():
+    from interaction_jax.model.moe import set_expert_mesh
+    from interaction_jax.parallel import make_mesh
+
+    class Outer(nnx.Module):
+        def __init__(self):
+            self.a = MoEFeedForward(D, _cfg(), rngs=nnx.Rngs(0))
+            self.b = nnx.List([MoEFeedForward(D, _cfg(), rngs=nnx.Rngs(1))])
+
+    outer, mesh = Outer(), make_mesh()
+    assert set_expert_mesh(outer, mesh, capacity_factor=2.0) == 2
+    assert outer.b[0].mesh is mesh and outer.a.capacity_factor == 2.0

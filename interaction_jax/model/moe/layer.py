@@ -113,3 +113,20 @@ class MoEFeedForward(nnx.Module):
             "dropped_fraction": dropped,
         }
         return y.reshape(b, length, d), aux
+
+
+def set_expert_mesh(model: nnx.Module, mesh: Mesh | None, capacity_factor: float | None = None) -> int:
+    """Points every `MoEFeedForward` inside `model` at `mesh` (EP turns on where its expert axis > 1).
+
+    Lets a trainer enable expert parallelism after building the model, without threading the mesh
+    through every constructor. `capacity_factor` (if given) overrides the config's. Returns how many
+    MoE layers were updated. Call before `nnx.split`/jit: the mesh is a static attribute.
+    """
+    count = 0
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, MoEFeedForward):
+            module.mesh = mesh
+            if capacity_factor is not None:
+                module.capacity_factor = capacity_factor
+            count += 1
+    return count
