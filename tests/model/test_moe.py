@@ -137,8 +137,11 @@ def test_layer_matches_reference_and_shared_expert():
         m = MoEFeedForward(D, _cfg(shared_expert=shared), rngs=nnx.Rngs(0))
         y, aux = nnx.jit(lambda m, x: m(x))(m, x)
         xt = np.asarray(x.reshape(-1, D), np.float64)
-        r = route(xt.astype(np.float32) @ np.asarray(m.router[...]), 2, "softmax")
-        ref = _loop_reference(xt, r.expert_ids, r.weights, m.expert_weights())
+        logits = xt @ np.asarray(m.router[...], np.float64)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        ids = np.argsort(-p, axis=-1)[:, :2]  # numpy top-2 of the softmax
+        top = np.take_along_axis(p, ids, -1)
+        ref = _loop_reference(xt, ids, top / top.sum(-1, keepdims=True), m.expert_weights())
         if shared:
             g = xt @ np.asarray(m.shared_gate[...])
             ref += (g / (1 + np.exp(-g)) * (xt @ np.asarray(m.shared_up[...]))) @ np.asarray(
