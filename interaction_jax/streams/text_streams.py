@@ -23,11 +23,20 @@ UTTERANCE_GAP_S = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class TimedToken:
-    """A token that becomes available in micro-turn `turn` (`time` only orders ties)."""
+    """A token that becomes available in micro-turn `turn`.
+
+    Tokens are ordered by (turn, time, seq): `time` is the time of the event the token belongs
+    to (all tokens of one event share it) and `seq` keeps an event's tokens together and in order.
+    """
 
     turn: int
     time: float
     token: int
+    seq: int = 0
+
+
+def _event_tokens(turn: int, time: float, ids: list[int], seq0: int) -> list[TimedToken]:
+    return [TimedToken(turn, time, int(i), seq0 + j) for j, i in enumerate(ids)]
 
 
 def fill_slots(tokens: list[TimedToken], num_turns: int, slots: int) -> tuple[np.ndarray, int]:
@@ -38,7 +47,7 @@ def fill_slots(tokens: list[TimedToken], num_turns: int, slots: int) -> tuple[np
     out = np.full((num_turns, max(slots, 0)), int(Control.NOTHING), np.int32)
     if slots <= 0:
         return out, len(tokens)
-    ordered = sorted(tokens, key=lambda x: (x.turn, x.time))
+    ordered = sorted(tokens, key=lambda x: (x.turn, x.time, x.seq))
     i = 0
     for t in range(num_turns):
         k = 0
@@ -62,25 +71,23 @@ def _words_to_utterances(words) -> list[list]:
 def user_text_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
     """Typed user messages: the message's tokens then TEXT_END, available at arrival."""
     out: list[TimedToken] = []
-    for ev in episode.user_text:
-        turn = layout.input_turn(ev.time)
+    for ev in sorted(episode.user_text, key=lambda e: e.time):
         ids = tokenizer.encode(ev.text) + [int(Control.TEXT_END)]
-        out += [TimedToken(turn, ev.time + 1e-6 * j, i) for j, i in enumerate(ids)]
+        out += _event_tokens(layout.input_turn(ev.time), ev.time, ids, len(out))
     return out
 
 
 def background_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
     """Background results/errors: BG_START|BG_ERROR, text, BG_END, available on arrival."""
     out: list[TimedToken] = []
-    for ev in episode.background:
+    for ev in sorted(episode.background, key=lambda e: e.time):
         if ev.kind == "request":
             continue
         if ev.kind not in ("result", "error"):
             raise ValueError(f"episode {episode.episode_id}: unknown background event kind {ev.kind!r}")
-        turn = layout.input_turn(ev.time)
         head = Control.BG_START if ev.kind == "result" else Control.BG_ERROR
         ids = [int(head)] + tokenizer.encode(ev.text) + [int(Control.BG_END)]
-        out += [TimedToken(turn, ev.time + 1e-6 * j, i) for j, i in enumerate(ids)]
+        out += _event_tokens(layout.input_turn(ev.time), ev.time, ids, len(out))
     return out
 
 
@@ -94,17 +101,14 @@ def model_text_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list
     """
     out: list[TimedToken] = []
     for utt in _words_to_utterances(episode.model_words):
-        first = utt[0]
-        out.append(TimedToken(layout.output_turn(first.start), first.start - 1e-6, int(Control.SPEECH_START)))
+        first, last = utt[0], utt[-1]
+        out += _event_tokens(layout.output_turn(first.start), first.start, [int(Control.SPEECH_START)], len(out))
         for w in utt:
-            ids = tokenizer.encode(w.text + " ")
-            out += [TimedToken(layout.output_turn(w.start), w.start + 1e-6 * j, i) for j, i in enumerate(ids)]
-        last = utt[-1]
-        out.append(TimedToken(layout.output_turn(last.end), last.end, int(Control.SPEECH_END)))
-    for ev in episode.background:
+            out += _event_tokens(layout.output_turn(w.start), w.start, tokenizer.encode(w.text + " "), len(out))
+        out += _event_tokens(layout.output_turn(last.end), last.end, [int(Control.SPEECH_END)], len(out))
+    for ev in sorted(episode.background, key=lambda e: e.time):
         if ev.kind != "request":
             continue
         ids = [int(Control.DELEGATE)] + tokenizer.encode(ev.text) + [int(Control.DELEGATE_END)]
-        turn = layout.output_turn(ev.time)
-        out += [TimedToken(turn, ev.time + 1e-6 * j, i) for j, i in enumerate(ids)]
+        out += _event_tokens(layout.output_turn(ev.time), ev.time, ids, len(out))
     return out
