@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.moe.impl = "ragged_dot"  # "ragged_dot" | "gather" | (kernels) "pallas_gmm" | "gather_gemv"
     c.model.moe.load_balance_weight = 0.01
     c.model.moe.z_loss_weight = 1e-3
+    c.model.moe.capacity_factor = 1.25  # expert-parallel only; None = capacity = tokens per device (never drops)
     c.model.flow = ml_collections.ConfigDict()
     c.model.flow.hidden_dim = 256
     c.model.flow.num_layers = 2

@@ -14,10 +14,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (layout/features).", lock_config=True)
-flags.DEFINE_string("png", "", "Where to write the window picture (default <DIR name>_window.png here).")
-flags.DEFINE_integer("episode", 0, "Which episode to render.")
-flags.DEFINE_integer("start", 0, "First micro-turn of the rendered window.")
+
+
+def _define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing never clashes)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (layout/features).", lock_config=True)
+    flags.DEFINE_string("png", "", "Where to write the window picture (default <DIR name>_window.png here).")
+    flags.DEFINE_integer("episode", 0, "Which episode to render.")
+    flags.DEFINE_integer("start", 0, "First micro-turn of the rendered window.")
 
 
 def dataset_stats(source) -> dict:
@@ -78,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -19,15 +19,20 @@ from absl import app, flags
 from interaction_jax.data.episode import Episode
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", "mix", "Synthetic task name or 'mix'.")
-flags.DEFINE_integer("num_episodes", 64, "Number of synthetic episodes.")
-flags.DEFINE_integer("seed", 0, "Episode i uses seed + i. Keep train/eval seed ranges disjoint.")
-flags.DEFINE_float("episode_seconds", 12.0, "Duration of each synthetic episode.")
-flags.DEFINE_string("manifest", "", "A conversation-corpus manifest (JSON lines) instead of synthetic tasks.")
-flags.DEFINE_float("max_seconds", 60.0, "Corpus conversations are split into episodes of at most this long.")
-flags.DEFINE_string("out", None, "Output directory (created atomically).")
-flags.DEFINE_integer("records_per_shard", 256, "Episodes per ArrayRecord shard.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing store.")
+
+
+def _define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing never clashes)."""
+    flags.DEFINE_string("task", "mix", "Synthetic task name or 'mix'.")
+    flags.DEFINE_integer("num_episodes", 64, "Number of synthetic episodes.")
+    flags.DEFINE_integer("seed", 0, "Episode i uses seed + i. Keep train/eval seed ranges disjoint.")
+    flags.DEFINE_float("episode_seconds", 12.0, "Duration of each synthetic episode.")
+    flags.DEFINE_string("manifest", "", "A conversation-corpus manifest (JSON lines) instead of synthetic tasks.")
+    flags.DEFINE_float("max_seconds", 60.0, "Corpus conversations are split into episodes of at most this long.")
+    flags.DEFINE_string("out", None, "Output directory (created atomically).")
+    flags.DEFINE_integer("records_per_shard", 256, "Episodes per ArrayRecord shard.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing store.")
+
 
 
 def synthetic_episodes(task: str, num_episodes: int, seed: int, duration_s: float) -> Iterator[Episode]:
@@ -104,4 +109,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -97,5 +97,7 @@ def restore(
 def abstract_like(state: Any, shardings: Any | None = None) -> Any:
     """ShapeDtypeStructs of `state` (optionally with target shardings) for `restore`."""
     if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), state)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), state
+        )
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), state, shardings)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import config_path
 
 from interaction_jax.config_lib import ConfigError, load_config
