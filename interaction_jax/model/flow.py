@@ -97,9 +97,7 @@ class FlowHead(nnx.Module):
         self.in_proj = Linear(fm, hidden_dim, ("mel", "flow_hidden"), use_bias=True, **kw)
         self.cond_proj = Linear(d_model, hidden_dim, ("embed", "flow_hidden"), use_bias=True, **kw)
         self.time_proj = Linear(hidden_dim, hidden_dim, ("flow_hidden", "flow_hidden"), use_bias=True, **kw)
-        self.norms = nnx.List(
-            [RMSNorm(hidden_dim, param_dtype=param_dtype, rngs=rngs) for _ in range(num_layers)]
-        )
+        self.norms = nnx.List([RMSNorm(hidden_dim, param_dtype=param_dtype, rngs=rngs) for _ in range(num_layers)])
         self.ups = nnx.List(
             [
                 Linear(hidden_dim, 2 * hidden_dim, ("flow_hidden", "flow_hidden"), use_bias=True, **kw)
@@ -108,9 +106,7 @@ class FlowHead(nnx.Module):
         )
         self.downs = nnx.List(
             [
-                Linear(
-                    2 * hidden_dim, hidden_dim, ("flow_hidden", "flow_hidden"), use_bias=True, scale=0.5, **kw
-                )
+                Linear(2 * hidden_dim, hidden_dim, ("flow_hidden", "flow_hidden"), use_bias=True, scale=0.5, **kw)
                 for _ in range(num_layers)
             ]
         )
@@ -127,12 +123,24 @@ class FlowHead(nnx.Module):
         v = self.out_proj(self.out_norm(z))
         return v.reshape(lead + (self.frames, self.n_mels)).astype(jnp.float32)
 
-    def loss(self, h: jax.Array, mel_targets: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
-        """Flow-matching loss on positions with `mask`: h [..., D], mel_targets [..., F, M] (log-mel)."""
+    def loss(
+        self,
+        h: jax.Array,
+        mel_targets: jax.Array,
+        mask: jax.Array,
+        rng: jax.Array,
+        *,
+        x0: jax.Array | None = None,
+        t: jax.Array | None = None,
+    ) -> jax.Array:
+        """Flow-matching loss on positions with `mask`: h [..., D], mel_targets [..., F, M] (log-mel).
+        Noise `x0` [..., F, M] and times `t` [...] are drawn from `rng` unless given (tests)."""
         k0, kt = jax.random.split(rng)
         x1 = normalize(mel_targets.astype(jnp.float32))
-        x0 = jax.random.normal(k0, x1.shape, jnp.float32)
-        t = jax.random.uniform(kt, x1.shape[:-2], jnp.float32)
+        if x0 is None:
+            x0 = jax.random.normal(k0, x1.shape, jnp.float32)
+        if t is None:
+            t = jax.random.uniform(kt, x1.shape[:-2], jnp.float32)
         xt, u = ot_path(x0, x1, t, self.sigma_min)
         return masked_mse(self(xt, t, h), u, mask)
 

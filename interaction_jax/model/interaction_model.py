@@ -86,7 +86,7 @@ class InteractionModel(nnx.Module):
     def __call__(self, batch: dict) -> dict:
         """Teacher-forced forward: {text_logits [B,L,V] f32, hidden [B,L,D], aux (MoE losses)}."""
         x = self.embed(batch)
-        hidden, aux = self.backbone(x, batch["positions"])
+        hidden, aux = self.backbone(x, batch["positions"], batch.get("valid"))
         return {"text_logits": self._logits(hidden), "hidden": hidden, "aux": aux}
 
     # ---- streaming ------------------------------------------------------------------------
@@ -99,7 +99,7 @@ class InteractionModel(nnx.Module):
         micro-turns whose VIDEO positions are in the block, [B, W', V, ...], W' may be 0) at each
         slot's cache offset. Returns ({text_logits, hidden, aux}, cache with lengths + S)."""
         x = self.embed(block)
-        hidden, aux, cache = self.backbone.step(x, block["positions"], cache)
+        hidden, aux, cache = self.backbone.step(x, block["positions"], cache, block.get("valid"))
         return {"text_logits": self._logits(hidden), "hidden": hidden, "aux": aux}, cache
 
     def sample_mel(

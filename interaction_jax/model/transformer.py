@@ -47,18 +47,14 @@ def parse_pattern(pattern: str, num_layers: int) -> tuple[str, ...]:
     if not kinds or any(k not in LAYER_KINDS for k in kinds):
         raise ValueError(f"layer_pattern={pattern!r}: entries must be from {LAYER_KINDS}")
     if num_layers % len(kinds):
-        raise ValueError(
-            f"num_layers={num_layers} is not a multiple of layer_pattern {kinds} (len {len(kinds)})"
-        )
+        raise ValueError(f"num_layers={num_layers} is not a multiple of layer_pattern {kinds} (len {len(kinds)})")
     return kinds
 
 
 class SwiGLU(nnx.Module):
     """Dense feed-forward: (silu(x W_gate) * x W_up) W_down."""
 
-    def __init__(
-        self, d_model: int, ffn_dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
-    ):
+    def __init__(self, d_model: int, ffn_dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
         self.w_gate = param(rngs, fan_in_init(d_model), (d_model, ffn_dim), ("embed", "mlp"), param_dtype)
         self.w_up = param(rngs, fan_in_init(d_model), (d_model, ffn_dim), ("embed", "mlp"), param_dtype)
@@ -103,15 +99,16 @@ class Block(nnx.Module):
         else:
             self.ffn = SwiGLU(d, int(cfg.ffn_dim), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def _ffn(self, x: jax.Array) -> tuple[jax.Array, dict]:
+    def _ffn(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict]:
         h = self.ffn_norm(x)
         if self.kind == "moe":
-            y, aux = self.ffn(h)
+            y, aux = self.ffn(h, mask)
             return x + y.astype(x.dtype), aux
         return x + self.ffn(h).astype(x.dtype), {}
 
-    def __call__(self, x, positions, cache=None):
-        """cache=None: full sequence. cache=(k, v, lengths): cached block; returns new (k, v)."""
+    def __call__(self, x, positions, cache=None, mask=None):
+        """cache=None: full sequence. cache=(k, v, lengths): cached block; returns new (k, v).
+        `mask` [B, L] (valid positions) only enters the MoE losses/counts, never the outputs."""
         h = self.attn_norm(x)
         if cache is None:
             x = x + self.attn(h, positions).astype(x.dtype)
@@ -121,7 +118,7 @@ class Block(nnx.Module):
             y, k, v = self.attn.cached(h, positions, k, v, lengths)
             x = x + y.astype(x.dtype)
             new_kv = (k, v)
-        x, aux = self._ffn(x)
+        x, aux = self._ffn(x, mask)
         return x, aux, new_kv
 
 
@@ -129,17 +126,15 @@ class LayerGroup(nnx.Module):
     """One repetition of the layer pattern (the unit that is stacked and scanned)."""
 
     def __init__(self, cfg, pattern: tuple[str, ...], *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.blocks = nnx.List(
-            [Block(cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for kind in pattern]
-        )
+        self.blocks = nnx.List([Block(cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for kind in pattern])
 
-    def __call__(self, x, positions, kv=None, lengths=None):
+    def __call__(self, x, positions, kv=None, lengths=None, mask=None):
         """kv=None or (k, v) each [P, B, T, KVH, hd]. Returns (x, aux, new kv or None)."""
         lb, z, counts, n_moe = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), None, 0
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             cache = None if kv is None else (kv[0][i], kv[1][i], lengths)
-            x, aux, new = block(x, positions, cache)
+            x, aux, new = block(x, positions, cache, mask)
             if new is not None:
                 new_k.append(new[0])
                 new_v.append(new[1])
@@ -162,9 +157,7 @@ def _remat(fn, policy: str):
     if policy == "full":
         return jax.checkpoint(fn, prevent_cse=False)
     if policy == "dots":
-        return jax.checkpoint(
-            fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-        )
+        return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
     raise ValueError(f"remat={policy!r}: expected one of {REMAT_POLICIES}")
 
 
@@ -191,13 +184,13 @@ class Transformer(nnx.Module):
         self.groups = make_groups(rngs)
         self.final_norm = RMSNorm(int(cfg.d_model), param_dtype=param_dtype, rngs=rngs)
 
-    def _run(self, x, positions, kv, lengths):
+    def _run(self, x, positions, kv, lengths, mask):
         graphdef, state = nnx.split(self.groups)
 
         def body(x, xs):
             gstate, gkv = xs
             group = nnx.merge(graphdef, gstate)
-            x, aux, new_kv = group(x, positions, gkv, lengths)
+            x, aux, new_kv = group(x, positions, gkv, lengths, mask)
             return x, (aux, new_kv)
 
         body = _remat(body, self.remat)
@@ -220,18 +213,19 @@ class Transformer(nnx.Module):
             out_aux["expert_counts"] = jnp.sum(aux["expert_counts"], axis=0)
         return self.final_norm(x), out_aux, new_kv
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, dict]:
-        """x [B, L, D], positions [B, L] -> (final-normed hidden [B, L, D], aux losses)."""
-        h, aux, _ = self._run(x.astype(self.dtype), positions, None, None)
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """x [B, L, D], positions [B, L] -> (final-normed hidden [B, L, D], aux losses).
+        `mask` [B, L] (e.g. `valid`) restricts the MoE losses / counts to real positions."""
+        h, aux, _ = self._run(x.astype(self.dtype), positions, None, None, mask)
         return h, aux
 
     def init_cache(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int) -> KVCache:
         shape = (self.num_layers, batch_size, max_len, num_kv_heads, head_dim)
-        return KVCache(
-            jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros((batch_size,), jnp.int32)
-        )
+        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros((batch_size,), jnp.int32))
 
-    def step(self, x: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, dict, KVCache]:
+    def step(
+        self, x: jax.Array, positions: jax.Array, cache: KVCache, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, dict, KVCache]:
         """A block x [B, S, D] against `cache`; returns (hidden, aux, cache advanced by S)."""
         p = len(self.pattern)
 
@@ -239,7 +233,7 @@ class Transformer(nnx.Module):
             return a.reshape((self.num_groups, p) + a.shape[1:])
 
         kv = (to_groups(cache.k), to_groups(cache.v))
-        h, aux, (k, v) = self._run(x.astype(self.dtype), positions, kv, cache.lengths)
+        h, aux, (k, v) = self._run(x.astype(self.dtype), positions, kv, cache.lengths, mask)
         k = k.reshape(cache.k.shape)
         v = v.reshape(cache.v.shape)
         return h, aux, KVCache(k, v, cache.lengths + x.shape[1])

@@ -1,0 +1,97 @@
+"""Attention against jax.nn.dot_product_attention and hand-built masks; RoPE; the cached step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from interaction_jax.model.attention import Attention, attention, make_mask, rope
+
+B, L, H, KVH, HD = 2, 12, 4, 2, 8
+
+# Everything runs under jit: op-by-op dispatch compiles every primitive and is far slower on CPU.
+_attention = jax.jit(attention, static_argnames=("window", "sinks", "impl"))
+_reference = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal",))
+_full = nnx.jit(lambda attn, x, pos: attn(x, pos))
+_cached = nnx.jit(lambda attn, x, pos, kc, vc, lengths: attn.cached(x, pos, kc, vc, lengths))
+
+
+def _qkv(seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    return (
+        jax.random.normal(k1, (B, L, H, HD)),
+        jax.random.normal(k2, (B, L, KVH, HD)),
+        jax.random.normal(k3, (B, L, KVH, HD)),
+    )
+
+
+def _explicit_mask(window, sinks):
+    m = np.zeros((L, L), bool)
+    for i in range(L):
+        for j in range(L):
+            m[i, j] = j <= i and (window == 0 or i - j < window or j < sinks)
+    return jnp.asarray(np.broadcast_to(m, (B, L, L)))
+
+
+def test_causal_gqa_matches_jax_nn():
+    q, k, v = _qkv()
+    pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+    ours = _attention(q, k, v, q_positions=pos, kv_positions=pos)
+    ref = _reference(q, k, v, is_causal=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("window,sinks", [(4, 0), (4, 2), (1, 1)])
+def test_sliding_window_with_sinks_matches_explicit_mask(window, sinks):
+    q, k, v = _qkv(1)
+    pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+    expected_mask = _explicit_mask(window, sinks)
+    np.testing.assert_array_equal(make_mask(pos, pos, window=window, sinks=sinks), expected_mask)
+    ours = _attention(q, k, v, q_positions=pos, kv_positions=pos, window=window, sinks=sinks)
+    ref = _reference(q, k, v, mask=expected_mask[:, None])
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_explicit_mask_argument_and_unknown_impl():
+    q, k, v = _qkv(2)
+    mask = jnp.asarray(np.random.RandomState(0).rand(B, L, L) < 0.5) | jnp.eye(L, dtype=bool)
+    ref = _reference(q, k, v, mask=mask[:, None])
+    np.testing.assert_allclose(_attention(q, k, v, mask=mask), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown attention impl"):
+        attention(q, k, v, mask=mask, impl="nope")
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    q = jax.random.normal(jax.random.key(3), (1, 1, 1, HD))
+    k = jax.random.normal(jax.random.key(4), (1, 1, 1, HD))
+
+    def score(pq, pk):
+        rq = rope(q, jnp.array([[pq]]), 10_000.0)
+        rk = rope(k, jnp.array([[pk]]), 10_000.0)
+        return float(jnp.sum(rq * rk))
+
+    assert score(5, 2) == pytest.approx(score(103, 100), abs=1e-4)
+    assert score(0, 0) == pytest.approx(float(jnp.sum(q * k)), abs=1e-5)
+
+
+@pytest.mark.parametrize("window,sinks", [(0, 0), (5, 2)])
+def test_cached_blocks_and_per_slot_offsets_match_full_attention(window, sinks):
+    d = 16
+    attn = Attention(d, H, KVH, HD, window=window, sinks=sinks, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(5), (B, L, d))
+    pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+    full = _full(attn, x, pos)
+    kc = jnp.zeros((B, 20, KVH, HD))
+    vc = jnp.zeros((B, 20, KVH, HD))
+    # Two blocks of 6 at the same offsets for both slots.
+    y0, kc, vc = _cached(attn, x[:, :6], pos[:, :6], kc, vc, jnp.zeros((B,), jnp.int32))
+    y1, _, _ = _cached(attn, x[:, 6:], pos[:, 6:], kc, vc, jnp.full((B,), 6, jnp.int32))
+    np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, atol=1e-5)
+    # Per-slot offsets: slot 0 resumes at 4 (its stale rows 4, 5 get overwritten), slot 1 at 6.
+    blk = jnp.stack([x[0, 4:10], x[1, 6:12]])
+    bpos = jnp.stack([pos[0, 4:10], pos[1, 6:12]])
+    y, kc2, _ = _cached(attn, blk, bpos, kc, vc, jnp.array([4, 6], jnp.int32))
+    np.testing.assert_allclose(y[0], full[0, 4:10], atol=1e-5)
+    np.testing.assert_allclose(y[1], full[1, 6:12], atol=1e-5)
+    np.testing.assert_array_equal(kc2[1, :6], kc[1, :6])  # the prefix of slot 1 is untouched
