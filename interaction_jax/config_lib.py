@@ -60,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.episode_seconds = 12.0
     c.data.window_micro_turns = 40
     c.data.batch_size = 8
-    c.data.worker_count = 0
+    c.data.worker_count = 0  # Grain worker processes (0 = in the training process)
+    c.data.read_threads = 2  # threads reading ahead inside each process
+    c.data.prefetch_batches = 2
     c.data.seed = 0
     c.data.eval_seed = 1_000_003  # disjoint from training seeds
 

@@ -108,7 +108,12 @@ def make_dataset(
 
 def make_iterator(config, source, *, worker_count: int | None = None, **kwargs) -> grain.DatasetIterator:
     """A checkpointable iterator of batches (`get_state()` / `set_state()`)."""
-    ds = make_dataset(config, source, **kwargs).to_iter_dataset()
+    # Grain's default read-ahead (16 threads, 500 elements) front-loads minutes of work on a
+    # small CPU; read a few batches ahead instead.
+    threads = int(getattr(config.data, "read_threads", 2))
+    prefetch = int(getattr(config.data, "prefetch_batches", 2))
+    read = grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=max(prefetch, 1))
+    ds = make_dataset(config, source, **kwargs).to_iter_dataset(read)
     workers = int(config.data.worker_count if worker_count is None else worker_count)
     if workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
