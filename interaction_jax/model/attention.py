@@ -146,9 +146,7 @@ class Attention(nnx.Module):
         self.impl = impl
         self.dtype = dtype
         init_in = fan_in_init(d_model)
-        self.wq = param(
-            rngs, init_in, (d_model, num_heads, head_dim), ("embed", "heads", "head_dim"), param_dtype
-        )
+        self.wq = param(rngs, init_in, (d_model, num_heads, head_dim), ("embed", "heads", "head_dim"), param_dtype)
         self.wk = param(
             rngs, init_in, (d_model, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), param_dtype
         )

@@ -37,9 +37,7 @@ def _is_any(kinds: jax.Array, values) -> jax.Array:
 class TextEmbedding(nnx.Module):
     """Token table [V, D]; `embed` for inputs (x sqrt(D)), `attend` for a tied unembedding."""
 
-    def __init__(
-        self, vocab_size: int, d_model: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
-    ):
+    def __init__(self, vocab_size: int, d_model: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.d_model = d_model
         self.dtype = dtype
         init = nnx.initializers.normal(stddev=d_model**-0.5)
@@ -114,13 +112,9 @@ class InputEmbedding(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        self.kind = param(
-            rngs, nnx.initializers.normal(1.0), (NUM_KINDS, d_model), ("kinds", "embed"), param_dtype
-        )
+        self.kind = param(rngs, nnx.initializers.normal(1.0), (NUM_KINDS, d_model), ("kinds", "embed"), param_dtype)
         if video_patches > 0:
-            self.hmlp = HMLPStem(
-                d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-            )
+            self.hmlp = HMLPStem(d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             self.no_frame = param(rngs, nnx.initializers.normal(1.0), (d_model,), ("embed",), param_dtype)
         else:
             self.hmlp = None

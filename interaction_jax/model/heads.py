@@ -22,9 +22,7 @@ class TextHead(nnx.Module):
     def __init__(self, d_model: int, vocab_size: int, *, tied: bool, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.tied = bool(tied)
         self.w = (
-            None
-            if tied
-            else param(rngs, fan_in_init(d_model), (d_model, vocab_size), ("embed", "vocab"), param_dtype)
+            None if tied else param(rngs, fan_in_init(d_model), (d_model, vocab_size), ("embed", "vocab"), param_dtype)
         )
 
     def __call__(self, h: jax.Array, embedding: TextEmbedding | None = None) -> jax.Array:

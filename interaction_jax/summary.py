@@ -1,0 +1,93 @@
+"""Parameter table of a config's model, by module, without materialising any weight.
+
+    python -m interaction_jax.summary --config=configs/tiny.py [--config.model.num_layers=8]
+
+The model is built under `nnx.eval_shape`, so even the paper-scale config (276B parameters)
+is summarised in seconds on a laptop. The last line is machine-readable:
+
+    total_params=<int> active_params=<int>
+
+Convention for *active* parameters (those used to process one token): every parameter counts
+fully — embeddings (text, dMel, kind, hMLP), attention, norms, dense FFNs, routers, shared
+experts, text and flow heads — except routed expert weights (logical axes with "expert" as the
+first non-"layers" axis), which count top_k / num_experts of their size. Embedding tables are
+included (a looked-up row is "used"; the tables are small next to the backbone here).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from flax import nnx
+
+from interaction_jax.model.interaction_model import InteractionModel
+
+
+def _is_routed_expert(names) -> bool:
+    axes = [n for n in (names or ()) if n != "layers"]
+    return bool(axes) and axes[0] == "expert"
+
+
+def _label(path, depth: int) -> str:
+    """Module label: `depth` named levels; list indices dropped except a block's pattern slot."""
+    out, named = [], 0
+    for i, part in enumerate(str(p) for p in path[:-1]):
+        if part.isdigit():
+            if i and str(path[i - 1]) == "blocks":
+                out.append(part)
+            continue
+        out.append(part)
+        if part not in ("groups", "blocks"):
+            named += 1
+        if named == depth:
+            break
+    return "/".join(out)
+
+
+def abstract_model(config) -> InteractionModel:
+    """The model with ShapeDtypeStruct leaves (nothing allocated)."""
+    return nnx.eval_shape(lambda: InteractionModel(config, rngs=nnx.Rngs(0)))
+
+
+def param_rows(config, depth: int = 2) -> list[tuple[str, int, int]]:
+    """(module path truncated to `depth`, total params, active params) per module, sorted by path."""
+    model = abstract_model(config)
+    ratio = int(config.model.moe.top_k) / int(config.model.moe.num_experts)
+    total: dict[str, int] = defaultdict(int)
+    active: dict[str, float] = defaultdict(float)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        key = _label(path, depth)
+        n = int(np.prod(var.get_value().shape))
+        total[key] += n
+        active[key] += n * ratio if _is_routed_expert(var.get_metadata().get("out_sharding")) else n
+    return [(k, total[k], int(round(active[k]))) for k in sorted(total)]
+
+
+def count_params(config) -> tuple[int, int]:
+    """(total, active) parameter counts; see the module docstring for the convention."""
+    rows = param_rows(config)
+    return sum(r[1] for r in rows), sum(r[2] for r in rows)
+
+
+def format_table(rows: list[tuple[str, int, int]]) -> str:
+    width = max([len(r[0]) for r in rows] + [6])
+    lines = [f"{'module':<{width}}  {'params':>16}  {'active':>16}"]
+    lines += [f"{name:<{width}}  {tot:>16,}  {act:>16,}" for name, tot, act in rows]
+    tot, act = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    lines.append(f"{'total':<{width}}  {tot:>16,}  {act:>16,}")
+    lines.append(f"total_params={tot} active_params={act}")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    del argv
+    print(format_table(param_rows(_CONFIG.value)))
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
+    app.run(main)
