@@ -1,7 +1,8 @@
 """Audio loading: any sample rate in, mono float32 at the model's rate out, with clear errors.
 
 Mono is required unless the caller asks to mix channels down (`mono="mix"`): silently mixing a
-two-channel conversation would merge the user and the model.
+two-channel conversation would merge the user and the model. Two-channel corpora go through
+`load_stereo`, which keeps the channels apart. Resampling is librosa.resample (soxr_hq).
 """
 
 from __future__ import annotations
@@ -9,8 +10,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from typing import Literal, Union
 
 import numpy as np
+
+AudioSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+MonoMode = Literal["require", "mix"]
+_MAX_CHANNELS = 16  # more "channels" than this almost surely means a [channels, samples] array
 
 
 class AudioError(ValueError):
@@ -19,81 +25,144 @@ class AudioError(ValueError):
 
 def _resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     if sr == target_sr:
-        return audio
-    try:
-        import soxr
+        return audio.astype(np.float32, copy=False)
+    import librosa
 
-        return soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32)
-    except ImportError:  # pragma: no cover - librosa brings soxr
-        import librosa
-
-        return librosa.resample(audio, orig_sr=sr, target_sr=target_sr).astype(np.float32)
+    return librosa.resample(audio, orig_sr=sr, target_sr=target_sr).astype(np.float32)
 
 
-def ensure_audio(audio: np.ndarray, sr: int, target_sr: int = 16000, *, mono: str = "require", name: str = "audio"):
-    """Validates an in-memory clip ([n] or [n, channels]) and returns mono float32 at `target_sr`."""
+def _as_float(audio: np.ndarray) -> np.ndarray:
+    """Integer PCM is scaled to [-1, 1) by its full scale; floats are taken as they are."""
+    if np.issubdtype(audio.dtype, np.integer):
+        info = np.iinfo(audio.dtype)
+        if info.min < 0:
+            return (audio.astype(np.float64) / -float(info.min)).astype(np.float32)
+        mid = (info.max + 1) / 2  # unsigned PCM (e.g. 8-bit WAV) is offset binary
+        return ((audio.astype(np.float64) - mid) / mid).astype(np.float32)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(f"unsupported audio dtype {audio.dtype}")
+    return audio.astype(np.float32)
+
+
+def _check_rates(name: str, sr: int, target_sr: int) -> None:
+    if sr <= 0 or target_sr <= 0:
+        raise AudioError(f"{name}: sample rates must be positive, got sr={sr}, target_sr={target_sr}")
+
+
+def ensure_audio(
+    audio: np.ndarray,
+    sr: int,
+    target_sr: int = 16000,
+    *,
+    mono: MonoMode = "require",
+    name: str = "audio",
+) -> np.ndarray:
+    """Validates an in-memory clip ([samples] or [samples, channels]); returns mono float32 at `target_sr`."""
+    if mono not in ("require", "mix"):
+        raise ValueError(f"mono must be 'require' or 'mix', got {mono!r}")
+    _check_rates(name, sr, target_sr)
     audio = np.asarray(audio)
     if audio.size == 0:
-        raise AudioError(f"{name}: audio is empty")
-    if sr <= 0:
-        raise AudioError(f"{name}: sample rate must be positive, got {sr}")
-    audio = audio.astype(np.float32)
+        raise AudioError(f"{name}: audio is empty (shape {audio.shape})")
+    audio = _as_float(audio)
     if not np.isfinite(audio).all():
         raise AudioError(f"{name}: audio contains NaN or inf")
     if audio.ndim == 2:
-        if audio.shape[1] == 1:
+        channels = audio.shape[1]
+        if channels > _MAX_CHANNELS:
+            raise AudioError(
+                f"{name}: shape {audio.shape} read as [samples, channels] has {channels} channels; "
+                "pass [samples, channels] (transpose a [channels, samples] array)"
+            )
+        if channels == 1:
             audio = audio[:, 0]
         elif mono == "mix":
             audio = audio.mean(axis=1)
         else:
             raise AudioError(
-                f"{name}: expected mono audio, got {audio.shape[1]} channels; pass mono='mix' to average "
-                "them, or load_stereo() to keep the channels apart"
+                f"{name}: expected mono audio, got {channels} channels; pass mono='mix' to average "
+                "them, or use load_stereo() to keep the channels apart"
             )
     elif audio.ndim != 1:
         raise AudioError(f"{name}: expected [samples] or [samples, channels], got shape {audio.shape}")
     return _resample(audio, int(sr), int(target_sr))
 
 
-def _read(source) -> tuple[np.ndarray, int, str]:
+def _read(source: AudioSource) -> tuple[np.ndarray, int, str]:
+    """[samples, channels] float32, sample rate, and a name for error messages."""
     import soundfile as sf
 
-    name = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
-    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise AudioError(f"{name}: file does not exist")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = f"<{len(source)} bytes>"
+        if len(source) == 0:
+            raise AudioError(f"{name}: no data (0 bytes)")
+        handle = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        if not os.path.exists(name):
+            raise AudioError(f"{name}: file does not exist")
+        if os.path.isdir(name):
+            raise AudioError(f"{name}: is a directory, not an audio file")
+        if os.path.getsize(name) == 0:
+            raise AudioError(f"{name}: file is empty (0 bytes)")
+        handle = name
+    else:
+        raise TypeError(f"audio source must be a path or bytes, got {type(source).__name__}")
     try:
-        data, sr = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32", always_2d=True)
+        data, sr = sf.read(handle, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        raise AudioError(f"{name}: cannot decode audio ({e})") from e
+        raise AudioError(f"{name}: cannot decode audio, corrupt or unsupported format ({e})") from e
     if data.shape[0] == 0:
         raise AudioError(f"{name}: audio file has no samples")
-    return data, int(sr), str(name)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{name}: audio contains NaN or inf")
+    return data, int(sr), name
 
 
-def load_audio(source, target_sr: int = 16000, *, mono: str = "require") -> np.ndarray:
-    """Reads a file path or bytes; returns mono float32 at `target_sr` (resampled as needed)."""
+def load_audio(source: AudioSource, target_sr: int = 16000, *, mono: MonoMode = "require") -> np.ndarray:
+    """Reads a file path or encoded bytes; returns mono float32 [n] at `target_sr` (resampled as needed)."""
+    if mono not in ("require", "mix"):
+        raise ValueError(f"mono must be 'require' or 'mix', got {mono!r}")
     data, sr, name = _read(source)
     return ensure_audio(data, sr, target_sr, mono=mono, name=name)
 
 
-def load_stereo(source, target_sr: int = 16000) -> np.ndarray:
-    """[channels, n] float32 at `target_sr`, channels kept apart (two-channel conversations)."""
+def load_stereo(source: AudioSource, target_sr: int = 16000, *, channels: int | None = 2) -> np.ndarray:
+    """[channels, n] float32 at `target_sr`, channels kept apart (two-channel conversation corpora).
+
+    `channels` is the count the file must have (None accepts any), so a mono file fed to a
+    two-speaker pipeline fails here rather than as a shape error later.
+    """
     data, sr, name = _read(source)
-    if not np.isfinite(data).all():
-        raise AudioError(f"{name}: audio contains NaN or inf")
+    _check_rates(name, sr, target_sr)
+    if channels is not None and data.shape[1] != channels:
+        raise AudioError(f"{name}: expected {channels} channels, got {data.shape[1]}")
     return np.stack([_resample(data[:, c], sr, target_sr) for c in range(data.shape[1])])
 
 
-def save_wav(path: str, audio: np.ndarray, sr: int) -> str:
-    """Writes 16-bit PCM WAV atomically (temporary file, then rename)."""
+def save_wav(path: str | os.PathLike[str], audio: np.ndarray, sr: int) -> str:
+    """Writes 16-bit PCM WAV atomically (temp file in the same folder, then os.replace).
+
+    `audio` is [n] mono or [channels, n] (as `load_stereo` returns); values are clipped to [-1, 1].
+    """
     import soundfile as sf
 
+    path = os.fspath(path)
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim == 2:
+        audio = audio.T  # soundfile wants [n, channels]
+    elif audio.ndim != 1:
+        raise AudioError(f"{path}: save_wav expects [n] or [channels, n], got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: refusing to write audio containing NaN or inf")
+    if sr <= 0:
+        raise AudioError(f"{path}: sample rate must be positive, got {sr}")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".wav.tmp")
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".", suffix=".wav.tmp")
     os.close(fd)
     try:
-        sf.write(tmp, np.clip(np.asarray(audio, np.float32), -1, 1), sr, subtype="PCM_16", format="WAV")
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), int(sr), subtype="PCM_16", format="WAV")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,23 +1,33 @@
 """Log-mel and dMel exactly as Bai et al. 2024 ("dMel: Speech Tokenization made Simple").
 
-16 kHz audio, 1024-point FFT, 800-sample (50 ms) Hann window, 200-sample (12.5 ms) hop, so
-80 frames/s; centred frames (reflect padding); the *magnitude* spectrum (power 1); 80 mel
-bands from 80 to 7600 Hz (librosa's Slaney-normalised filterbank, htk=False); floor 1e-10;
-log10. dMel quantises every channel independently to 16 bins with centres -7 + 0.6k
-(k = 0..15) after clamping to [-7, 2]: 4 bits per channel, no learned codebook.
+16 kHz audio, 1024-point FFT, 800-sample (50 ms) Hann window (periodic, centred inside the
+1024-point frame as librosa does), 200-sample (12.5 ms) hop, so 80 frames/s; centred frames
+(`T = 1 + len(audio) // hop`, reflect padding by n_fft / 2); the *magnitude* spectrum (power 1,
+not power 2); 80 mel bands from 80 to 7600 Hz; floor 1e-10; log10.
+
+Filterbank choice: librosa.filters.mel defaults (Slaney mel scale, htk=False, norm="slaney",
+i.e. each triangle has unit area). The paper uses the librosa defaults, and the dMel bin range
+[-7, 2] was chosen for exactly this scaling: a different norm would shift every log value.
+
+dMel quantises every channel independently to 16 bins with centres -7 + 0.6k (k = 0..15) after
+clamping to [-7, 2]: 4 bits per channel, no learned codebook. Silence (log10(1e-10) = -10)
+clamps to -7, i.e. code 0 in every channel.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureParams:
-    """Signal-processing constants (defaults = the dMel paper); see `config.features`."""
+    """Signal-processing constants (defaults = the dMel paper); mirrors `config.features`."""
 
     sample_rate: int = 16000
     n_fft: int = 1024
@@ -31,11 +41,34 @@ class FeatureParams:
     dmel_max: float = 2.0
     floor: float = 1e-10
 
+    def __post_init__(self) -> None:
+        # fail at construction, not deep inside librosa with an obscure message
+        if min(self.sample_rate, self.n_fft, self.win_length, self.hop_length, self.n_mels) <= 0:
+            raise ValueError(f"FeatureParams: sizes and rates must be positive: {self}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"FeatureParams: win_length={self.win_length} exceeds n_fft={self.n_fft}")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(
+                f"FeatureParams: need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, "
+                f"fmax={self.fmax}, sample_rate={self.sample_rate}"
+            )
+        if not 2 <= self.dmel_bins <= 256:
+            raise ValueError(f"FeatureParams: dmel_bins={self.dmel_bins} must be in [2, 256] (uint8 codes)")
+        if not self.dmel_min < self.dmel_max:
+            raise ValueError(f"FeatureParams: dmel_min={self.dmel_min} must be < dmel_max={self.dmel_max}")
+        if self.floor <= 0:
+            raise ValueError(f"FeatureParams: floor={self.floor} must be positive")
+
     @classmethod
-    def from_config(cls, fc) -> FeatureParams:
+    def from_config(cls, fc: Mapping[str, Any] | None) -> FeatureParams:
+        """From `config.features` (ConfigDict or dict); missing keys keep the defaults, extras are ignored."""
         if fc is None:
             return cls()
-        return cls(**{f.name: type(getattr(cls, f.name))(fc[f.name]) for f in dataclasses.fields(cls) if f.name in fc})
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in fc:
+                kwargs[f.name] = type(f.default)(fc[f.name])
+        return cls(**kwargs)
 
     @property
     def bin_width(self) -> float:
@@ -47,21 +80,31 @@ class FeatureParams:
 
     @property
     def frame_rate(self) -> float:
+        """Frames per second (80 for the defaults)."""
         return self.sample_rate / self.hop_length
+
+    def num_frames(self, num_samples: int) -> int:
+        """Centred framing: 1 + num_samples // hop (0 for empty audio)."""
+        return 0 if num_samples <= 0 else 1 + num_samples // self.hop_length
 
 
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(params: FeatureParams = FeatureParams()) -> np.ndarray:
-    """[n_mels, 1 + n_fft // 2] Slaney mel filterbank."""
+    """[n_mels, 1 + n_fft // 2] librosa (Slaney) mel filterbank; cached per params."""
     import librosa
 
-    return librosa.filters.mel(
+    fb = librosa.filters.mel(
         sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax
     ).astype(np.float32)
+    fb.setflags(write=False)  # shared through the cache
+    return fb
 
 
 def log_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
-    """log10 magnitude mel spectrogram, [1 + len(audio) // hop, n_mels] float32."""
+    """log10 magnitude mel spectrogram of mono audio at params.sample_rate: [1 + len // hop, n_mels] float32.
+
+    Clips no longer than n_fft / 2 cannot be reflect-padded once, so they are zero-padded instead.
+    """
     import librosa
 
     audio = np.asarray(audio, np.float32)
@@ -71,60 +114,89 @@ def log_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.nd
         return np.zeros((0, params.n_mels), np.float32)
     if not np.isfinite(audio).all():
         raise ValueError("log_mel: audio contains NaN or inf")
-    # reflect padding needs more samples than half a frame; very short clips pad with zeros
-    pad_mode = "reflect" if audio.size > params.n_fft // 2 else "constant"
+    # centring done here (not center=True) so short clips need no librosa warning/special case
+    pad = params.n_fft // 2
+    padded = np.pad(audio, pad, mode="reflect" if audio.size > pad else "constant")
     spec = np.abs(
         librosa.stft(
-            audio,
+            padded,
             n_fft=params.n_fft,
             hop_length=params.hop_length,
             win_length=params.win_length,
             window="hann",
-            center=True,
-            pad_mode=pad_mode,
+            center=False,
         )
     )
     mel = mel_filterbank(params) @ spec
     out = np.log10(np.maximum(mel, params.floor)).T.astype(np.float32)
-    n_frames = 1 + len(audio) // params.hop_length
-    return out[:n_frames]
+    assert out.shape[0] == params.num_frames(audio.size), (out.shape, audio.size)
+    return out
 
 
 def dmel_encode(logmel: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
-    """Nearest-bin-centre codes (uint8 in [0, bins)) after clamping to [dmel_min, dmel_max]."""
-    x = np.clip(np.asarray(logmel, np.float32), params.dmel_min, params.dmel_max)
+    """Nearest-bin-centre codes (uint8 in [0, dmel_bins)) after clamping to [dmel_min, dmel_max]; any shape.
+
+    Values exactly halfway between two centres round to the even code (np.rint).
+    """
+    x = np.asarray(logmel, np.float32)
+    if np.isnan(x).any():
+        raise ValueError("dmel_encode: log-mel contains NaN")
+    x = np.clip(x, params.dmel_min, params.dmel_max)
     codes = np.rint((x - params.dmel_min) / params.bin_width)
     return np.clip(codes, 0, params.dmel_bins - 1).astype(np.uint8)
 
 
 def dmel_decode(codes: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
-    """Log-mel values at the bin centres."""
+    """float32 log-mel values at the bin centres; codes must be integers in [0, dmel_bins)."""
     codes = np.asarray(codes)
+    if not (np.issubdtype(codes.dtype, np.integer) or codes.dtype == np.bool_):
+        raise ValueError(f"dmel_decode: codes must be integers, got dtype {codes.dtype}")
     if codes.size and (codes.min() < 0 or codes.max() >= params.dmel_bins):
-        raise ValueError(f"dMel codes must lie in [0, {params.dmel_bins}), got [{codes.min()}, {codes.max()}]")
+        raise ValueError(
+            f"dmel_decode: codes must lie in [0, {params.dmel_bins}), got values in [{codes.min()}, {codes.max()}]"
+        )
     return params.bin_centres[codes.astype(np.int64)]
 
 
-def mel_to_audio(logmel: np.ndarray, params: FeatureParams = FeatureParams(), n_iter: int = 32) -> np.ndarray:
-    """Waveform from a log10 magnitude mel spectrogram ([T, n_mels]) with Griffin-Lim."""
+def mel_to_audio(
+    logmel: np.ndarray,
+    params: FeatureParams = FeatureParams(),
+    *,
+    n_iter: int = 32,
+    length: int | None = None,
+) -> np.ndarray:
+    """Waveform (float32, params.sample_rate) from a [T, n_mels] log10 magnitude mel, by Griffin-Lim.
+
+    For listening, not fidelity. Default length is (T - 1) * hop samples, i.e. the length of the
+    clip that produced T frames rounded down to a whole hop; `length` trims or zero-pads to a
+    requested number of samples. A single frame spans no whole hop, so it gives silence.
+    """
     import librosa
 
     logmel = np.asarray(logmel, np.float32)
     if logmel.ndim != 2 or logmel.shape[1] != params.n_mels:
-        raise ValueError(f"mel_to_audio expects [frames, {params.n_mels}], got {logmel.shape}")
-    mel = np.power(10.0, logmel).T
-    audio = librosa.feature.inverse.mel_to_audio(
-        mel,
-        sr=params.sample_rate,
-        n_fft=params.n_fft,
-        hop_length=params.hop_length,
-        win_length=params.win_length,
-        window="hann",
-        center=True,
-        power=1.0,
-        n_iter=n_iter,
-        fmin=params.fmin,
-        fmax=params.fmax,
-        length=(logmel.shape[0] - 1) * params.hop_length if logmel.shape[0] > 1 else None,
-    )
-    return np.nan_to_num(audio.astype(np.float32))
+        raise ValueError(f"mel_to_audio expects [frames, {params.n_mels}], got shape {logmel.shape}")
+    if not np.isfinite(logmel).all():
+        raise ValueError("mel_to_audio: log-mel contains NaN or inf")
+    natural = max(0, logmel.shape[0] - 1) * params.hop_length
+    n = natural if length is None else int(length)
+    if natural == 0 or n <= 0:
+        return np.zeros(max(n, 0), np.float32)
+    with warnings.catch_warnings():  # clips under n_fft samples are fine here (zero-padded frames)
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+        audio = librosa.feature.inverse.mel_to_audio(
+            np.power(10.0, logmel.T),
+            sr=params.sample_rate,
+            n_fft=params.n_fft,
+            hop_length=params.hop_length,
+            win_length=params.win_length,
+            window="hann",
+            center=True,
+            power=1.0,
+            n_iter=n_iter,
+            fmin=params.fmin,
+            fmax=params.fmax,
+            length=natural,  # librosa needs a length that maps back to T frames; pad/trim after
+        )
+    audio = audio.astype(np.float32)
+    return audio[:n] if n <= natural else np.pad(audio, (0, n - natural))

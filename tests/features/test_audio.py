@@ -1,0 +1,108 @@
+"""Audio loading: resampling, channels, clear errors, atomic writes."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interaction_jax.features.audio import AudioError, ensure_audio, load_audio, load_stereo, save_wav
+
+
+def _write(path, data, sr, **kw):
+    sf.write(str(path), data, sr, **kw)
+    return str(path)
+
+
+@pytest.mark.parametrize("sr", [8000, 44100])
+def test_load_audio_resamples_to_16k(tmp_path, sr):
+    n = sr // 2  # 0.5 s
+    path = _write(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 200 * np.arange(n) / sr), sr)
+    out = load_audio(path)
+    assert out.dtype == np.float32 and out.ndim == 1 and len(out) == 8000
+    spec = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spec) * 16000 / len(out) - 200) < 3  # the tone survives resampling
+
+
+def test_load_audio_from_bytes_and_pathlike(tmp_path):
+    x = (0.25 * np.sin(np.arange(1600) / 5)).astype(np.float32)
+    path = tmp_path / "b.wav"
+    _write(path, x, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path.read_bytes()), x)
+    np.testing.assert_array_equal(load_audio(path), x)
+
+
+def test_stereo_needs_explicit_mixing(tmp_path):
+    path = _write(tmp_path / "s.wav", np.stack([np.full(4410, 0.2), np.full(4410, -0.4)], 1), 44100)
+    with pytest.raises(AudioError, match="2 channels.*mono='mix'"):
+        load_audio(path)
+    mixed = load_audio(path, mono="mix")
+    assert mixed.shape == (1600,)
+    np.testing.assert_allclose(mixed[200:-200], -0.1, atol=2e-3)  # away from resampler edges
+    both = load_stereo(path)
+    assert both.shape == (2, 1600) and both.dtype == np.float32
+    np.testing.assert_allclose(both[:, 800], [0.2, -0.4], atol=2e-3)
+    with pytest.raises(ValueError, match="'require' or 'mix'"):
+        load_audio(path, mono="left")
+
+
+def test_load_stereo_checks_channel_count(tmp_path):
+    path = _write(tmp_path / "m.wav", np.zeros(1600), 16000)
+    with pytest.raises(AudioError, match="expected 2 channels, got 1"):
+        load_stereo(path)
+    assert load_stereo(path, channels=None).shape == (1, 1600)
+
+
+def test_clear_errors_for_empty_corrupt_and_missing(tmp_path):
+    header_only = _write(tmp_path / "e.wav", np.zeros(0), 16000)
+    with pytest.raises(AudioError, match="e.wav.*no samples"):
+        load_audio(header_only)
+    zero = tmp_path / "z.wav"
+    zero.write_bytes(b"")
+    with pytest.raises(AudioError, match="z.wav.*empty"):
+        load_audio(str(zero))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wav at all" * 10)
+    with pytest.raises(AudioError, match="bad.wav.*cannot decode"):
+        load_audio(str(bad))
+    with pytest.raises(AudioError, match="cannot decode"):
+        load_audio(b"garbage bytes" * 10)
+    with pytest.raises(AudioError, match="missing.wav.*does not exist"):
+        load_audio(str(tmp_path / "missing.wav"))
+    with pytest.raises(AudioError, match="directory"):
+        load_audio(str(tmp_path))
+
+
+def test_ensure_audio_checks_in_memory_arrays():
+    with pytest.raises(AudioError, match="NaN or inf"):
+        ensure_audio(np.array([0.0, np.inf]), 16000)
+    with pytest.raises(AudioError, match="empty"):
+        ensure_audio(np.zeros(0), 16000)
+    with pytest.raises(AudioError, match="2 channels"):
+        ensure_audio(np.zeros((100, 2)), 16000)
+    with pytest.raises(AudioError, match="transpose"):
+        ensure_audio(np.zeros((2, 1000)), 16000)
+    with pytest.raises(AudioError, match="positive"):
+        ensure_audio(np.zeros(10), 0)
+    np.testing.assert_allclose(ensure_audio(np.array([[0.2, 0.4]] * 10), 16000, mono="mix"), 0.3)
+    np.testing.assert_allclose(ensure_audio(np.array([16384, -32768], np.int16), 16000), [0.5, -1.0])
+    assert ensure_audio(np.zeros(8000, np.float64), 8000).shape == (16000,)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([8000, 11025, 22050, 24000, 44100, 48000]), st.integers(1, 4000))
+def test_resampled_length_is_proportional(sr, n):
+    out = ensure_audio(np.zeros(n, np.float32), sr)
+    assert out.dtype == np.float32 and abs(len(out) - n * 16000 / sr) <= 1
+
+
+def test_save_wav_is_atomic_and_round_trips(tmp_path):
+    x = (0.25 * np.sin(np.arange(1600) / 5)).astype(np.float32)
+    p = save_wav(tmp_path / "sub" / "o.wav", x, 16000)
+    np.testing.assert_allclose(load_audio(p), x, atol=1e-4)
+    save_wav(p, np.stack([x, -x]), 16000)  # overwrite in place, [channels, n]
+    np.testing.assert_allclose(load_stereo(p), np.stack([x, -x]), atol=1e-4)
+    assert sorted(f.name for f in (tmp_path / "sub").iterdir()) == ["o.wav"]  # no temp files left
+    with pytest.raises(AudioError, match="NaN"):
+        save_wav(tmp_path / "n.wav", np.array([np.nan]), 16000)
+    assert not (tmp_path / "n.wav").exists()
