@@ -85,6 +85,21 @@ class MetricWriter:
             self._w.close()
 
 
+def read_tags(logdir: str) -> dict[str, str]:
+    """{tag: plugin name} of everything in `logdir` ("scalars", "images", "audio")."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict[str, str] = {}
+    for path in sorted(glob.glob(f"{logdir}/events.out.tfevents.*")):
+        for ev in EventFileLoader(path).Load():
+            for v in ev.summary.value:
+                kind = v.WhichOneof("value")
+                out[v.tag] = v.metadata.plugin_data.plugin_name or str(kind)
+    return out
+
+
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     """All scalars in `logdir` as {tag: [(step, value), ...]} (for tests and scripts)."""
     import glob
@@ -97,4 +112,7 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
             for v in ev.summary.value:
                 if v.HasField("simple_value"):
                     out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+                elif v.metadata.plugin_data.plugin_name == "scalars" and v.tensor.float_val:
+                    # the loader migrates simple_value into the tensor form
+                    out.setdefault(v.tag, []).append((ev.step, float(v.tensor.float_val[0])))
     return out

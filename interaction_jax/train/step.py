@@ -1,0 +1,94 @@
+"""Jitted train and eval steps: pure functions of (state, batch) with donated state.
+
+Compiled once per (config, batch shape): the step number, learning rate and RNG are data,
+never Python values, so nothing retraces as training proceeds (tested by counting compiles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from interaction_jax.model.interaction_model import forward, loss_weights
+from interaction_jax.train.state import TrainSetup
+
+
+def _global_norm(tree) -> jax.Array:
+    return optax.global_norm(tree)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(config, setup: TrainSetup) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)`, jitted with donated state and explicit shardings."""
+    weights = loss_weights(config)
+    skip_nonfinite = str(config.train.on_nonfinite) == "skip"
+    graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
+
+    def step_fn(state, batch):
+        rng, sub = jax.random.split(state["rng"])
+
+        def loss_fn(params):
+            return forward(graphdef, params, batch, sub, state["rest"], weights=weights)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+            params = keep(params, state["params"])
+            opt_state = keep(opt_state, state["opt_state"])
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "rest": state["rest"],
+            "opt_state": opt_state,
+            "rng": rng,
+        }
+        metrics = dict(metrics)
+        metrics["grad_norm"] = _global_norm(grads)
+        metrics["param_norm"] = _global_norm(params)
+        metrics["learning_rate"] = schedule(state["step"])
+        metrics["finite"] = finite
+        return new_state, metrics
+
+    replicated = NamedSharding(setup.mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(setup.state_shardings, setup.batch_sharding),
+        out_shardings=(setup.state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(config, setup: TrainSetup) -> Callable:
+    """`eval_step(state, batch, rng) -> metrics` (same losses as training, no update)."""
+    weights = loss_weights(config)
+    graphdef = setup.graphdef
+
+    def eval_fn(state, batch, rng):
+        _, metrics = forward(graphdef, state["params"], batch, rng, state["rest"], weights=weights)
+        return metrics
+
+    replicated = NamedSharding(setup.mesh, PartitionSpec())
+    return jax.jit(
+        eval_fn,
+        in_shardings=(setup.state_shardings, setup.batch_sharding, replicated),
+        out_shardings=replicated,
+    )
+
+
+def to_global_batch(batch: dict, setup: TrainSetup) -> dict:
+    """Process-local numpy batch -> global jax.Arrays sharded over the batch axis (multi-host safe)."""
+    sharding = setup.batch_sharding
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

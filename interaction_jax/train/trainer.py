@@ -1,0 +1,250 @@
+"""The training loop: data -> jitted step -> logs, evals, checkpoints; resumable and preemptible.
+
+    python -m interaction_jax.train --config=configs/tiny.py --workdir=runs/tiny
+
+* Resumes from the newest committed checkpoint in `workdir/checkpoints` (train state and the
+  Grain iterator position together), so a killed run continues bitwise-identically.
+* SIGTERM (preemption) -> save at the next step boundary and exit cleanly.
+* A non-finite loss stops the run with a message naming the step (the last good checkpoint is
+  kept), or skips that update when `train.on_nonfinite="skip"`.
+* TensorBoard events in `workdir/tb`: every loss term, learning rate, grad norm, tokens/s,
+  MFU, MoE expert load; at eval intervals the held-out losses, a generated-speech audio
+  summary and a micro-turn timeline image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from interaction_jax.data.pipeline import make_iterator
+from interaction_jax.data.sources import open_source
+from interaction_jax.parallel import make_mesh
+from interaction_jax.streams.layout import StreamLayout
+from interaction_jax.train import checkpoint as ckpt
+from interaction_jax.train.metrics import MetricWriter
+from interaction_jax.train.mfu import device_peak_flops, transformer_train_flops_per_token
+from interaction_jax.train.state import abstract_state, create_train_state
+from interaction_jax.train.step import make_eval_step, make_train_step, to_global_batch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradients became NaN/inf."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    history: list[dict]  # logged metrics (one dict per log interval)
+    eval_history: list[dict]
+    preempted: bool = False
+
+
+def _to_host(metrics: dict) -> dict:
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        out[k] = v if v.ndim else float(v)
+    return out
+
+
+def _flops_per_token(config) -> tuple[float, int, int]:
+    from interaction_jax.summary import count_params
+
+    total, active = count_params(config)
+    layout = StreamLayout.from_config(config)
+    seq = layout.seq_len(int(config.data.window_micro_turns))
+    m = config.model
+    return transformer_train_flops_per_token(active, int(m.num_layers), seq, int(m.num_heads) * int(m.head_dim)), total, active
+
+
+class Trainer:
+    """Owns the run's state; `run()` trains to `train.num_steps` (or until preempted)."""
+
+    def __init__(self, config, workdir: str, *, mesh=None, log=print):
+        self.config, self.workdir, self.log = config, workdir, log
+        os.makedirs(workdir, exist_ok=True)
+        self.mesh = mesh or make_mesh(config.mesh)
+        self.setup, self.state = create_train_state(config, self.mesh)
+        self.train_step = make_train_step(config, self.setup)
+        self.eval_step = make_eval_step(config, self.setup)
+        self.layout = StreamLayout.from_config(config)
+        self.train_source = open_source(config, split="train")
+        self.eval_source = open_source(config, split="eval")
+        self.data = make_iterator(config, self.train_source)
+        self.manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.train)
+        self.writer = MetricWriter(os.path.join(workdir, "tb"), enabled=jax.process_index() == 0)
+        self._preempt = False
+        self.flops_per_token, self.total_params, self.active_params = _flops_per_token(config)
+        self.peak_flops, self.peak_source = device_peak_flops()
+        self.tokens_per_step = int(config.data.batch_size) * self.layout.seq_len(int(config.data.window_micro_turns))
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def maybe_restore(self) -> int:
+        if self.manager.latest_step() is None:
+            return 0
+        self.state, step = ckpt.restore(self.manager, abstract_state(self.state), self.data)
+        self.log(f"[train] resumed from {self.manager.directory}/{step}")
+        return step
+
+    def save(self, step: int, *, force: bool = False) -> None:
+        ckpt.save(self.manager, step, self.state, self.data, force=force)
+
+    def _on_sigterm(self, signum, frame):  # noqa: ARG002
+        self.log("[train] SIGTERM: will checkpoint at the next step boundary and exit")
+        self._preempt = True
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self, step: int, *, summaries: bool = True) -> dict:
+        cfg = self.config
+        it = make_iterator(cfg, self.eval_source, seed=int(cfg.data.eval_seed))
+        rng = jax.random.key(12345)
+        sums: dict[str, float] = {}
+        batch = None
+        n = int(cfg.train.eval_batches)
+        for _ in range(n):
+            host_batch = next(it)
+            batch = to_global_batch(host_batch, self.setup)
+            m = _to_host(self.eval_step(self.state, batch, rng))
+            for k, v in m.items():
+                if np.ndim(v) == 0:
+                    sums[k] = sums.get(k, 0.0) + v / n
+        self.writer.scalars(step, {f"eval/{k}": v for k, v in sums.items()})
+        if summaries and batch is not None and jax.process_index() == 0:
+            try:
+                self._write_summaries(step, host_batch)
+            except Exception as e:  # noqa: BLE001 - summaries must never kill a run
+                self.log(f"[train] eval summaries failed: {e!r}")
+        return sums
+
+    def _write_summaries(self, step: int, host_batch: dict) -> None:
+        """Generated speech (flow-head samples -> Griffin-Lim) and a timeline of predictions."""
+        from flax import nnx
+
+        from interaction_jax.features.mel import FeatureParams, mel_to_audio
+        from interaction_jax.streams.layout import Kind
+        from interaction_jax.streams.plot import plot_window
+        from interaction_jax.streams.tokenizer import make_tokenizer
+
+        one = {k: v[:1] for k, v in host_batch.items()}
+        model = nnx.merge(self.setup.graphdef, jax.device_get(self.state["params"]), jax.device_get(self.state["rest"]))
+        out = model(jax.tree.map(np.asarray, one))
+        W = len(one["video_present"][0])
+        audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
+        text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
+        mel = np.asarray(model.sample_mel(out["hidden"][0, audio_idx], jax.random.key(step)))
+        window = {k: np.asarray(v[0]).copy() for k, v in one.items()}
+        window["mel_targets"][audio_idx] = mel
+        window["text_targets"][text_idx] = np.asarray(out["text_logits"][0, text_idx].argmax(-1))
+        params = FeatureParams.from_config(self.config.features)
+        audio = mel_to_audio(mel.reshape(-1, self.layout.n_mels), params, n_iter=16)
+        self.writer.audio(step, "eval/generated_speech", audio, params.sample_rate)
+        path = os.path.join(self.workdir, f"timeline_{step}.png")
+        plot_window(window, self.layout, make_tokenizer(self.config.text), path, title=f"step {step}: predictions")
+        import matplotlib.image as mpimg
+
+        self.writer.image(step, "eval/timeline", (mpimg.imread(path)[..., :3] * 255).astype(np.uint8))
+        os.remove(path)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.config.train
+        start = self.maybe_restore()
+        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        history, eval_history = [], []
+        self.log(
+            f"[train] {self.total_params:,} params ({self.active_params:,} active), "
+            f"{self.tokens_per_step} tokens/step, mesh {dict(self.mesh.shape)}, peak {self.peak_flops / 1e9:.1f} "
+            f"GFLOP/s ({self.peak_source})"
+        )
+        step, t_last, acc, n_acc, skipped = start, time.perf_counter(), {}, 0, 0
+        t_start = t_last
+        try:
+            while step < int(cfg.num_steps):
+                batch = to_global_batch(next(self.data), self.setup)
+                self.state, metrics = self.train_step(self.state, batch)
+                step += 1
+                if self.config.train.on_nonfinite == "stop" or step % int(cfg.log_every) == 0:
+                    m = _to_host(metrics)
+                    if not m["finite"]:
+                        if self.config.train.on_nonfinite == "stop":
+                            raise NonFiniteLossError(
+                                f"non-finite loss/gradients at step {step} (loss={m['loss']}); stopping. "
+                                f"The last good checkpoint is kept in {self.manager.directory} "
+                                f"(step {self.manager.latest_step()}). Set train.on_nonfinite='skip' to skip such updates."
+                            )
+                        skipped += 1
+                    for k, v in m.items():
+                        if np.ndim(v) == 0:
+                            acc[k] = acc.get(k, 0.0) + v
+                        else:
+                            acc[k] = acc.get(k, 0) + v
+                    n_acc += 1
+                if step % int(cfg.log_every) == 0 or step == int(cfg.num_steps):
+                    history.append(self._log_interval(step, start, acc, n_acc, t_last, t_start, skipped))
+                    acc, n_acc, t_last = {}, 0, time.perf_counter()
+                if cfg.eval_every and step % int(cfg.eval_every) == 0:
+                    eval_history.append({"step": step, **self.evaluate(step)})
+                if self._preempt:
+                    self.save(step, force=True)
+                    self.manager.wait_until_finished()
+                    self.log(f"[train] preempted: saved step {step} and exiting")
+                    return TrainResult(step, history, eval_history, preempted=True)
+                if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0:
+                    self.save(step)
+            if self.manager.latest_step() != step:
+                self.save(step, force=True)
+            self.manager.wait_until_finished()
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            self.writer.flush()
+        return TrainResult(step, history, eval_history)
+
+    def _log_interval(self, step, start, acc, n_acc, t_last, t_start, skipped) -> dict:
+        cfg = self.config.train
+        jax.block_until_ready(self.state["step"])
+        now = time.perf_counter()
+        steps_done = step - start
+        interval_steps = max(1, (step - start) % int(cfg.log_every) or int(cfg.log_every))
+        dt = max(now - t_last, 1e-9)
+        steps_per_s = interval_steps / dt
+        tokens_per_s = steps_per_s * self.tokens_per_step
+        n_dev = jax.device_count()
+        mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * n_dev)
+        eta = (int(cfg.num_steps) - step) / steps_per_s
+        scalars = {k: v / max(n_acc, 1) for k, v in acc.items() if np.ndim(v) == 0}
+        scalars.update({"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": skipped})
+        if "expert_counts" in acc:
+            counts = np.asarray(acc["expert_counts"], np.float64)
+            load = counts / max(counts.sum(), 1.0)
+            scalars.update({f"moe/expert_load_{e}": float(x) for e, x in enumerate(load)})
+            scalars["moe/max_load_ratio"] = float(load.max() * len(load)) if len(load) else 0.0
+        self.writer.scalars(step, scalars)
+        self.log(
+            f"[train] step {step}/{cfg.num_steps} loss {scalars.get('loss', float('nan')):.4f} "
+            f"(text {scalars.get('text_loss', float('nan')):.3f} audio {scalars.get('audio_loss', float('nan')):.3f}) "
+            f"{steps_per_s:.2f} steps/s {tokens_per_s:,.0f} tok/s MFU {100 * mfu:.1f}% "
+            f"ETA {_fmt_eta(eta)} ({steps_done} steps this run, {time.perf_counter() - t_start:.0f}s)"
+        )
+        return {"step": step, **scalars}
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
