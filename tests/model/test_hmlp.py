@@ -18,7 +18,7 @@ def stem():
 
 
 def _patches(n, seed=0):
-    return jnp.asarray(np.random.RandomState(seed).randint(0, 256, (n, 40, 40, 3)).astype(np.uint8))
+    return np.random.RandomState(seed).randint(0, 256, (n, 40, 40, 3)).astype(np.uint8)
 
 
 def test_shapes_for_any_number_of_patches(stem):
@@ -31,24 +31,26 @@ def test_shapes_for_any_number_of_patches(stem):
 def test_permuting_patches_permutes_outputs(stem):
     x = _patches(6)
     perm = np.array([3, 0, 5, 1, 4, 2])
-    y = _apply(stem, x)
+    y = np.asarray(_apply(stem, x))
     np.testing.assert_allclose(_apply(stem, x[perm]), y[perm], atol=1e-5)
-    np.testing.assert_allclose(jnp.mean(y, -1), 0.0, atol=1e-5)  # final LayerNorm (scale 1, bias 0)
+    np.testing.assert_allclose(np.mean(y, -1), 0.0, atol=1e-5)  # final LayerNorm (scale 1, bias 0)
 
 
 def test_no_cross_patch_mixing(stem):
     x = _patches(6, seed=1)
-    y = _apply(stem, x)
-    y2 = _apply(stem, x.at[2].set(255 - x[2]))
-    others = jnp.array([0, 1, 3, 4, 5])
+    y = np.asarray(_apply(stem, x))
+    x2 = x.copy()
+    x2[2] = 255 - x2[2]
+    y2 = np.asarray(_apply(stem, x2))
+    others = np.array([0, 1, 3, 4, 5])
     np.testing.assert_allclose(y2[others], y[others], atol=1e-6)
-    assert float(jnp.max(jnp.abs(y2[2] - y[2]))) > 1e-3
+    assert np.max(np.abs(y2[2] - y[2])) > 1e-3
 
 
 def test_gradients_reach_every_parameter(stem):
     g, p = nnx.split(stem)
     grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(g, p)(_patches(2)) ** 3)))(p)
-    assert all(float(jnp.linalg.norm(v)) > 0 for v in jax.tree.leaves(grads))
+    assert all(float(np.linalg.norm(np.asarray(v))) > 0 for v in jax.tree.leaves(grads))
 
 
 def test_wrong_patch_size_is_rejected(stem):
