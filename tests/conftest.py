@@ -17,3 +17,23 @@ def tiny_config():
     from interaction_jax.config_lib import load_config
 
     return load_config(config_path("tiny.py"))
+
+
+def _enable_compilation_cache() -> None:
+    """Share compiled executables across tests and runs (identical shapes recompile in ms).
+
+    Subprocess tests inherit it through JAX_COMPILATION_CACHE_DIR.
+    """
+    import os
+
+    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_enable_compilation_cache()
