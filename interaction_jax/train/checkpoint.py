@@ -44,23 +44,40 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=No
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def _describe_mismatch(saved_meta, abstract_state) -> list[str]:
-    diffs: list[str] = []
-    flat_target = dict(jax.tree_util.tree_flatten_with_path(abstract_state)[0])
+def _norm_path(path) -> str:
+    parts = []
+    for k in path:
+        name = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+        parts.append(str(name))
+    return "/".join(parts)
+
+
+def _saved_shapes(directory: str, step: int) -> dict[str, tuple] | None:
+    """{normalised path: shape} of the saved state, read from Orbax metadata (no array data)."""
     try:
-        flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved_meta)[0])
-    except Exception:  # noqa: BLE001 - metadata trees vary across orbax versions
-        return diffs
-    for path, want in flat_target.items():
-        got = flat_saved.get(path)
-        name = jax.tree_util.keystr(path)
-        if got is None:
+        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+    except Exception:  # noqa: BLE001 - metadata layout differs across orbax versions; skip the check
+        return None
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_norm_path(p): tuple(getattr(v, "shape", ())) for p, v in flat}
+
+
+def _describe_mismatch(saved: dict[str, tuple], abstract_state) -> list[str]:
+    diffs: list[str] = []
+    target = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            continue  # keys are stored as raw key data; their shape differs by design
+        target[_norm_path(path)] = tuple(leaf.shape)
+    saved = {k: v for k, v in saved.items() if k in target or not k.startswith("rng")}
+    for name, shape in target.items():
+        if name not in saved:
             diffs.append(f"{name}: missing in checkpoint")
-        elif tuple(getattr(got, "shape", ())) != tuple(want.shape):
-            diffs.append(f"{name}: checkpoint {tuple(got.shape)} vs model {tuple(want.shape)}")
-    for path in flat_saved:
-        if path not in flat_target:
-            diffs.append(f"{jax.tree_util.keystr(path)}: in checkpoint but not in the model")
+        elif saved[name] != shape:
+            diffs.append(f"{name}: checkpoint {saved[name]} vs model {shape}")
+    diffs += [f"{name}: in checkpoint but not in the model" for name in saved if name not in target]
     return diffs
 
 
@@ -75,11 +92,7 @@ def restore(
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no committed checkpoint in {manager.directory}")
-    try:
-        meta = manager.item_metadata(step)
-        saved = meta["state"] if meta is not None and "state" in meta else None
-    except Exception:  # noqa: BLE001
-        saved = None
+    saved = _saved_shapes(str(manager.directory), step)
     if saved is not None:
         diffs = _describe_mismatch(saved, abstract_state)
         if diffs:

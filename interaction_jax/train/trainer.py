@@ -61,7 +61,8 @@ def _flops_per_token(config) -> tuple[float, int, int]:
     layout = StreamLayout.from_config(config)
     seq = layout.seq_len(int(config.data.window_micro_turns))
     m = config.model
-    return transformer_train_flops_per_token(active, int(m.num_layers), seq, int(m.num_heads) * int(m.head_dim)), total, active
+    d_attn = int(m.num_heads) * int(m.head_dim)
+    return transformer_train_flops_per_token(active, int(m.num_layers), seq, d_attn), total, active
 
 
 class Trainer:
@@ -81,6 +82,8 @@ class Trainer:
         self.manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.train)
         self.writer = MetricWriter(os.path.join(workdir, "tb"), enabled=jax.process_index() == 0)
         self._preempt = False
+        # Optional host-side hook `fn(step, batch) -> batch` (fault injection in tests, debugging).
+        self.batch_hook = None
         self.flops_per_token, self.total_params, self.active_params = _flops_per_token(config)
         self.peak_flops, self.peak_source = device_peak_flops()
         self.tokens_per_step = int(config.data.batch_size) * self.layout.seq_len(int(config.data.window_micro_turns))
@@ -167,7 +170,10 @@ class Trainer:
         t_start = t_last
         try:
             while step < int(cfg.num_steps):
-                batch = to_global_batch(next(self.data), self.setup)
+                host_batch = next(self.data)
+                if self.batch_hook is not None:
+                    host_batch = self.batch_hook(step + 1, host_batch)
+                batch = to_global_batch(host_batch, self.setup)
                 self.state, metrics = self.train_step(self.state, batch)
                 step += 1
                 if self.config.train.on_nonfinite == "stop" or step % int(cfg.log_every) == 0:
@@ -177,7 +183,8 @@ class Trainer:
                             raise NonFiniteLossError(
                                 f"non-finite loss/gradients at step {step} (loss={m['loss']}); stopping. "
                                 f"The last good checkpoint is kept in {self.manager.directory} "
-                                f"(step {self.manager.latest_step()}). Set train.on_nonfinite='skip' to skip such updates."
+                                f"(step {self.manager.latest_step()}). "
+                                "Set train.on_nonfinite='skip' to skip such updates."
                             )
                         skipped += 1
                     for k, v in m.items():
@@ -220,7 +227,9 @@ class Trainer:
         mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * n_dev)
         eta = (int(cfg.num_steps) - step) / steps_per_s
         scalars = {k: v / max(n_acc, 1) for k, v in acc.items() if np.ndim(v) == 0}
-        scalars.update({"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": skipped})
+        scalars.update(
+            {"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": skipped}
+        )
         if "expert_counts" in acc:
             counts = np.asarray(acc["expert_counts"], np.float64)
             load = counts / max(counts.sum(), 1.0)
