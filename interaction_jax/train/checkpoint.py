@@ -101,10 +101,23 @@ def restore(
                 f"{len(diffs)} arrays differ:\n  " + "\n  ".join(diffs[:20])
             )
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    if data_iterator is not None and data_state_matches(str(manager.directory), step):
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    elif data_iterator is not None:
+        import logging
+
+        logging.warning(
+            "checkpoint %s/%s holds no data-iterator state for process %d of %d (saved with another process "
+            "count?); the data stream starts fresh", manager.directory, step, jax.process_index(), jax.process_count(),
+        )
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], int(step)
+
+
+def data_state_matches(directory: str, step: int) -> bool:
+    """Whether the step has a Grain iterator state for this process and process count."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return os.path.exists(os.path.join(directory, str(step), "data", name))
 
 
 def abstract_like(state: Any, shardings: Any | None = None) -> Any:

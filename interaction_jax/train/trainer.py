@@ -72,6 +72,12 @@ class Trainer:
         self.config, self.workdir, self.log = config, workdir, log
         os.makedirs(workdir, exist_ok=True)
         self.mesh = mesh or make_mesh(config.mesh)
+        shards = int(self.mesh.shape["data"]) * int(self.mesh.shape["fsdp"])
+        if int(config.data.batch_size) % shards:
+            raise ValueError(
+                f"data.batch_size={config.data.batch_size} must be divisible by the batch shards "
+                f"(mesh data x fsdp = {shards}); raise the batch size or change config.mesh"
+            )
         self.setup, self.state = create_train_state(config, self.mesh)
         self.train_step = make_train_step(config, self.setup)
         self.eval_step = make_eval_step(config, self.setup)

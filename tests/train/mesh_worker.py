@@ -40,7 +40,12 @@ def main(config_path, workdir):
     assert jax.device_count() == 8, jax.devices()
     config = load_config(
         config_path,
-        ["model.layer_pattern=dense,moe", "model.moe.impl=ragged_dot", "train.warmup_steps=1", "train.async_checkpointing=False"],
+        [
+            "model.layer_pattern=dense,moe",
+            "model.moe.impl=ragged_dot",
+            "train.warmup_steps=1",
+            "train.async_checkpointing=False",
+        ],
     )
     batch = {k: np.asarray(v) for k, v in dummy_batch(config, 8, 3, seed=1).items()}
     ref, _ = losses_on(config, make_mesh({"data": 1}, devices=jax.devices()[:1]), batch)
