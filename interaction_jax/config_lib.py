@@ -125,7 +125,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_every = 0  # ... plus every K-th step forever (0 = off)
     c.train.async_checkpointing = True
     c.train.on_nonfinite = "stop"  # "stop" | "skip" (skip the update, keep going)
-    c.train.user_stream_loss_weight = 0.0  # ablation: also predict the user's text stream
 
     # --- Mesh (interaction_jax/parallel). Product must equal the device count; -1 = the rest. ---
     c.mesh = ml_collections.ConfigDict()
