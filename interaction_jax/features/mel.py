@@ -158,6 +158,11 @@ def dmel_decode(codes: np.ndarray, params: FeatureParams = FeatureParams()) -> n
     return params.bin_centres[codes.astype(np.int64)]
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_pinv(params: FeatureParams) -> np.ndarray:
+    return np.linalg.pinv(mel_filterbank(params).astype(np.float64))
+
+
 def mel_to_audio(
     logmel: np.ndarray,
     params: FeatureParams = FeatureParams(),
@@ -182,21 +187,23 @@ def mel_to_audio(
     n = natural if length is None else int(length)
     if natural == 0 or n <= 0:
         return np.zeros(max(n, 0), np.float32)
+    # mel -> linear magnitude with the filterbank's pseudo-inverse (librosa's default NNLS solve
+    # is an L-BFGS per frame block and takes minutes on long or untrained outputs), then
+    # Griffin-Lim phase reconstruction.
+    mel = np.clip(np.power(10.0, logmel.T.astype(np.float64)), 0.0, 1e6)
+    linear = np.maximum(_mel_pinv(params) @ mel, 0.0)
     with warnings.catch_warnings():  # clips under n_fft samples are fine here (zero-padded frames)
         warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-        audio = librosa.feature.inverse.mel_to_audio(
-            np.power(10.0, logmel.T),
-            sr=params.sample_rate,
-            n_fft=params.n_fft,
+        audio = librosa.griffinlim(
+            linear.astype(np.float32),
+            n_iter=n_iter,
             hop_length=params.hop_length,
             win_length=params.win_length,
+            n_fft=params.n_fft,
             window="hann",
             center=True,
-            power=1.0,
-            n_iter=n_iter,
-            fmin=params.fmin,
-            fmax=params.fmax,
-            length=natural,  # librosa needs a length that maps back to T frames; pad/trim after
+            length=natural,  # a length that maps back to T frames; pad/trim after
+            random_state=0,
         )
     audio = audio.astype(np.float32)
     return audio[:n] if n <= natural else np.pad(audio, (0, n - natural))
