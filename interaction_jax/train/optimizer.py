@@ -49,5 +49,5 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
         ),
     )
     if int(cfg.grad_accum_steps) > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum_steps))
+        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum_steps)).gradient_transformation()
     return tx, schedule
