@@ -1,0 +1,175 @@
+"""Micro-turn decode attention: a few new query positions per slot against the persistent KV cache.
+
+q [B, S, H, hd] holds the S positions of one micro-turn block for each of B slots; the cache is
+k/v [B, T, KVH, hd] (T = max_len) with `lengths` [B] valid rows per slot (the block's own K/V
+already written). Query i of slot b sits at cache row q_positions[b, i] (default: the last S valid
+rows) and sees row j iff  j < lengths[b],  j <= q_positions[b, i]  and the sliding-window/sinks
+rule of the model holds.
+
+Split-K ("flash decoding"): the grid is (slot, kv head, split). Each program takes every query of
+one GQA group (S * H/KVH rows, so the cache is read once per kv head) against one split of
+`split_size` cache rows, walking it in `block_k` sub-blocks with an online softmax, and writes a
+partial (max, sum, acc). The partials are combined in JAX in a fixed sequential order. The split
+size is a *fixed* parameter, not derived from B or T, and splits past a slot's length are skipped
+exactly, so a slot's result is bitwise the same whatever the number of slots in the batch, the
+other slots' lengths or the cache capacity T -- the property the streaming bitwise-alignment
+tests need.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels._common import NEG_INF, is_interpret, pad_axis, resolve_implementation, round_up
+
+
+def _visible(rows_pos, cols, length, window: int, sinks: int):
+    vis = (cols < length) & (cols <= rows_pos)
+    if window:
+        vis &= (rows_pos - cols < window) | (cols < sinks)
+    return vis
+
+
+def _split_kernel(len_ref, q_ref, qpos_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, split_size: int, block_k: int,
+                  scale: float, window: int, sinks: int):
+    length = len_ref[0]
+    start = pl.program_id(2) * split_size
+    rows = q_ref.shape[0]
+
+    @pl.when(start >= length)
+    def _empty():
+        acc_ref[...] = jnp.zeros(acc_ref.shape, acc_ref.dtype)
+        m_ref[...] = jnp.full(m_ref.shape, NEG_INF, m_ref.dtype)
+        l_ref[...] = jnp.zeros(l_ref.shape, l_ref.dtype)
+
+    @pl.when(start < length)
+    def _compute():
+        q = q_ref[...]
+        q_pos = qpos_ref[...][:, None]
+
+        def body(j, carry):
+            m, den, acc = carry
+            sub = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
+            cols = start + j * block_k + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
+            vis = _visible(q_pos, cols, length, window, sinks)
+            k, v = k_ref[sub, :], v_ref[sub, :]
+            s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+            s = jnp.where(vis, s, NEG_INF)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            alpha = jnp.exp(m - m_new)
+            p = jnp.where(vis, jnp.exp(s - m_new[:, None]), 0.0)
+            pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+            return m_new, alpha * den + jnp.sum(p, axis=-1), acc * alpha[:, None] + pv
+
+        init = (jnp.full((rows,), NEG_INF, jnp.float32), jnp.zeros((rows,), jnp.float32),
+                jnp.zeros(q.shape, jnp.float32))
+        m, den, acc = jax.lax.fori_loop(0, split_size // block_k, body, init)
+        acc_ref[...], m_ref[...], l_ref[...] = acc, m, den
+
+
+def _default_positions(lengths, s):
+    return lengths[:, None] - s + jnp.arange(s, dtype=jnp.int32)[None, :]
+
+
+def decode_attention_reference(q, k_cache, v_cache, lengths, *, q_positions=None, window: int = 0, sinks: int = 0,
+                               scale: float | None = None) -> jax.Array:
+    """Dense masked softmax over the whole cache (float32 softmax; rows seeing nothing give 0)."""
+    b, s, h, hd = q.shape
+    t, kvh = k_cache.shape[1], k_cache.shape[2]
+    lengths = jnp.asarray(lengths, jnp.int32)
+    q_pos = _default_positions(lengths, s) if q_positions is None else jnp.asarray(q_positions, jnp.int32)
+    cols = jnp.arange(t, dtype=jnp.int32)[None, None, :]
+    vis = _visible(q_pos[:, :, None], cols, lengths[:, None, None], window, sinks)  # [B, S, T]
+    scale = hd**-0.5 if scale is None else scale
+    qg = q.reshape(b, s, kvh, h // kvh, hd).astype(jnp.float32)
+    logits = jnp.einsum("bskgd,btkd->bkgst", qg, k_cache.astype(jnp.float32)) * scale
+    logits = jnp.where(vis[:, None, None], logits, -jnp.inf)
+    mx = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.where(vis[:, None, None], jnp.exp(logits - jnp.where(jnp.isfinite(mx), mx, 0.0)), 0.0)
+    den = jnp.sum(e, axis=-1, keepdims=True)
+    out = jnp.einsum("bkgst,btkd->bskgd", e / jnp.where(den > 0, den, 1.0), v_cache.astype(jnp.float32))
+    return out.reshape(b, s, h, hd).astype(q.dtype)
+
+
+def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, split_size, block_k, implementation):
+    b, s, h, hd = q.shape
+    t, kvh = k_cache.shape[1], k_cache.shape[2]
+    g = h // kvh
+    rows = s * g
+    rows_p = max(16, pl.next_power_of_2(rows))  # fixed by (S, group) only, never by B or T
+    # [B, S, KVH, G, hd] -> [B, KVH, S*G, hd]: one program serves every query head of a kv head.
+    qr = q.reshape(b, s, kvh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, rows, hd)
+    qr = pad_axis(qr, 2, rows_p)
+    qpos = pad_axis(jnp.repeat(q_pos, g, axis=1), 1, rows_p, -1)  # padded rows see nothing
+    tp = round_up(t, split_size)
+    kt = pad_axis(k_cache, 1, tp).transpose(0, 2, 1, 3)
+    vt = pad_axis(v_cache, 1, tp).transpose(0, 2, 1, 3)
+    n_splits = tp // split_size
+    params = None
+    if implementation == "triton":
+        from jax.experimental.pallas import triton as plgpu
+
+        params = plgpu.CompilerParams(num_warps=4, num_stages=2)
+    part = jax.ShapeDtypeStruct((b, kvh, n_splits, rows_p), jnp.float32)
+    acc, m, den = pl.pallas_call(
+        functools.partial(_split_kernel, split_size=split_size, block_k=block_k, scale=scale, window=window,
+                          sinks=sinks),
+        out_shape=(jax.ShapeDtypeStruct((b, kvh, n_splits, rows_p, hd), jnp.float32), part, part),
+        grid=(b, kvh, n_splits),
+        in_specs=[
+            pl.BlockSpec((1,), lambda i, j, c: (i,)),
+            pl.BlockSpec((None, None, rows_p, hd), lambda i, j, c: (i, j, 0, 0)),
+            pl.BlockSpec((None, rows_p), lambda i, j, c: (i, 0)),
+            pl.BlockSpec((None, None, split_size, hd), lambda i, j, c: (i, j, c, 0)),
+            pl.BlockSpec((None, None, split_size, hd), lambda i, j, c: (i, j, c, 0)),
+        ],
+        out_specs=(
+            pl.BlockSpec((None, None, None, rows_p, hd), lambda i, j, c: (i, j, c, 0, 0)),
+            pl.BlockSpec((None, None, None, rows_p), lambda i, j, c: (i, j, c, 0)),
+            pl.BlockSpec((None, None, None, rows_p), lambda i, j, c: (i, j, c, 0)),
+        ),
+        interpret=is_interpret(implementation),
+        compiler_params=params,
+        name="decode_attention_split",
+    )(lengths, qr, qpos, kt, vt)
+    # Fixed-order combine: the max is exact, the sums run split 0, 1, 2, ... one after another.
+    m_all = jnp.max(m, axis=2)
+    num = jnp.zeros(acc.shape[:2] + acc.shape[3:], jnp.float32)
+    total = jnp.zeros(m_all.shape, jnp.float32)
+    for c in range(n_splits):
+        w = jnp.exp(m[:, :, c] - m_all)
+        num = num + acc[:, :, c] * w[..., None]
+        total = total + den[:, :, c] * w
+    out = jnp.where(total[..., None] > 0, num / jnp.where(total > 0, total, 1.0)[..., None], 0.0)
+    out = out[:, :, :rows].reshape(b, kvh, s, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, s, h, hd)
+    return out.astype(q.dtype)
+
+
+def decode_attention(q, k_cache, v_cache, lengths, *, q_positions=None, window: int = 0, sinks: int = 0,
+                     scale: float | None = None, split_size: int = 256, block_k: int = 64,
+                     implementation: str | None = None) -> jax.Array:
+    """Attention of q [B,S,H,hd] over cache k/v [B,T,KVH,hd] with valid `lengths` [B] -> [B,S,H,hd].
+
+    `split_size` (a multiple of `block_k`) is the fixed split-K chunk; keep it constant across calls
+    that must agree bitwise. `implementation`: None (by backend; CPU/TPU -> reference), "reference",
+    "interpret", "triton". Inference only (no VJP).
+    """
+    if q.ndim != 4 or k_cache.ndim != 4 or k_cache.shape != v_cache.shape or q.shape[2] % k_cache.shape[2]:
+        raise ValueError(f"decode_attention: bad shapes q {q.shape}, k {k_cache.shape}, v {v_cache.shape}")
+    if split_size % block_k:
+        raise ValueError(f"decode_attention: split_size={split_size} must be a multiple of block_k={block_k}")
+    impl = resolve_implementation(implementation)
+    if impl == "mosaic":
+        impl = "reference"
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if impl == "reference":
+        return decode_attention_reference(q, k_cache, v_cache, lengths, q_positions=q_positions, window=window,
+                                          sinks=sinks, scale=scale)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    q_pos = _default_positions(lengths, q.shape[1]) if q_positions is None else jnp.asarray(q_positions, jnp.int32)
+    return _kernel_call(q, k_cache, v_cache, lengths, q_pos, window=int(window), sinks=int(sinks), scale=scale,
+                        split_size=int(split_size), block_k=int(block_k), implementation=impl)
