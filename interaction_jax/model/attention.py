@@ -106,6 +106,8 @@ def attention(
         if q_positions is None or kv_positions is None:
             raise ValueError("attention: pass `mask` or both `q_positions` and `kv_positions`")
         mask = make_mask(q_positions, kv_positions, window=window, sinks=sinks, kv_valid=kv_valid)
+    if impl not in _IMPLS and impl.startswith("pallas"):
+        import pallas_kernels.register  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(_IMPLS)}")
     return _IMPLS[impl](q, k, v, mask)

@@ -50,6 +50,8 @@ def expert_compute(
     x: jax.Array, routing: Routing, weights: ExpertWeights, impl: str = "ragged_dot"
 ) -> jax.Array:
     """Routed-expert output [T, D] for tokens `x` [T, D] with the backend named `impl`."""
+    if impl not in _REGISTRY and impl.startswith(("pallas", "gather_gemv")):
+        import pallas_kernels.register  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
     if impl not in _REGISTRY:
         raise ValueError(f"unknown MoE impl {impl!r}; available: {available_impls()}")
     return _REGISTRY[impl](x, routing, weights)
