@@ -22,11 +22,13 @@ def tiny_config():
 def _enable_compilation_cache() -> None:
     """Share compiled executables across tests and runs (identical shapes recompile in ms).
 
-    Subprocess tests inherit it through JAX_COMPILATION_CACHE_DIR.
+    Lives in the user cache directory (override with JAX_COMPILATION_CACHE_DIR); subprocess
+    tests inherit it through the environment. Results never depend on it, only speed.
     """
     import os
 
-    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "interaction_jax" / "jax_compilation"
+    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(default))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     import jax
