@@ -116,5 +116,9 @@ def make_iterator(config, source, *, worker_count: int | None = None, **kwargs) 
     ds = make_dataset(config, source, **kwargs).to_iter_dataset(read)
     workers = int(config.data.worker_count if worker_count is None else worker_count)
     if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's worker pool reads absl flags (library use, tests)
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(ds)

@@ -100,3 +100,12 @@ def test_empty_source_and_bad_batch_split_fail_clearly(tiny_config):
         make_dataset(tiny_config, ToySource(n=0), process_index=0, process_count=1)
     with pytest.raises(ValueError, match="divide"):
         make_dataset(tiny_config, ToySource(), process_index=0, process_count=3)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(tiny_config):
+    kw = dict(batch_size=2, num_turns=4, process_index=0, process_count=1)
+    a = _take(make_iterator(tiny_config, ToySource(), worker_count=0, **kw), 4)
+    b = _take(make_iterator(tiny_config, ToySource(), worker_count=2, **kw), 4)
+    for x, y in zip(a, b):
+        _assert_same(x, y)
