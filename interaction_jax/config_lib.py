@@ -132,6 +132,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.expert = 1
     c.mesh.tensor = 1
+
+    # --- Background model (interaction_jax/background): where delegated requests go. ---
+    c.background = ml_collections.ConfigDict()
+    c.background.backend = "tool"  # "tool" (calculator/lookup) | "http" (OpenAI-compatible) | "lm" (local LM)
+    c.background.url = ""  # http: base URL (e.g. http://127.0.0.1:8000/v1) or the full /chat/completions URL
+    c.background.model = ""  # http: model name sent in the request
+    c.background.api_key_env = ""  # http: NAME of the environment variable holding the API key (never the key)
+    c.background.timeout_s = 30.0  # per job, from when it starts running
+    c.background.max_concurrent = 4  # jobs running at once; more wait in a queue
+    c.background.tool_delay_s = 0.0  # tool: artificial delay before answering (slow-backend tests)
     return c
 
 
