@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = True
     c.model.attention_impl = "xla"
     c.model.batch_invariant = False
+    c.model.user_text_loss_weight = 0.0  # ablation: also predict the user's typed-text stream
     c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary; larger pads the text table (sharding)
     c.model.text_loss_weight = 1.0
     c.model.audio_loss_weight = 1.0

@@ -125,6 +125,7 @@ def loss_weights(config) -> dict[str, float]:
         "audio": float(m.get("audio_loss_weight", 1.0)),
         "load_balance": float(m.moe.load_balance_weight),
         "z_loss": float(m.moe.z_loss_weight),
+        "user_text": float(m.get("user_text_loss_weight", 0.0)),
     }
 
 
@@ -135,10 +136,14 @@ def forward(
     rng: jax.Array,
     *extra_states,
     weights: dict[str, float] | None = None,
+    user_text_pairs: tuple | None = None,
 ) -> tuple[jax.Array, dict]:
     """Pure training/eval forward: (loss, metrics). `state` (e.g. the nnx.Param state) and any
     `extra_states` are merged with `graphdef`; `rng` draws the flow-matching noise and times.
-    `weights` (see `loss_weights(config)`) default to 1 for text/audio and the MoE defaults."""
+    `weights` (see `loss_weights(config)`) default to 1 for text/audio and the MoE defaults.
+    `user_text_pairs` = (source, target) position indices of consecutive USER_TEXT slots
+    (`user_text_pairs(layout, W)`); with `weights["user_text"] > 0` the model also learns to
+    predict the user's text stream (an ablation switch, `model.user_text_loss_weight`)."""
     w = {"text": 1.0, "audio": 1.0, "load_balance": 0.01, "z_loss": 1e-3}
     w.update(weights or {})
     model = nnx.merge(graphdef, state, *extra_states)
@@ -160,9 +165,29 @@ def forward(
         "load_balance_loss": aux["load_balance_loss"],
         "z_loss": aux["z_loss"],
     }
+    if user_text_pairs is not None and w.get("user_text", 0.0) > 0.0:
+        # ablation: also predict the user's typed-text stream (next user-text token)
+        src, dst = user_text_pairs
+        logits_u = out["text_logits"][:, src]
+        targets_u = batch["token_ids"][:, dst]
+        mask_u = batch["valid"][:, dst].astype(jnp.float32)
+        u_loss, _ = text_loss(logits_u, targets_u, mask_u)
+        loss = loss + w["user_text"] * u_loss
+        metrics["loss"] = loss
+        metrics["user_text_loss"] = u_loss
     if "expert_counts" in aux:
         metrics["expert_counts"] = aux["expert_counts"]
     return loss, metrics
+
+
+def user_text_pairs(layout: StreamLayout, num_turns: int):
+    """(source, target) indices: each USER_TEXT position and the next USER_TEXT position after it."""
+    import numpy as np
+
+    from interaction_jax.streams.layout import Kind
+
+    idx = layout.kind_indices(Kind.USER_TEXT, num_turns).reshape(-1)
+    return np.asarray(idx[:-1]), np.asarray(idx[1:])
 
 
 def dummy_batch(config, batch_size: int, num_turns: int, seed: int = 0) -> dict:

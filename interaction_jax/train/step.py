@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from interaction_jax.model.interaction_model import forward, loss_weights
+from interaction_jax.model.interaction_model import forward, loss_weights, user_text_pairs
+from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.train.state import TrainSetup
 
 
@@ -26,17 +27,27 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _pairs(layout: StreamLayout, batch: dict, weights: dict):
+    """Static user-text (source, target) indices for this batch's window, if that loss is on."""
+    if weights.get("user_text", 0.0) <= 0.0 or not layout.user_text_slots:
+        return None
+    return user_text_pairs(layout, batch["kinds"].shape[1] // layout.positions_per_turn)
+
+
 def make_train_step(config, setup: TrainSetup) -> Callable:
     """`train_step(state, batch) -> (state, metrics)`, jitted with donated state and explicit shardings."""
     weights = loss_weights(config)
     skip_nonfinite = str(config.train.on_nonfinite) == "skip"
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
 
+    layout = StreamLayout.from_config(config)
+
     def step_fn(state, batch):
         rng, sub = jax.random.split(state["rng"])
+        pairs = _pairs(layout, batch, weights)
 
         def loss_fn(params):
-            return forward(graphdef, params, batch, sub, state["rest"], weights=weights)
+            return forward(graphdef, params, batch, sub, state["rest"], weights=weights, user_text_pairs=pairs)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -74,8 +85,13 @@ def make_eval_step(config, setup: TrainSetup) -> Callable:
     weights = loss_weights(config)
     graphdef = setup.graphdef
 
+    layout = StreamLayout.from_config(config)
+
     def eval_fn(state, batch, rng):
-        _, metrics = forward(graphdef, state["params"], batch, rng, state["rest"], weights=weights)
+        pairs = _pairs(layout, batch, weights)
+        _, metrics = forward(
+            graphdef, state["params"], batch, rng, state["rest"], weights=weights, user_text_pairs=pairs
+        )
         return metrics
 
     replicated = NamedSharding(setup.mesh, PartitionSpec())

@@ -1,0 +1,32 @@
+"""The user-text-stream auxiliary loss (ablation switch) equals cross-entropy on the next user-text slot."""
+
+import jax
+import numpy as np
+from conftest import config_path
+from flax import nnx
+
+from interaction_jax.config_lib import load_config
+from interaction_jax.model.interaction_model import InteractionModel, dummy_batch, forward, user_text_pairs
+from interaction_jax.streams.layout import Kind, StreamLayout
+
+
+def test_user_text_loss_matches_direct_cross_entropy():
+    cfg = load_config(config_path("tiny.py"), ["model.num_layers=1"])
+    layout = StreamLayout.from_config(cfg)
+    model = InteractionModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = dummy_batch(cfg, 2, 3)
+    src, dst = user_text_pairs(layout, 3)
+    kinds = np.asarray(batch["kinds"][0])
+    assert (kinds[src] == Kind.USER_TEXT).all() and (kinds[dst] == Kind.USER_TEXT).all() and (dst > src).all()
+    rng = jax.random.key(0)
+    base, _ = forward(graphdef, params, batch, rng, rest, weights={"user_text": 0.0}, user_text_pairs=(src, dst))
+    loss, m = forward(graphdef, params, batch, rng, rest, weights={"user_text": 0.5}, user_text_pairs=(src, dst))
+    logits = np.asarray(model(batch)["text_logits"], np.float64)[:, src]
+    targets = np.asarray(batch["token_ids"])[:, dst]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
+        -1, keepdims=True
+    )
+    ce = -np.take_along_axis(logp, targets[..., None], -1).mean()
+    np.testing.assert_allclose(float(m["user_text_loss"]), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(loss) - float(base), 0.5 * ce, rtol=1e-4)
