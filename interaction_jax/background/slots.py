@@ -39,6 +39,7 @@ class BackgroundQueue:
         self._finished: set[int] = set()  # jobs whose closing tokens are in their buffer
         self._order: list[int] = []  # jobs waiting, in order of their first token
         self._owner: int | None = None  # job currently streaming into _ready
+        self._streamed: dict[int, str] = {}  # job id -> text already tokenised from chunks
 
     def __len__(self) -> int:
         """Tokens not yet taken (ready or waiting behind the current owner)."""
@@ -67,11 +68,14 @@ class BackgroundQueue:
                 self._open(j, [int(Control.BG_START)])
             if self.stream:
                 self._jobs[j] += self.tokenizer.encode(ev.text)
+                self._streamed[j] = self._streamed.get(j, "") + ev.text
         elif ev.kind == DONE:
             if not started:
                 self._open(j, [int(Control.BG_START)])
-            if not self.stream:
-                self._jobs[j] += self.tokenizer.encode(ev.text)
+            # `done` carries the full result: add whatever no chunk delivered (all of it if unstreamed).
+            sent = self._streamed.pop(j, "")
+            rest = ev.text[len(sent) :] if ev.text.startswith(sent) else ""
+            self._jobs[j] += self.tokenizer.encode(rest)
             self._close(j, [int(Control.BG_END)])
         elif ev.kind == ERROR:
             err = [int(Control.BG_ERROR)] + self.tokenizer.encode(ev.text) + [int(Control.BG_END)]
@@ -95,10 +99,12 @@ class BackgroundQueue:
         self._order.append(job_id)
 
     def _close(self, job_id: int, tokens: list[int]) -> None:
+        self._streamed.pop(job_id, None)
         self._jobs[job_id] += tokens
         self._finished.add(job_id)
 
     def _drop(self, job_id: int) -> None:
+        self._streamed.pop(job_id, None)
         self._jobs.pop(job_id, None)
         self._order.remove(job_id)
         self._finished.add(job_id)
