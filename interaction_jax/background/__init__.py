@@ -2,7 +2,8 @@
 
 `protocol` (ContextPackage, DelegationEvent), `runner` (BackgroundRunner: jobs in threads,
 never blocking the micro-turn clock), `slots` (BackgroundQueue: events -> background-slot
-tokens, identical to training packing), backends (`tool`, `http`, `lm`) chosen by
+tokens, identical to training packing), `session` (DelegationHub: per-session routing and
+delegation records, the engine's entry point), backends (`tool`, `http`, `lm`) chosen by
 `config.background` through `make_backend` / `make_runner`.
 """
 
@@ -19,6 +20,7 @@ from interaction_jax.background.protocol import (
     render_transcript,
 )
 from interaction_jax.background.runner import Backend, BackgroundRunner
+from interaction_jax.background.session import DelegationHub
 from interaction_jax.background.slots import BackgroundQueue
 from interaction_jax.background.tool_backend import ToolBackend
 
@@ -31,6 +33,7 @@ __all__ = [
     "ContextPackage",
     "Delegation",
     "DelegationEvent",
+    "DelegationHub",
     "HTTPBackendError",
     "LMBackend",
     "OpenAIChatBackend",

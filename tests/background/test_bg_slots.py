@@ -107,7 +107,7 @@ def test_errors_and_cancellation():
 
 
 def test_runner_to_slots_end_to_end():
-    runner = BackgroundRunner(ToolBackend(chunk_chars=2), timeout_s=10)
+    runner = BackgroundRunner(ToolBackend(chunk_chars=2), max_concurrent=1, timeout_s=10)  # fixed result order
     runner.submit(package("what is the population of tokyo"))
     runner.submit(package("what is 5 times 5"))
     q = BackgroundQueue(TOK)
