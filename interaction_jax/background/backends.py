@@ -27,7 +27,10 @@ def make_backend(config, *, generate: GenerateFn | None = None) -> Backend:
         return OpenAIChatBackend(bc.url, bc.model, api_key_env=bc.api_key_env, timeout_s=float(bc.timeout_s))
     if name == "lm":
         if generate is None:
-            raise ValueError("background.backend='lm' needs a generate(prompt) -> Iterator[str] callable")
+            raise ValueError(
+                "background.backend='lm' needs a generate(prompt) -> Iterator[str] callable, e.g. "
+                "interaction_jax.background.jax_lm.make_jax_lm_generate(lm_config, state=weights)"
+            )
         return LMBackend(generate)
     raise ValueError(f"unknown background.backend {name!r}; expected one of {BACKENDS}")
 

@@ -1,10 +1,9 @@
 """Local text-LM backend: any `generate(prompt) -> Iterator[str]` callable.
 
-Issue 7 asks for a JAX text LM built from this codebase's transformer (own config and
-checkpoint, sampled with the streaming engine's cache machinery). That sampler belongs to the
-streaming engine, which is being written separately, so this module only defines the seam:
-`LMBackend` renders the package into a prompt and streams whatever the callable yields. A
-factory that builds `generate` from a checkpoint is future work (see the package README).
+`LMBackend` renders the package into a prompt and streams whatever the callable yields, so any
+local model plugs in. `jax_lm.make_jax_lm_generate` builds such a callable from this codebase's
+transformer (`TextLM`, decoded with the explicit KV cache); it lives in its own module so that
+importing the background package does not import JAX.
 """
 
 from __future__ import annotations
