@@ -107,8 +107,9 @@ class Trainer:
         ckpt.save(self.manager, step, self.state, self.data, force=force)
 
     def _on_sigterm(self, signum, frame):  # noqa: ARG002
-        self.log("[train] SIGTERM: will checkpoint at the next step boundary and exit")
+        self.log("[train] SIGTERM: will checkpoint at the next step boundary and exit (send again to kill now)")
         self._preempt = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM terminates at once
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, step: int, *, summaries: bool = True) -> dict:
