@@ -213,8 +213,10 @@ class BackgroundRunner:
 
     def _work(self, job: _Job) -> None:
         pieces: list[str] = []
+        stream = None
         try:
-            for chunk in self.backend.stream(job.package, job.cancel):
+            stream = self.backend.stream(job.package, job.cancel)
+            for chunk in stream:
                 if job.cancel.is_set():
                     return
                 if self.timeout_s is not None and job.deadline is not None and self.clock() >= job.deadline:
@@ -230,3 +232,10 @@ class BackgroundRunner:
             msg = str(e) or type(e).__name__
             log.info("background job %d failed: %s", job.job_id, msg)
             self._emit(job, ERROR, msg)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                try:
+                    close()  # releases e.g. the HTTP connection of a cancelled or timed-out job now
+                except Exception:  # noqa: BLE001 - the job is over either way
+                    pass
