@@ -143,6 +143,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.background.timeout_s = 30.0  # per job, from when it starts running
     c.background.max_concurrent = 4  # jobs running at once; more wait in a queue
     c.background.tool_delay_s = 0.0  # tool: artificial delay before answering (slow-backend tests)
+
+    # --- Streaming inference (interaction_jax/inference): engine slots, sampling, context policy. ---
+    c.inference = ml_collections.ConfigDict()
+    c.inference.slots = 4  # concurrent sessions one engine serves (batch of the jitted micro-turn step)
+    c.inference.temperature = 0.8  # model-text sampling; 0 = greedy
+    c.inference.top_p = 0.95  # nucleus sampling mass (1.0 = off)
+    c.inference.seed = 0  # base of per-session RNG keys (a session's own seed overrides)
+    c.inference.context_policy = "sliding"  # "sliding" (ring-buffer KV, bounded memory) | "hard" (error at the limit)
+    c.inference.max_session_seconds = 300.0  # "hard": longest session (KV cache rows = this many positions)
+    c.inference.window_seconds = 30.0  # "sliding": attention window when model.sliding_window == 0
+    c.inference.sink_turns = 1  # "sliding": leading micro-turns kept visible forever (attention sinks)
+    c.inference.batch_invariant = False  # bitwise-identical outputs whatever the other slots hold
+    c.inference.griffin_lim_iters = 32  # waveform reconstruction of the model's mel output
     return c
 
 

@@ -1,0 +1,274 @@
+"""The streaming engine: ONE jitted `stream_step(params, state, inputs) -> (state, outputs)`.
+
+A call processes one micro-turn for every slot: the input block is prefilled, then the output
+block is decoded — model text sampled with per-slot temperature / top-p, every model-audio
+position's mel frames drawn by the flow-head ODE, dMel-encoded in JAX and fed back as the next
+audio position's input (the model hears itself) — all inside one compiled function, with the
+`EngineState` (KV cache and per-slot state, `cache.py`) donated so it is updated in place.
+
+Output positions are run in *segments*: a new segment starts at each position whose input is
+the sample of the position before it (text slot i > 0 takes text slot i-1's token; audio
+position j > 0 takes audio position j-1's codes). Positions whose inputs are already known ride
+along, so the default layout needs 7 model calls per micro-turn:
+    [input block + text 0] [text 1] [text 2] [text 3 + audio 0] [audio 1] [audio 2] [audio 3].
+Segments come from `StreamLayout` (kinds and block slices), never from hard-coded indices.
+
+`inputs` is one micro-turn per slot in the packed format of `StreamLayout.packed_spec(1)`
+(token_ids [B, P], dmel [B, P, F, M], patches [B, 1, V, ps, ps, 3], video_present [B, 1]) plus
+`active` [B] (slot takes part in this tick) and `forced` [B] (teacher forcing: output positions
+take the given inputs instead of the samples — `pack_window(grid, t, 1)` of an episode makes the
+engine replay exactly the training sequence). Idle slots' state is left untouched.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from interaction_jax.features.mel import FeatureParams
+from interaction_jax.inference import sampling
+from interaction_jax.inference.cache import ContextPolicy, EngineState, init_state, reset_slot
+from interaction_jax.model.attention import attention
+from interaction_jax.model.interaction_model import InteractionModel
+from interaction_jax.streams.layout import Kind, StreamLayout
+
+
+def segments(layout: StreamLayout) -> list[tuple[int, int]]:
+    """[(start, stop)] of the model calls of one micro-turn (see the module docstring)."""
+    kinds = layout.turn_kinds()
+    firsts = {k: layout.block_slice(k).start for k in (Kind.MODEL_TEXT, Kind.MODEL_AUDIO)}
+    cuts = [
+        p
+        for p in range(layout.input_size, layout.positions_per_turn)
+        if int(kinds[p]) in (int(Kind.MODEL_TEXT), int(Kind.MODEL_AUDIO)) and p != firsts[Kind(int(kinds[p]))]
+    ]
+    bounds = [0] + cuts + [layout.positions_per_turn]
+    return [(a, z) for a, z in zip(bounds[:-1], bounds[1:], strict=True) if z > a]
+
+
+def cached_forward(
+    model: InteractionModel,
+    block: dict,
+    k_all: jax.Array,
+    v_all: jax.Array,
+    rows: jax.Array,
+    kv_positions: jax.Array,
+    *,
+    window: int,
+    sinks: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A block of S positions against the ring cache with the model's own sub-modules.
+
+    Same computation as `Transformer.step` (norm -> GQA attention -> residual -> FFN, scanned over
+    layer groups) except where K/V go: to `rows` [B, S] (ring/scratch rows, `ContextPolicy`), and
+    attention masks on the absolute position each row holds (`kv_positions` [B, T], -1 empty).
+    The full cache rides in the scan carry and only the new rows are scattered in, so with the
+    state donated XLA updates it in place. Returns (hidden [B,S,D], text logits, k_all, v_all).
+    """
+    backbone = model.backbone
+    positions = block["positions"]
+    x = model.embed(block).astype(backbone.dtype)
+    graphdef, gstate = nnx.split(backbone.groups)
+    per_group = len(backbone.pattern)
+    b_idx = jnp.arange(rows.shape[0])[:, None]
+    kv_valid = kv_positions >= 0
+    mask = block.get("valid")
+
+    def body(carry, xs):
+        x, k_all, v_all = carry
+        gstate_g, g = xs
+        group = nnx.merge(graphdef, gstate_g)
+        for i, blk in enumerate(group.blocks):
+            layer = g * per_group + i
+            attn = blk.attn
+            q, k, v = attn._qkv(blk.attn_norm(x), positions)
+            k_all = k_all.at[layer, b_idx, rows].set(k.astype(k_all.dtype))
+            v_all = v_all.at[layer, b_idx, rows].set(v.astype(v_all.dtype))
+            o = attention(
+                q,
+                k_all[layer].astype(attn.dtype),
+                v_all[layer].astype(attn.dtype),
+                q_positions=positions,
+                kv_positions=kv_positions,
+                kv_valid=kv_valid,
+                window=window,
+                sinks=sinks,
+                impl=attn.impl,
+            )
+            x = x + attn._out(o).astype(x.dtype)
+            x, _ = blk._ffn(x, mask)
+        return (x, k_all, v_all), None
+
+    xs = (gstate, jnp.arange(backbone.num_groups, dtype=jnp.int32))
+    (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), xs)
+    hidden = backbone.final_norm(x)
+    return hidden, model._logits(hidden), k_all, v_all
+
+
+def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: ContextPolicy, feature_params, *,
+                     debug_outputs: bool = False):
+    """Builds the pure `stream_step(params, state, inputs) -> (state, outputs)` (see the module docstring).
+
+    outputs: text_tokens [B, text_slots] int32 (sampled), mel [B, A, F, M] f32, codes [B, A, F, M]
+    uint8, turn [B] (micro-turn each row belongs to); with `debug_outputs` also text_logits
+    [B, text_slots, V] and audio_hidden [B, A, D] (the flow head's conditioning states).
+    """
+    segs = segments(layout)
+    kinds = layout.turn_kinds()
+    P = layout.positions_per_turn
+    text_sl, audio_sl = layout.block_slice(Kind.MODEL_TEXT), layout.block_slice(Kind.MODEL_AUDIO)
+    window, sinks = policy.window, policy.sinks
+
+    def stream_step(params, state: EngineState, inputs: dict):
+        model = nnx.merge(graphdef, *params)
+        active = inputs["active"].astype(bool)
+        forced = inputs["forced"].astype(bool)
+        tok_in = inputs["token_ids"].astype(jnp.int32)
+        dmel_in = inputs["dmel"].astype(jnp.uint8)
+        B = active.shape[0]
+        base = state.length
+        tkeys = sampling.turn_keys(state.key, state.turn)
+        k_all, v_all = state.k, state.v
+        text_feed, codes_feed = state.last_text, state.last_codes
+        texts, logits_out, mels, codes_out, hiddens = [], [], [], [], []
+        valid = jnp.broadcast_to(active[:, None], (B, P))
+        for a, z in segs:
+            tok, dm = tok_in[:, a:z], dmel_in[:, a:z]
+            for p in range(a, z):
+                if p >= text_sl.start and p < text_sl.stop:
+                    tok = tok.at[:, p - a].set(jnp.where(forced, tok_in[:, p], text_feed))
+                if p >= audio_sl.start and p < audio_sl.stop:
+                    dm = dm.at[:, p - a].set(jnp.where(forced[:, None, None], dmel_in[:, p], codes_feed))
+            block = {
+                "token_ids": tok,
+                "dmel": dm,
+                "kinds": jnp.broadcast_to(jnp.asarray(kinds[a:z]), (B, z - a)),
+                "positions": base[:, None] + jnp.arange(a, z, dtype=jnp.int32)[None, :],
+                "micro_turn": jnp.broadcast_to(state.turn[:, None], (B, z - a)),
+                "valid": valid[:, a:z],
+                "patches": inputs["patches"] if a == 0 else inputs["patches"][:, :0],
+                "video_present": inputs["video_present"] if a == 0 else inputs["video_present"][:, :0],
+            }
+            rows = policy.write_rows(base + a, z - a, active)
+            kv_pos = policy.row_positions(jnp.where(active, base + z, base))
+            hidden, logits, k_all, v_all = cached_forward(
+                model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks
+            )
+            for p in range(a, z):
+                if text_sl.start <= p < text_sl.stop:
+                    i = p - text_sl.start
+                    keys = sampling.position_keys(tkeys, i)
+                    text_feed = sampling.sample_text(logits[:, p - a], keys, state.temperature, state.top_p)
+                    texts.append(text_feed)
+                    logits_out.append(logits[:, p - a])
+                elif audio_sl.start <= p < audio_sl.stop:
+                    j = p - audio_sl.start
+                    keys = sampling.position_keys(tkeys, sampling.AUDIO_KEY_OFFSET + j)
+                    h = hidden[:, p - a]
+                    mel = jax.vmap(lambda hh, kk: model.sample_mel(hh, kk))(h, keys)
+                    codes_feed = sampling.dmel_encode(mel, feature_params)
+                    mels.append(mel)
+                    codes_out.append(codes_feed)
+                    hiddens.append(h)
+
+        def keep(new, old):
+            m = active.reshape((B,) + (1,) * (new.ndim - 1))
+            return jnp.where(m, new, old)
+
+        new_state = state._replace(
+            k=k_all,
+            v=v_all,
+            length=keep(base + P, base),
+            turn=keep(state.turn + 1, state.turn),
+            last_text=keep(text_feed, state.last_text),
+            last_codes=keep(codes_feed, state.last_codes),
+        )
+        stack = lambda xs, shape: jnp.stack(xs, axis=1) if xs else jnp.zeros(shape)  # noqa: E731
+        F, M = layout.frames_per_audio_position, layout.n_mels
+        out = {
+            "text_tokens": stack(texts, (B, 0)).astype(jnp.int32),
+            "mel": stack(mels, (B, 0, F, M)),
+            "codes": stack(codes_out, (B, 0, F, M)).astype(jnp.uint8),
+            "turn": state.turn,
+        }
+        if debug_outputs:
+            out["text_logits"] = stack(logits_out, (B, 0, model.vocab_size))
+            out["audio_hidden"] = stack(hiddens, (B, 0, model.d_model))
+        return new_state, out
+
+    return stream_step
+
+
+class StreamEngine:
+    """Owns the split model, the donated device state and the compiled step; slots are dumb.
+
+    `step(inputs)` runs one micro-turn for all slots (see the module docstring for `inputs`);
+    `reset(slot, seed)` starts a fresh session in a slot. Sessions / scheduling live in
+    `session.py`. Compiles `stream_step` once per (config, slot count): `compilations()`.
+    """
+
+    def __init__(self, config, model: InteractionModel | None = None, *, slots: int | None = None,
+                 debug_outputs: bool = False):
+        self.config = config
+        self.layout = StreamLayout.from_config(config)
+        self.slots = int(slots if slots is not None else config.inference.slots)
+        if self.slots < 1:
+            raise ValueError(f"inference.slots must be >= 1, got {self.slots}")
+        model = model if model is not None else InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.params = (params, rest)
+        self.vocab_size, self.d_model = model.vocab_size, model.d_model
+        self.segments = segments(self.layout)
+        max_block = max(z - a for a, z in self.segments)
+        self.policy = ContextPolicy.from_config(config, self.layout, max_block)
+        self.feature_params = FeatureParams.from_config(config.features)
+        inf = config.inference
+        self.state = init_state(
+            num_layers=model.backbone.num_layers,
+            slots=self.slots,
+            rows=self.policy.rows,
+            kv_heads=model.num_kv_heads,
+            head_dim=model.head_dim,
+            layout=self.layout,
+            dtype=model.backbone.dtype,
+            temperature=float(inf.temperature),
+            top_p=float(inf.top_p),
+        )
+        step = make_stream_step(self.graphdef, self.layout, self.policy, self.feature_params,
+                                debug_outputs=debug_outputs)
+        self._step = jax.jit(step, donate_argnums=(1,))
+        self._reset = jax.jit(reset_slot, donate_argnums=(0,))
+
+    def load_params(self, params, rest=None) -> None:
+        """Replaces the parameters (e.g. restored from a checkpoint); same structure as `nnx.split`."""
+        self.params = (params, self.params[1] if rest is None else rest)
+
+    def reset(self, slot: int, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
+        inf = self.config.inference
+        self.state = self._reset(
+            self.state,
+            jnp.int32(slot),
+            sampling.session_key_data(seed),
+            jnp.float32(inf.temperature if temperature is None else temperature),
+            jnp.float32(inf.top_p if top_p is None else top_p),
+        )
+
+    def empty_inputs(self) -> dict[str, np.ndarray]:
+        """Host-side inputs for one tick with every slot idle (fill rows, set `active`)."""
+        spec = self.layout.packed_spec(1)
+        out = {k: np.zeros((self.slots,) + shape, dtype) for k, (shape, dtype) in spec.items()
+               if k in ("token_ids", "dmel", "patches", "video_present")}
+        out["active"] = np.zeros(self.slots, bool)
+        out["forced"] = np.zeros(self.slots, bool)
+        return out
+
+    def step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One micro-turn for all slots; returns host numpy outputs."""
+        self.state, out = self._step(self.params, self.state, inputs)
+        return jax.tree.map(np.asarray, out)
+
+    def compilations(self) -> int:
+        """How many executables the step has compiled (1 after any number of ticks)."""
+        return int(self._step._cache_size())

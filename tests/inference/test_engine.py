@@ -1,0 +1,142 @@
+"""Streaming engine vs the teacher-forced training forward (independent reference), compile count,
+slot independence, and the ring-buffer context policy against windowed training attention."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import config_path
+from flax import nnx
+from helpers import episode, forced_inputs, grid_and_window
+
+from interaction_jax.config_lib import load_config
+from interaction_jax.inference import sampling
+from interaction_jax.inference.engine import StreamEngine, segments
+from interaction_jax.model.interaction_model import InteractionModel
+from interaction_jax.streams.layout import Kind
+
+
+def _setup(overrides, slots=3, duration=1.0):
+    c = load_config(config_path("tiny.py"), overrides + [f"inference.slots={slots}"])
+    model = InteractionModel(c, rngs=nnx.Rngs(0))
+    engine = StreamEngine(c, model, debug_outputs=True)
+    layout, grid, win = grid_and_window(c, episode(duration))
+    ref = jax.jit(lambda b: model(b))({k: v[None] for k, v in win.items()})
+    return c, model, engine, layout, grid, jax.tree.map(np.asarray, ref)
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return _setup([])
+
+
+def _replay(engine, grid, slot, others=()):
+    """Teacher-forces `slot` through the episode while `others` slots free-run their own sessions."""
+    engine.reset(slot, seed=7)
+    for o in others:
+        engine.reset(o, seed=100 + o)
+    outs = []
+    for t in range(grid.num_turns):
+        inputs = forced_inputs(engine, grid, t, slot)
+        for o in others:  # other sessions: random user audio, sampled outputs
+            inputs["dmel"][o] = np.random.RandomState(t + o).randint(0, 16, inputs["dmel"][o].shape)
+            inputs["active"][o] = True
+        outs.append(engine.step(inputs))
+    return outs
+
+
+def _check_alignment(model, engine, layout, grid, ref, outs, slot, atol):
+    n = grid.num_turns
+    ti = layout.kind_indices(Kind.MODEL_TEXT, n).reshape(-1)
+    ai = layout.kind_indices(Kind.MODEL_AUDIO, n).reshape(-1)
+    logits = np.concatenate([o["text_logits"][slot] for o in outs])
+    hidden = np.concatenate([o["audio_hidden"][slot] for o in outs])
+    np.testing.assert_allclose(logits, ref["text_logits"][0][ti], atol=atol, rtol=0)
+    np.testing.assert_allclose(hidden, ref["hidden"][0][ai], atol=atol, rtol=0)
+    # flow outputs: the engine's mel frames == the flow ODE on the *reference* hidden with the same keys
+    key = sampling.session_key_data(7)[None]
+    ref_h = ref["hidden"][0][ai].reshape(n, layout.audio_positions, -1)
+    for t in (0, n - 1):
+        tk = sampling.turn_keys(key, np.array([t], np.int32))
+        for j in range(layout.audio_positions):
+            k = sampling.position_keys(tk, sampling.AUDIO_KEY_OFFSET + j)[0]
+            want = np.asarray(model.sample_mel(ref_h[t, j], k))
+            np.testing.assert_allclose(outs[t]["mel"][slot, j], want, atol=10 * atol, rtol=0)
+
+
+def test_segments_follow_the_layout(dense):
+    c, model, engine, layout, grid, ref = dense
+    segs = segments(layout)
+    assert segs[0] == (0, layout.input_size + 1)  # input block + the first text slot (input known)
+    assert segs[-1][1] == layout.positions_per_turn
+    assert len(segs) == layout.model_text_slots + layout.audio_positions - 1
+
+
+def test_teacher_forced_equals_forward_dense(dense):
+    c, model, engine, layout, grid, ref = dense
+    outs = _replay(engine, grid, slot=1, others=(0, 2))
+    _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
+
+
+def test_compiles_once_over_50_micro_turns(dense):
+    c, model, engine, layout, grid, ref = dense
+    seen = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: seen.append(name) if "backend_compile" in name else None
+    )
+    rs = np.random.RandomState(0)
+    for t in range(50):
+        if t % 17 == 0:
+            engine.reset(t % 3, seed=t)
+        inputs = engine.empty_inputs()
+        inputs["active"][:] = rs.rand(3) < 0.7
+        inputs["forced"][:] = rs.rand(3) < 0.3
+        inputs["dmel"][:] = rs.randint(0, 16, inputs["dmel"].shape)
+        engine.step(inputs)
+    assert engine.compilations() == 1
+    assert seen == [], f"recompiled during streaming: {seen}"
+
+
+def test_sessions_do_not_see_each_other_bitwise(dense):
+    """A free-running session's outputs are bitwise the same alone and with others joining/leaving."""
+    c, model, engine, layout, grid, ref = dense
+
+    def run(schedule):
+        engine.reset(0, seed=3)
+        res = []
+        for t in range(5):
+            inputs = engine.empty_inputs()
+            inputs["active"][0] = True
+            inputs["dmel"][0] = np.random.RandomState(t).randint(0, 16, inputs["dmel"][0].shape)
+            for slot, (join, leave) in schedule.items():
+                if t == join:
+                    engine.reset(slot, seed=50 + slot)
+                if join <= t < leave:
+                    inputs["active"][slot] = True
+                    inputs["dmel"][slot] = 15 - inputs["dmel"][0]
+                    inputs["token_ids"][slot] = 20 + t
+            out = engine.step(inputs)
+            res.append({k: v[0] for k, v in out.items()})
+        return res
+
+    alone = run({})
+    crowded = run({1: (1, 3), 2: (2, 5)})
+    for a, b in zip(alone, crowded):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_moe_teacher_forced_equals_forward():
+    c, model, engine, layout, grid, ref = _setup(["model.layer_pattern=dense,moe", "model.moe.impl=gather"], slots=2)
+    outs = _replay(engine, grid, slot=0, others=(1,))
+    _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
+
+
+def test_sliding_ring_buffer_equals_windowed_forward():
+    """A model with a trained sliding window + sinks: the ring cache wraps several times and the
+    engine still equals the windowed training forward."""
+    c, model, engine, layout, grid, ref = _setup(
+        ["model.sliding_window=40", "model.attention_sinks=6", "inference.context_policy=sliding"], slots=2,
+        duration=1.6)
+    assert engine.policy.sinks + engine.policy.ring < grid.num_turns * layout.positions_per_turn / 2
+    outs = _replay(engine, grid, slot=1, others=(0,))
+    _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
