@@ -1,0 +1,216 @@
+"""Run one streaming session end to end: `python -m interaction_jax.stream`.
+
+    python -m interaction_jax.stream --config=configs/tiny.py --workdir=runs/tiny --input=user.wav --out=out/
+    python -m interaction_jax.stream --config=configs/tiny.py --init=random --out=out/   # synthetic episode
+        [--text_events=events.json] [--video=DIR] [--realtime] [--seconds=6] [--task=timespeak]
+
+The user audio is cut into 200 ms chunks and pushed through a `Scheduler` session exactly as a
+live client would (typed text from `--text_events`, a JSON list of {"time": s, "text": ...};
+video frames from `--video`, image files named by their time in seconds, e.g. `1.5.png`).
+Writes to `--out`: model.wav (the model's speech on the session clock, Griffin-Lim),
+transcript.json (model words with start/end), events.json (control events, delegation
+requests, per-step latency, memory) and timeline.png. `--realtime` paces chunks at wall-clock
+micro-turns and counts missed deadlines (a step that took longer than one micro-turn).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
+flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
+flags.DEFINE_string("input", None, "User audio file (any rate; mono or mixed down). Default: a synthetic episode.")
+flags.DEFINE_string("text_events", None, "JSON list of {time, text} typed user messages.")
+flags.DEFINE_string("video", None, "Directory of frames named <seconds>.<png|jpg>.")
+flags.DEFINE_string("out", "stream_out", "Output directory.")
+flags.DEFINE_bool("realtime", False, "Pace chunks at wall-clock micro-turns and report missed deadlines.")
+flags.DEFINE_float("seconds", 6.0, "Length of the synthetic episode (no --input).")
+flags.DEFINE_string("task", "timespeak", "Synthetic task when no --input is given.")
+flags.DEFINE_integer("seed", 0, "Session sampling seed.")
+
+
+class StreamError(RuntimeError):
+    """A bad command-line input (missing checkpoint, unreadable file ...)."""
+
+
+def load_params(config, workdir: str):
+    """(params, rest) from the newest checkpoint in `workdir/checkpoints` (built for `config`)."""
+    from interaction_jax.parallel import make_mesh
+    from interaction_jax.train import checkpoint as ckpt
+    from interaction_jax.train.state import abstract_state_on
+
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise StreamError(f"--workdir={workdir}: no checkpoints/ directory (train first, or pass --init=random)")
+    manager = ckpt.make_manager(directory, config.train)
+    if manager.latest_step() is None:
+        raise StreamError(f"{directory}: no committed checkpoint")
+    _, abstract = abstract_state_on(config, make_mesh(config.mesh))
+    state, step = ckpt.restore(manager, abstract)  # a checkpoint of another config fails naming the arrays
+    print(f"[stream] parameters from {directory}/{step}")
+    return state["params"], state["rest"]
+
+
+def _user_inputs(config, layout):
+    """(audio at 16 kHz, text events [(time, text)], video [(time, frame)], duration)."""
+    from interaction_jax.features.audio import load_audio
+
+    sr = int(config.features.sample_rate)
+    text, video = [], []
+    if FLAGS.input:
+        audio = load_audio(FLAGS.input, sr, mono="mix")  # AudioError names the file and the problem
+    else:
+        from interaction_jax.data import tasks
+
+        ep = tasks.generate(FLAGS.task, FLAGS.seed, duration_s=FLAGS.seconds)
+        audio = ep.user_audio
+        text = [(e.time, e.text) for e in ep.user_text]
+        video = [(f.time, f.image) for f in ep.video]
+        print(f"[stream] synthetic {ep.task} episode {ep.episode_id}: {ep.duration:.1f} s")
+    if FLAGS.text_events:
+        try:
+            with open(FLAGS.text_events) as f:
+                text += [(float(e["time"]), str(e["text"])) for e in json.load(f)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StreamError(f"--text_events={FLAGS.text_events}: expected a JSON list of {{time, text}} ({e})") from e
+    if FLAGS.video:
+        from PIL import Image
+
+        if not os.path.isdir(FLAGS.video):
+            raise StreamError(f"--video={FLAGS.video}: not a directory")
+        for name in sorted(os.listdir(FLAGS.video)):
+            stem, _ = os.path.splitext(name)
+            try:
+                video.append((float(stem), np.asarray(Image.open(os.path.join(FLAGS.video, name)).convert("RGB"))))
+            except ValueError as e:
+                raise StreamError(f"--video: frame {name!r} must be named <seconds>.<ext> ({e})") from e
+    return audio, text, video, len(audio) / sr
+
+
+def _chunks(layout, audio, text, video, sr):
+    from interaction_jax.inference.session import Chunk
+
+    S = int(round(layout.micro_turn_s * sr))
+    n = max(1, -(-len(audio) // S))
+    audio = np.pad(audio, (0, n * S - len(audio)))
+    chunks = [Chunk(audio=audio[t * S : (t + 1) * S], sample_rate=sr) for t in range(n)]
+    for t_s, msg in sorted(text):
+        c = chunks[min(n - 1, layout.input_turn(t_s))]
+        c.text = [*(c.text or []), msg]
+    for t_s, frame in sorted(video, key=lambda x: x[0]):
+        chunks[min(n - 1, layout.input_turn(t_s))].video = frame
+    return chunks
+
+
+def _timeline(path: str, tr, layout) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 3))
+    if len(tr.mel):
+        extent = (tr.mel_start, tr.mel_start + len(tr.mel) * layout.frame_ms / 1000, 0, tr.mel.shape[1])
+        ax.imshow(tr.mel.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
+    for w in tr.words:
+        ax.axvspan(w.start, w.end, color="cyan", alpha=0.2)
+        y = tr.mel.shape[1] * 0.9 if len(tr.mel) else 1
+        ax.text(w.start, y, w.text, fontsize=7, color="white", parse_math=False)
+    for t_s, name in tr.events:
+        ax.axvline(t_s, color="yellow", lw=0.8)
+        ax.text(t_s, 2, name, fontsize=6, color="yellow", rotation=90, parse_math=False)
+    ax.set_xlabel("session time (s)")
+    ax.set_ylabel("model mel")
+    import warnings
+
+    with warnings.catch_warnings():  # untrained models emit bytes the font has no glyph for
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(config, out_dir: str) -> dict:
+    """Runs one session; returns the summary written to events.json."""
+    from flax import nnx
+
+    from interaction_jax.features.audio import save_wav
+    from interaction_jax.inference.cache import memory_report
+    from interaction_jax.inference.engine import StreamEngine
+    from interaction_jax.inference.session import Scheduler
+    from interaction_jax.model.interaction_model import InteractionModel
+
+    if FLAGS.init == "checkpoint" and not FLAGS.workdir:
+        raise StreamError("--init=checkpoint needs --workdir (or pass --init=random)")
+    from interaction_jax.streams.layout import StreamLayout
+
+    layout, sr = StreamLayout.from_config(config), int(config.features.sample_rate)
+    audio, text, video, duration = _user_inputs(config, layout)  # bad inputs fail before any compile
+    model = InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
+    engine = StreamEngine(config, model, slots=1)
+    if FLAGS.init == "checkpoint":
+        engine.load_params(*load_params(config, FLAGS.workdir))
+    t0 = time.perf_counter()
+    engine.step(engine.empty_inputs())  # compile before the session starts (an all-idle tick changes nothing)
+    print(f"[stream] compiled the micro-turn step in {time.perf_counter() - t0:.1f} s")
+    sched = Scheduler(engine)
+    session = sched.open_session(seed=FLAGS.seed)
+    missed, t_start = 0, time.perf_counter()
+    for t, chunk in enumerate(_chunks(layout, audio, text, video, sr)):
+        if FLAGS.realtime:  # the chunk is "available" at the end of its micro-turn
+            time.sleep(max(0.0, t_start + (t + 1) * layout.micro_turn_s - time.perf_counter()))
+        session.push(chunk)
+        out = sched.tick()[session.id]
+        missed += out.latency_s > layout.micro_turn_s
+    tr = session.transcript()
+    os.makedirs(out_dir, exist_ok=True)
+    wav = session.waveform()
+    lead = np.zeros(int(round(tr.mel_start * sr)), np.float32)  # output starts one micro-turn in
+    save_wav(os.path.join(out_dir, "model.wav"), np.concatenate([lead, wav]), sr)
+    with open(os.path.join(out_dir, "transcript.json"), "w") as f:
+        json.dump({"words": [{"text": w.text, "start": w.start, "end": w.end} for w in tr.words],
+                   "tokens": [{"time": t_s, "id": tok} for t_s, tok in tr.tokens]}, f, indent=1)
+    lat = np.array(sched.latencies)
+    summary = {
+        "duration_s": duration,
+        "micro_turns": len(session.outputs),
+        "events": [{"time": t_s, "event": name} for t_s, name in tr.events],
+        "delegations": [{"time": t_s, "request": req} for t_s, req in session.delegations()],
+        "step_latency_ms": {"median": float(np.median(lat) * 1e3), "p99": float(np.percentile(lat, 99) * 1e3)},
+        "real_time_factor": float(np.median(lat) / layout.micro_turn_s),
+        "realtime": bool(FLAGS.realtime),
+        "missed_deadlines": int(missed),
+        "memory": memory_report(engine.state, engine.policy, layout),
+    }
+    with open(os.path.join(out_dir, "events.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    _timeline(os.path.join(out_dir, "timeline.png"), tr, layout)
+    session.close()
+    return summary
+
+
+def main(argv):
+    del argv
+    from interaction_jax.features.audio import AudioError
+    from interaction_jax.train.checkpoint import CheckpointMismatchError
+
+    try:
+        summary = run(FLAGS.config, FLAGS.out)
+    except (StreamError, AudioError, CheckpointMismatchError) as e:
+        raise app.UsageError(str(e)) from e
+    print(f"[stream] {summary['micro_turns']} micro-turns, step median {summary['step_latency_ms']['median']:.1f} ms "
+          f"(RTF {summary['real_time_factor']:.2f}), {len(summary['events'])} control events, "
+          f"missed deadlines {summary['missed_deadlines']}; wrote {FLAGS.out}/model.wav, transcript.json, "
+          "events.json, timeline.png")
+
+
+if __name__ == "__main__":
+    app.run(main)

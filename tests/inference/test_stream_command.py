@@ -1,0 +1,40 @@
+"""The `python -m interaction_jax.stream` command: outputs written, clear errors for bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from conftest import REPO, config_path
+
+from interaction_jax.features.audio import save_wav
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "interaction_jax.stream", f"--config={config_path('tiny.py')}", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_stream_command_writes_outputs(tmp_path):
+    wav = tmp_path / "user.wav"
+    t = np.arange(int(0.8 * 22050)) / 22050
+    save_wav(wav, 0.3 * np.sin(2 * np.pi * 220 * t), 22050)  # not the model rate: resampled
+    events = tmp_path / "events_in.json"
+    events.write_text(json.dumps([{"time": 0.3, "text": "hello"}]))
+    out = tmp_path / "out"
+    r = _run("--init=random", f"--input={wav}", f"--text_events={events}", f"--out={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["events.json", "model.wav", "timeline.png", "transcript.json"]
+    summary = json.loads((out / "events.json").read_text())
+    assert summary["micro_turns"] == 4 and summary["memory"]["kv_bytes_per_session"] > 0
+    assert "words" in json.loads((out / "transcript.json").read_text())
+
+
+def test_stream_command_bad_inputs(tmp_path):
+    r = _run(f"--workdir={tmp_path / 'nothing'}")
+    assert r.returncode != 0 and "no checkpoints/ directory" in r.stderr
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    r = _run("--init=random", f"--input={bad}", f"--out={tmp_path / 'o'}")
+    assert r.returncode != 0 and "cannot decode audio" in r.stderr
