@@ -1,0 +1,133 @@
+"""Streaming benchmark: per-micro-turn step time and real-time factor of the engine.
+
+    python experiments/perf/streaming.py --configs=tiny,small,small_moe --sessions=1,4,16 \
+        --lengths=10,60,300 --ticks=20 --json=experiments/perf/results/streaming.json
+
+For each (config, concurrent sessions, session length) it builds a `StreamEngine` with the
+"hard" context policy sized to that length (the step attends over every cache row, so its cost
+at length L is the cost of a session L seconds long), runs `--ticks` micro-turns with all slots
+active and reports median / p99 step time and RTF = step / 200 ms. Side by side, for the
+shortest length, a naive loop that re-runs the whole prefix through the jitted training forward
+each micro-turn (the cost of a serving stack without a persistent cache), and the ratio.
+Hugging Face transformers (PyTorch) is measured only if `torch` and `transformers` are
+installed (optional benchmark dependency; not installed on the CPU dev box). Timings are never
+asserted in tests; MoE configs stream with `model.moe.impl=gather` (gather + gemv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+
+def _engine(config_name: str, sessions: int, seconds: float):
+    from flax import nnx
+
+    from interaction_jax.config_lib import load_config
+    from interaction_jax.inference.engine import StreamEngine
+    from interaction_jax.model.interaction_model import InteractionModel
+
+    overrides = ["inference.context_policy=hard", f"inference.max_session_seconds={seconds}",
+                 f"inference.slots={sessions}"]
+    if "moe" in config_name:
+        overrides.append("model.moe.impl=gather")
+    c = load_config(os.path.join(REPO, "configs", f"{config_name}.py"), overrides)
+    model = InteractionModel(c, rngs=nnx.Rngs(0))
+    return c, model, StreamEngine(c, model)
+
+
+def bench_engine(config_name: str, sessions: int, seconds: float, ticks: int) -> dict:
+    from interaction_jax.inference.cache import memory_report
+
+    c, model, engine = _engine(config_name, sessions, seconds)
+    for s in range(sessions):
+        engine.reset(s, seed=s)
+    inputs = engine.empty_inputs()
+    inputs["active"][:] = True
+    rs = np.random.RandomState(0)
+    t0 = time.perf_counter()
+    engine.step(inputs)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(ticks):
+        inputs["dmel"][:] = rs.randint(0, 16, inputs["dmel"].shape)
+        t0 = time.perf_counter()
+        engine.step(inputs)
+        times.append(time.perf_counter() - t0)
+    mem = memory_report(engine.state, engine.policy, engine.layout)
+    med, p99 = float(np.median(times)), float(np.percentile(times, 99))
+    return dict(bench="engine", config=config_name, sessions=sessions, length_s=seconds, median_ms=med * 1e3,
+                p99_ms=p99 * 1e3, rtf=med / engine.layout.micro_turn_s, compile_s=compile_s,
+                kv_mb_per_session=mem["kv_bytes_per_session"] / 2**20)
+
+
+def bench_naive(config_name: str, sessions: int, seconds: float, ticks: int) -> dict:
+    """Re-runs the whole prefix (the training forward on [0, t]) for the last `ticks` micro-turns."""
+    import jax
+
+    from interaction_jax.model.interaction_model import dummy_batch
+
+    c, model, _ = _engine(config_name, 1, 1.0)
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda s, b: nnx.merge(graphdef, s)(b)["hidden"])
+    n_turns = int(round(seconds / 0.2))
+    batch = dummy_batch(c, sessions, n_turns)
+    fwd(state, batch).block_until_ready()  # compile once at the full length (the cheapest naive variant)
+    times = []
+    for _ in range(min(ticks, 5)):
+        t0 = time.perf_counter()
+        fwd(state, batch).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    return dict(bench="naive_prefix", config=config_name, sessions=sessions, length_s=seconds, median_ms=med * 1e3,
+                p99_ms=float(np.percentile(times, 99)) * 1e3, rtf=med / 0.2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="tiny,small,small_moe")
+    ap.add_argument("--sessions", default="1,4,16")
+    ap.add_argument("--lengths", default="10,60,300", help="session lengths in seconds")
+    ap.add_argument("--ticks", type=int, default=20)
+    ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--json", default=os.path.join(REPO, "experiments/perf/results/streaming.json"))
+    args = ap.parse_args()
+    import jax
+
+    rows = []
+    lengths = [float(x) for x in args.lengths.split(",")]
+    for cfg in args.configs.split(","):
+        for n in (int(x) for x in args.sessions.split(",")):
+            for secs in lengths:
+                rows.append(bench_engine(cfg, n, secs, args.ticks))
+                print(json.dumps(rows[-1]), flush=True)
+            if args.naive:
+                rows.append(bench_naive(cfg, n, lengths[0], args.ticks))
+                eng = next(r for r in rows if r["bench"] == "engine" and r["config"] == cfg and r["sessions"] == n
+                           and r["length_s"] == lengths[0])
+                rows[-1]["engine_speedup"] = rows[-1]["median_ms"] / eng["median_ms"]
+                print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'bench':13} {'config':10} {'sess':>4} {'len s':>6} {'median ms':>10} {'p99 ms':>8} {'RTF':>6}  note")
+    for r in rows:
+        note = f"engine x{r['engine_speedup']:.1f} faster" if "engine_speedup" in r else \
+            f"KV {r.get('kv_mb_per_session', 0):.1f} MiB/session"
+        print(f"{r['bench']:13} {r['config']:10} {r['sessions']:>4} {r['length_s']:>6.0f} {r['median_ms']:>10.1f} "
+              f"{r['p99_ms']:>8.1f} {r['rtf']:>6.2f}  {note}")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
