@@ -224,3 +224,25 @@ def load_config(path: str, overrides: dict[str, str] | list[str] | None = None, 
         apply_override(config, key.removeprefix("config."), str(value))
     config.lock()
     return config
+
+
+def check_cli_overrides(argv: list[str], flag: str = "config") -> None:
+    """Validates `--config.a.b=v` overrides against the `--config=FILE` before absl parses them.
+
+    ml_collections' own failure for a typo is a bare AttributeError; this exits with a message
+    naming the unknown key and the fields that do exist.
+    """
+    import sys
+
+    path, overrides = None, []
+    for arg in argv[1:]:
+        if arg.startswith(f"--{flag}="):
+            path = arg.split("=", 1)[1]
+        elif arg.startswith(f"--{flag}.") and "=" in arg:
+            overrides.append(arg[len(f"--{flag}.") :])
+    if path is None or not overrides:
+        return
+    try:
+        load_config(path, overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")

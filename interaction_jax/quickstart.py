@@ -110,4 +110,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import sys
+
+    from interaction_jax.config_lib import check_cli_overrides
+
+    check_cli_overrides(sys.argv)
     app.run(main)

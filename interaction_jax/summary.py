@@ -86,6 +86,11 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from interaction_jax.config_lib import check_cli_overrides
+
+    check_cli_overrides(sys.argv)
     from absl import app
     from ml_collections import config_flags
 

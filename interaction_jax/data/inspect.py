@@ -82,5 +82,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import sys
+
+    from interaction_jax.config_lib import check_cli_overrides
+
+    check_cli_overrides(sys.argv)
     _define_flags()
     app.run(main)
