@@ -195,16 +195,7 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         if i < len(parts) - 1:
             node = node[part]
     old = node[parts[-1]]
-    with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
-        node[parts[-1]] = _parse_value(text, old)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    node[parts[-1]] = _parse_value(text, old)  # existing key: allowed even on a locked ConfigDict
 
 
 def load_config(path: str, overrides: dict[str, str] | list[str] | None = None, arg: str | None = None):

@@ -57,9 +57,9 @@ def render_window(config, source, index: int, start: int, path: str) -> str:
     from interaction_jax.streams.tokenizer import make_tokenizer
 
     layout = StreamLayout.from_config(config)
-    grid = ToGrid(layout, config.text, config.features).map(source[index])
+    rec = source[index]  # read (or render) the episode once
+    grid = ToGrid(layout, config.text, config.features).map(rec)
     window = pack_window(grid, min(start, max(0, grid.num_turns - 1)), config.data.window_micro_turns)
-    rec = source[index]
     ep = rec[0] if isinstance(rec, tuple) else rec
     return plot_window(window, layout, make_tokenizer(config.text), path, title=f"{ep.episode_id} ({ep.task})")
 

@@ -52,9 +52,6 @@ class SyntheticSource:
         extras = {"user_logmel": log_mel(ep.user_audio, params), "model_logmel": log_mel(ep.model_audio, params)}
         return ep, extras
 
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items()}
-
 
 def open_source(config, *, split: str = "train"):
     """The episode source a config names: `data.data_dir` (prepared store) or synthetic episodes."""

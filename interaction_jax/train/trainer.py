@@ -183,7 +183,7 @@ class Trainer:
             f"{self.tokens_per_step} tokens/step, mesh {dict(self.mesh.shape)}, peak {self.peak_flops / 1e9:.1f} "
             f"GFLOP/s ({self.peak_source})"
         )
-        step, t_last, acc, n_acc, skipped = start, time.perf_counter(), {}, 0, 0
+        step, t_last, acc, n_acc, skipped, since_log = start, time.perf_counter(), {}, 0, 0, 0
         t_start = t_last
         try:
             while step < int(cfg.num_steps):
@@ -193,6 +193,7 @@ class Trainer:
                 batch = to_global_batch(host_batch, self.setup)
                 self.state, metrics = self.train_step(self.state, batch)
                 step += 1
+                since_log += 1
                 if self.config.train.on_nonfinite == "stop" or step % int(cfg.log_every) == 0:
                     m = _to_host(metrics)
                     if not m["finite"]:
@@ -211,11 +212,11 @@ class Trainer:
                             acc[k] = acc.get(k, 0) + v
                     n_acc += 1
                 if step % int(cfg.log_every) == 0 or step == int(cfg.num_steps):
-                    history.append(self._log_interval(step, start, acc, n_acc, t_last, t_start, skipped))
-                    acc, n_acc, t_last = {}, 0, time.perf_counter()
+                    history.append(self._log_interval(step, start, since_log, acc, n_acc, t_last, t_start, skipped))
+                    acc, n_acc, t_last, since_log = {}, 0, time.perf_counter(), 0
                 if cfg.eval_every and step % int(cfg.eval_every) == 0:
                     eval_history.append({"step": step, **self.evaluate(step)})
-                    t_last = time.perf_counter()  # keep eval time out of the training rates
+                    t_last, since_log = time.perf_counter(), 0  # keep eval time out of the training rates
                 if self._preempt:
                     self.save(step, force=True)
                     self.manager.wait_until_finished()
@@ -232,12 +233,11 @@ class Trainer:
             self.writer.flush()
         return TrainResult(step, history, eval_history)
 
-    def _log_interval(self, step, start, acc, n_acc, t_last, t_start, skipped) -> dict:
+    def _log_interval(self, step, start, interval_steps, acc, n_acc, t_last, t_start, skipped) -> dict:
         cfg = self.config.train
         jax.block_until_ready(self.state["step"])
         now = time.perf_counter()
         steps_done = step - start
-        interval_steps = max(1, (step - start) % int(cfg.log_every) or int(cfg.log_every))
         dt = max(now - t_last, 1e-9)
         steps_per_s = interval_steps / dt
         tokens_per_s = steps_per_s * self.tokens_per_step
