@@ -42,21 +42,14 @@ class StreamError(RuntimeError):
 
 
 def load_params(config, workdir: str):
-    """(params, rest) from the newest checkpoint in `workdir/checkpoints` (built for `config`)."""
-    from interaction_jax.parallel import make_mesh
-    from interaction_jax.train import checkpoint as ckpt
-    from interaction_jax.train.state import abstract_state_on
+    """(params, rest) from the newest checkpoint in `workdir/checkpoints` (see `inference.params`)."""
+    from interaction_jax.inference.params import ParamsError
+    from interaction_jax.inference.params import load_params as _load
 
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise StreamError(f"--workdir={workdir}: no checkpoints/ directory (train first, or pass --init=random)")
-    manager = ckpt.make_manager(directory, config.train)
-    if manager.latest_step() is None:
-        raise StreamError(f"{directory}: no committed checkpoint")
-    _, abstract = abstract_state_on(config, make_mesh(config.mesh))
-    state, step = ckpt.restore(manager, abstract)  # a checkpoint of another config fails naming the arrays
-    print(f"[stream] parameters from {directory}/{step}")
-    return state["params"], state["rest"]
+    try:
+        return _load(config, workdir, log_prefix="[stream]")
+    except ParamsError as e:
+        raise StreamError(str(e)) from e
 
 
 def _user_inputs(config, layout):

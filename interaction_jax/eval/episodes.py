@@ -1,0 +1,80 @@
+"""Benchmark episode sets and the episode -> live-chunk conversion.
+
+Benchmark seeds start at `EVAL_SEED_BASE` (2,000,000), far from the training seeds
+(`data.seed` = 0 upwards) and the held-out-loss seeds (`data.eval_seed` = 1,000,003 upwards),
+and each task has its own range, so a benchmark never grades an episode the model trained on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from interaction_jax.background.protocol import DONE, ERROR, DelegationEvent
+from interaction_jax.data.episode import Episode
+from interaction_jax.inference.session import Chunk
+from interaction_jax.streams.layout import StreamLayout
+
+EVAL_SEED_BASE = 2_000_000
+TASK_SEED_OFFSET = {"timespeak": 0, "cuespeak": 100_000, "turntaking": 200_000, "interruption": 300_000,
+                    "others": 400_000, "delegation": 500_000}
+
+
+def eval_seed(task: str, index: int) -> int:
+    """Seed of the `index`-th benchmark episode of `task` (disjoint from training seeds)."""
+    if task not in TASK_SEED_OFFSET:
+        raise ValueError(f"eval: no benchmark seed range for task {task!r}; known: {sorted(TASK_SEED_OFFSET)}")
+    return EVAL_SEED_BASE + TASK_SEED_OFFSET[task] + int(index)
+
+
+def benchmark_episodes(task: str, num: int, duration_s: float, *, log: bool = True) -> list[Episode]:
+    """`num` held-out episodes of `task` rendered with espeak-ng (deterministic per seed)."""
+    from interaction_jax.data import tasks
+
+    t0 = time.perf_counter()
+    out = [tasks.generate(task, eval_seed(task, i), duration_s=duration_s) for i in range(int(num))]
+    if log:
+        print(f"[eval] rendered {num} {task} episodes of {duration_s:.0f} s in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    return out
+
+
+def episode_chunks(episode: Episode, layout: StreamLayout, *, scripted_background: bool = True) -> list[Chunk]:
+    """One `Chunk` per micro-turn, holding exactly what a live client would send in it.
+
+    Audio is the user channel's samples of the micro-turn; typed messages, video frames and
+    (with `scripted_background`) background results/errors go to the micro-turn in which they
+    arrive (`layout.input_turn`), as in training packing. Delegation *requests* are the model's
+    own output and never an input.
+    """
+    sr = episode.sample_rate
+    S = int(round(layout.micro_turn_s * sr))
+    n = layout.num_turns(episode.duration)
+    audio = np.pad(episode.user_audio, (0, max(0, n * S - episode.user_audio.size)))
+    chunks = [Chunk(audio=audio[t * S : (t + 1) * S], sample_rate=sr) for t in range(n)]
+
+    def at(t_s: float) -> Chunk:
+        return chunks[min(n - 1, layout.input_turn(t_s))]
+
+    for ev in sorted(episode.user_text, key=lambda e: e.time):
+        c = at(ev.time)
+        c.text = [*(c.text or []), ev.text]
+    for frame in sorted(episode.video, key=lambda f: f.time):
+        at(frame.time).video = frame.image  # the last frame of the micro-turn wins, as in packing
+    if scripted_background:
+        for ev in episode.background:
+            if ev.kind in ("result", "error"):
+                c = at(ev.time)
+                kind = DONE if ev.kind == "result" else ERROR
+                c.background = [*c.background, DelegationEvent(kind, ev.job_id, episode.episode_id, ev.time, ev.text)]
+    return chunks
+
+
+def tasks_of(episodes: Sequence[Episode]) -> dict[str, int]:
+    """How many episodes of each task (for logs)."""
+    out: dict[str, int] = {}
+    for ep in episodes:
+        out[ep.task] = out.get(ep.task, 0) + 1
+    return out
