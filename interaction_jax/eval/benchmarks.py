@@ -82,7 +82,13 @@ def _nearest_said(run: EpisodeRun, word: str, t: float, radius: float = 3.0) -> 
     return min(times, key=lambda s: abs(s - t)) if times else None
 
 
+def _with_speak(items) -> list:
+    """Examples with at least one gradable speak window (a short episode may clip the requested time)."""
+    return [it for it in items if any(w.kind == "speak" for w, _ in it[2])]
+
+
 def timespeak(items) -> dict:
+    items = _with_speak(items)
     macro, exact = _example_scores(items)
     speak = [r.passed for _, _, wr in items for w, r in wr if w.kind == "speak"]
     early = [not r.passed for _, _, wr in items for w, r in wr if w.kind == "silent"]
@@ -104,6 +110,7 @@ def timespeak(items) -> dict:
 
 
 def cuespeak(items) -> dict:
+    items = _with_speak(items)
     _, exact = _example_scores(items)
     macro = [float(np.mean(h)) for h in ([r.passed for w, r in wr if w.kind == "speak"] for _, _, wr in items) if h]
     hits = [r for _, _, wr in items for w, r in wr if w.kind == "speak"]

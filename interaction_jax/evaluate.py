@@ -1,0 +1,210 @@
+"""Interaction benchmarks for a checkpoint: `python -m interaction_jax.evaluate`.
+
+    python -m interaction_jax.evaluate --config=configs/tiny.py --workdir=runs/tiny \
+        --benchmarks=timespeak,cuespeak,fd --num_examples=20 [--baseline] [--oracle] [--plot]
+    python -m interaction_jax.evaluate --config=... --workdir=... --export_fdb=OUT [--fdb_input=DIR]
+
+Held-out episodes (seeds disjoint from training, `eval/episodes.py`) run through the streaming
+engine as live sessions (`eval/runner.py`), graded on the model's time-stamped text stream
+(`eval/grading.py`, `eval/benchmarks.py`). `--baseline` adds the turn-based VAD cascade,
+`--oracle` the episodes' own target behaviour (the ceiling every metric can reach). Writes
+`results.json` (metrics, per-example window results, system outputs, commit, hardware) to
+`--out` (default WORKDIR/eval), prints a table; `--plot` adds timelines of the best and worst
+examples of each benchmark and a TimeSpeak timing-error histogram.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config the checkpoint was trained with.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Training run directory (parameters from its newest checkpoint).")
+flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
+flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation.")
+flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).")
+flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).")
+flags.DEFINE_bool("baseline", False, "Also evaluate the turn-based VAD cascade.")
+flags.DEFINE_bool("oracle", False, "Also grade the episodes' own target behaviour.")
+flags.DEFINE_bool("plot", False, "Timelines of the best and worst examples per benchmark.")
+flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval or eval_out).")
+flags.DEFINE_integer("seed", 0, "Base seed of the sessions' sampling keys.")
+flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).")
+flags.DEFINE_string("export_fdb", None, "Write Full-Duplex-Bench outputs (output.wav/json per sample) here.")
+flags.DEFINE_string("fdb_input", None, "Full-Duplex-Bench input folders (default: write them from the episodes).")
+
+
+class EvaluateError(RuntimeError):
+    """A bad command-line input."""
+
+
+def commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> dict:
+    import jax
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def make_engine(config, workdir: str | None, init: str, slots: int = 0):
+    from flax import nnx
+
+    from interaction_jax.inference.engine import StreamEngine
+    from interaction_jax.inference.params import load_params
+    from interaction_jax.model.interaction_model import InteractionModel
+
+    if init == "checkpoint" and not workdir:
+        raise EvaluateError("--init=checkpoint needs --workdir (or pass --init=random)")
+    model = InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
+    engine = StreamEngine(config, model, slots=slots or None)
+    if init == "checkpoint":
+        engine.load_params(*load_params(config, workdir, log_prefix="[eval]"))
+    return engine
+
+
+def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], num_examples: int, out_dir: str,
+             baseline: bool = False, oracle: bool = False, plot: bool = False, seed: int = 0, slots: int = 0,
+             episode_seconds: float = 0.0) -> dict:
+    """Runs the benchmarks; returns (and writes) the results dict."""
+    from interaction_jax.eval import benchmarks as bm
+    from interaction_jax.eval.episodes import benchmark_episodes
+    from interaction_jax.eval.grading import ground_truth_run
+    from interaction_jax.eval.runner import run_episodes
+
+    unknown = [b for b in benchmarks if b not in bm.BENCHMARK_TASKS]
+    if unknown:
+        raise EvaluateError(f"--benchmarks: unknown {unknown}; choose from {sorted(bm.BENCHMARK_TASKS)}")
+    if num_examples < 1:
+        raise EvaluateError(f"--num_examples must be >= 1, got {num_examples}")
+    seconds = float(episode_seconds or config.data.episode_seconds)
+    tasks = sorted({t for b in benchmarks for t in bm.BENCHMARK_TASKS[b]})
+    episodes = {t: benchmark_episodes(t, num_examples, seconds) for t in tasks}
+    all_eps = [ep for t in tasks for ep in episodes[t]]
+    engine = make_engine(config, workdir, init, slots)
+    t0 = time.perf_counter()
+    runs = {"model": run_episodes(engine, all_eps, seed=seed)}
+    model_s = time.perf_counter() - t0
+    if baseline:
+        from interaction_jax.eval.baseline import run_baseline
+
+        runs["turn-based baseline"] = run_baseline(all_eps)
+    if oracle:
+        runs["oracle (targets)"] = [ground_truth_run(ep) for ep in all_eps]
+    results: dict = {"metrics": {}, "examples": {}}
+    for system, system_runs in runs.items():
+        by_id = {r.episode_id: r for r in system_runs}
+        results["metrics"][system] = {}
+        for b in benchmarks:
+            eps = [ep for t in bm.BENCHMARK_TASKS[b] for ep in episodes[t]]
+            results["metrics"][system][b] = bm.score(b, eps, [by_id[ep.episode_id] for ep in eps])
+    for b in benchmarks:
+        eps = [ep for t in bm.BENCHMARK_TASKS[b] for ep in episodes[t]]
+        rows = []
+        for system, system_runs in runs.items():
+            by_id = {r.episode_id: r for r in system_runs}
+            for ep, run, wr in bm.graded(eps, [by_id[ep.episode_id] for ep in eps]):
+                rows.append({"system": system, "episode_id": ep.episode_id, "task": ep.task,
+                             "score": sum(r.passed for _, r in wr) / len(wr) if wr else None,
+                             "windows": [r.to_json() for _, r in wr], "output": run.to_json()})
+        results["examples"][b] = rows
+    print("\n" + bm.table(results["metrics"]) + "\n")
+    results.update(
+        benchmarks=benchmarks, num_examples=num_examples, episode_seconds=seconds, workdir=workdir, init=init,
+        commit=commit(), hardware=hardware(), model_seconds=model_s, slots=engine.slots,
+        table=bm.table(results["metrics"]),
+    )  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    if plot:
+        results["plots"] = _plots(out_dir, benchmarks, episodes, runs, results)
+    path = os.path.join(out_dir, "results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+    print(f"[eval] wrote {path}")
+    return results
+
+
+def _plots(out_dir, benchmarks, episodes, runs, results) -> list[str]:
+    from interaction_jax.eval import benchmarks as bm
+    from interaction_jax.eval.grading import grade_episode
+    from interaction_jax.eval.plots import plot_example, plot_timing_errors
+
+    paths = []
+    for b in benchmarks:
+        model_rows = [r for r in results["examples"][b] if r["system"] == "model" and r["score"] is not None]
+        if not model_rows:
+            continue
+        ranked = sorted(model_rows, key=lambda r: (r["score"], r["episode_id"]))
+        picks = {"worst": ranked[0], "best": ranked[-1]}
+        for label, row in picks.items():
+            ep = next(e for t in bm.BENCHMARK_TASKS[b] for e in episodes[t] if e.episode_id == row["episode_id"])
+            sys_runs = [next(r for r in rs if r.episode_id == ep.episode_id) for rs in runs.values()]
+            path = os.path.join(out_dir, f"{b}_{label}_{ep.episode_id}.png")
+            plot_example(path, ep, sys_runs, grade_episode(ep, sys_runs[0]),
+                         title=f"{b} {label}: {ep.episode_id} (model score {row['score']:.2f})")
+            paths.append(path)
+    if "timespeak" in benchmarks:
+        errs = {s: results["metrics"][s]["timespeak"]["timing_errors_s"] for s in runs}
+        paths.append(plot_timing_errors(os.path.join(out_dir, "timespeak_timing_errors.png"), errs))
+    for p in paths:
+        print(f"[eval] plot {p}")
+    return paths
+
+
+def main(argv):
+    del argv
+    from interaction_jax.features.audio import AudioError
+    from interaction_jax.inference.params import ParamsError
+    from interaction_jax.train.checkpoint import CheckpointMismatchError
+
+    out = FLAGS.out or (os.path.join(FLAGS.workdir, "eval") if FLAGS.workdir else "eval_out")
+    try:
+        if FLAGS.export_fdb:
+            from interaction_jax.eval import fdb
+            from interaction_jax.eval.episodes import benchmark_episodes
+
+            engine = make_engine(FLAGS.config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
+            src = FLAGS.fdb_input
+            if not src:
+                src = os.path.join(FLAGS.export_fdb, "inputs")
+                seconds = float(FLAGS.episode_seconds or FLAGS.config.data.episode_seconds)
+                eps = [ep for t in ("interruption", "turntaking", "others")
+                       for ep in benchmark_episodes(t, FLAGS.num_examples, seconds)]
+                fdb.write_fdb_inputs(eps, src)
+            fdb.export_fdb(engine, src, os.path.join(FLAGS.export_fdb, "outputs"), seed=FLAGS.seed)
+            return
+        evaluate(FLAGS.config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
+                 num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,
+                 plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds)
+    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError) as e:
+        raise app.UsageError(str(e)) from e
+
+
+if __name__ == "__main__":
+    import sys
+
+    from interaction_jax.config_lib import check_cli_overrides
+
+    check_cli_overrides(sys.argv)
+    app.run(main)
