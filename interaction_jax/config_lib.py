@@ -143,6 +143,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.background.timeout_s = 30.0  # per job, from when it starts running
     c.background.max_concurrent = 4  # jobs running at once; more wait in a queue
     c.background.tool_delay_s = 0.0  # tool: artificial delay before answering (slow-backend tests)
+    # "wall": a result is fed at the first micro-turn after its job finishes (live sessions);
+    # "session": deterministic, the result enters the micro-turn whose input window holds
+    # request_time + sim_delay_s on the session clock (evaluation / tests; DelegationHub.release_after_s).
+    c.background.clock = "wall"
+    c.background.sim_delay_s = 2.0  # clock="session": seconds of session time from request to result (data: 1-4 s)
 
     # --- Streaming inference (interaction_jax/inference): engine slots, sampling, context policy. ---
     c.inference = ml_collections.ConfigDict()

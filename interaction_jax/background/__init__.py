@@ -7,7 +7,7 @@ delegation records, the engine's entry point), backends (`tool`, `http`, `lm`) c
 `config.background` through `make_backend` / `make_runner`.
 """
 
-from interaction_jax.background.backends import BACKENDS, make_backend, make_runner
+from interaction_jax.background.backends import BACKENDS, make_backend, make_hub, make_runner
 from interaction_jax.background.http_backend import HTTPBackendError, OpenAIChatBackend
 from interaction_jax.background.lm_backend import LMBackend, render_prompt
 from interaction_jax.background.protocol import (
@@ -41,6 +41,7 @@ __all__ = [
     "build_context_package",
     "chat_messages",
     "make_backend",
+    "make_hub",
     "make_runner",
     "render_prompt",
     "render_transcript",

@@ -5,9 +5,11 @@ from __future__ import annotations
 from interaction_jax.background.http_backend import OpenAIChatBackend
 from interaction_jax.background.lm_backend import GenerateFn, LMBackend
 from interaction_jax.background.runner import Backend, BackgroundRunner
+from interaction_jax.background.session import DelegationHub
 from interaction_jax.background.tool_backend import ToolBackend
 
 BACKENDS = ("tool", "http", "lm")
+CLOCKS = ("wall", "session")
 
 
 def _section(config):
@@ -45,3 +47,18 @@ def make_runner(config, *, generate: GenerateFn | None = None, clock=None) -> Ba
         timeout_s=float(bc.timeout_s) if bc.timeout_s else None,
         **kwargs,
     )
+
+
+def make_hub(config, tokenizer, *, generate: GenerateFn | None = None, stream: bool = True) -> DelegationHub:
+    """A `DelegationHub` over `make_runner(config)`; `background.clock="session"` = deterministic mode.
+
+    Deterministic mode releases each result `background.sim_delay_s` of session time after its
+    request (`DelegationHub(release_after_s=...)`), so evaluation does not depend on how fast
+    the engine or the backend runs.
+    """
+    bc = _section(config)
+    clock = bc.get("clock", "wall")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown background.clock {clock!r}; expected one of {CLOCKS}")
+    release = float(bc.get("sim_delay_s", 2.0)) if clock == "session" else None
+    return DelegationHub(make_runner(bc, generate=generate), tokenizer, stream=stream, release_after_s=release)

@@ -16,6 +16,23 @@ with carry-over exactly like `text_streams.fill_slots`; every position comes fro
 `StreamLayout.block_slice`. A session without a pending chunk sits the tick out (its slot is
 idle and untouched); sessions join and leave between ticks without affecting the others,
 because slots never share state and RNG keys are per session (tested bitwise).
+
+Delegation (`Scheduler(engine, hub=DelegationHub(...))`, see `background/session.py`). Each tick
+starts with `hub.pump()` (non-blocking in live mode), and a session's background slots come
+from `hub.take` — events a client puts in `Chunk.background` are pushed into the same hub queue,
+so they share one ordered stream. After the engine step each session scans its new model-text
+tokens (`DelegationScanner`: a request may span micro-turns, DELEGATE text... DELEGATE_END) and
+submits every completed request with the conversation so far: the user's words
+(`Chunk.transcript`, e.g. from an ASR or, in evaluation, the episode's ground truth), the user's
+typed text, the model's own words and text, earlier delegations and session metadata. Times
+are on the session clock (micro-turn t's input covers [t T, (t+1) T); its model text slot i is
+stamped output_window(t).start + i T / slots, as `pack.unpack` does). `session.delegation_log()`
+keeps request time, text, job id, result arrival time, result and status (for evaluators).
+
+Teacher forcing (`Chunk.force`, tests and oracle evaluation): one packed micro-turn of an
+episode (`pack_window(grid, t, 1)`) whose *output* block (model text and model audio) the engine
+is fed instead of its own samples; the input block still comes from the chunk and the hub. The
+session then treats the forced model text as what the model said (it is what its context holds).
 """
 
 from __future__ import annotations
@@ -24,19 +41,23 @@ import collections
 import dataclasses
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from interaction_jax.background.protocol import Delegation
+from interaction_jax.background.session import DelegationHub
 from interaction_jax.background.slots import BackgroundQueue
+from interaction_jax.data.episode import TextEvent, Word
 from interaction_jax.features.mel import mel_to_audio
 from interaction_jax.features.video import frame_to_patches
 from interaction_jax.inference.cache import SessionLimitError
 from interaction_jax.inference.engine import StreamEngine
 from interaction_jax.inference.features import StreamingFeatures
 from interaction_jax.streams import pack
-from interaction_jax.streams.layout import Kind
-from interaction_jax.streams.tokenizer import Control, make_tokenizer
+from interaction_jax.streams.layout import Kind, StreamLayout
+from interaction_jax.streams.tokenizer import NUM_CONTROL, Control, make_tokenizer
 
 
 class NoCapacityError(RuntimeError):
@@ -55,7 +76,9 @@ class Chunk:
     sample_rate: int = 16000
     text: str | Sequence[str] | None = None  # typed messages arriving in this micro-turn
     video: np.ndarray | None = None  # an RGB frame [H, W, 3] uint8 (the last one of the micro-turn)
-    background: Sequence = ()  # DelegationEvents polled during this micro-turn
+    background: Sequence = ()  # DelegationEvents polled during this micro-turn (with a hub: into its queue)
+    transcript: Sequence[Word] = ()  # user words heard so far in this chunk, session times (ASR / ground truth)
+    force: Mapping[str, np.ndarray] | None = None  # teacher forcing: pack_window(grid, t, 1) (module docstring)
 
 
 @dataclasses.dataclass
@@ -66,6 +89,61 @@ class TurnOutput:
     text_tokens: np.ndarray  # [model_text_slots] int32
     mel: np.ndarray  # [audio_positions, F, M] log-mel
     latency_s: float  # wall time of the engine tick that produced it
+    forced: bool = False  # text_tokens are the teacher-forced text (Chunk.force), not samples
+
+
+class DelegationScanner:
+    """Finds DELEGATE request DELEGATE_END spans in model text fed one micro-turn at a time.
+
+    Same reading as `pack.delegation_requests` on the whole stream (a new DELEGATE restarts the
+    request; control tokens inside it are skipped), but incremental, so a request spanning
+    micro-turns is submitted in the micro-turn that ends it.
+    """
+
+    def __init__(self, layout: StreamLayout, tokenizer):
+        self.layout, self.tokenizer = layout, tokenizer
+        self._cur: list[int] | None = None
+        self._time = 0.0
+
+    def feed(self, turn: int, text_tokens: Sequence[int]) -> list[tuple[float, str]]:
+        """(time of DELEGATE, request text) for every request completed in this micro-turn's tokens."""
+        row = np.asarray(text_tokens).reshape(-1).tolist()
+        slot_s = self.layout.micro_turn_s / max(len(row), 1)
+        t0 = self.layout.output_window(int(turn))[0]
+        done: list[tuple[float, str]] = []
+        for i, tok in enumerate(row):
+            if tok == Control.DELEGATE:
+                self._cur, self._time = [], t0 + i * slot_s
+            elif tok == Control.DELEGATE_END and self._cur is not None:
+                done.append((self._time, self.tokenizer.decode(self._cur)))
+                self._cur = None
+            elif self._cur is not None and tok >= NUM_CONTROL:
+                self._cur.append(tok)
+        return done
+
+
+def model_text_pieces(streams: pack.TimedStreams, tokenizer) -> list[TextEvent]:
+    """The model's text stream as timed pieces between control tokens (requests left out: they are delegations)."""
+    pieces: list[TextEvent] = []
+    buf: list[int] = []
+    start, in_request = 0.0, False
+
+    def flush():
+        text = tokenizer.decode(buf).strip() if buf else ""
+        if text:
+            pieces.append(TextEvent(text, start))
+        buf.clear()
+
+    for time_s, tok in streams.tokens:
+        if tok < NUM_CONTROL:
+            flush()
+            in_request = tok == Control.DELEGATE or (in_request and tok != Control.DELEGATE_END)
+        elif not in_request:
+            if not buf:
+                start = time_s
+            buf.append(tok)
+    flush()
+    return pieces
 
 
 class Session:
@@ -77,12 +155,17 @@ class Session:
         self.layout = engine.layout
         self.features = StreamingFeatures(engine.layout, engine.feature_params)
         self.tokenizer = scheduler.tokenizer
-        self.background = BackgroundQueue(scheduler.tokenizer)
+        self.hub: DelegationHub | None = scheduler.hub
+        self.background = BackgroundQueue(scheduler.tokenizer)  # used without a hub
         self._user_text: collections.deque[int] = collections.deque()
         self.pending: collections.deque[Chunk] = collections.deque()
         self.outputs: list[TurnOutput] = []
         self.turns_fed = 0
         self.closed = False
+        self.user_words: list[Word] = []  # from Chunk.transcript
+        self.user_typed: list[TextEvent] = []  # typed messages, stamped at their micro-turn's start
+        self._scanner = DelegationScanner(self.layout, self.tokenizer)
+        self._final_log: list[Delegation] | None = None  # delegation log frozen at close
 
     # ---- client side ------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> None:
@@ -94,26 +177,43 @@ class Session:
             v = np.asarray(chunk.video)
             if v.ndim != 3 or v.shape[2] != 3 or v.dtype != np.uint8:
                 raise ValueError(f"{self.id}: video frame must be [H, W, 3] uint8, got {v.shape} {v.dtype}")
+        if chunk.force is not None:
+            missing = {"token_ids", "dmel", "text_targets"} - set(chunk.force)
+            if missing:
+                raise ValueError(f"{self.id}: Chunk.force must be pack_window(grid, t, 1); missing {sorted(missing)}")
         self.pending.append(chunk)
 
     def close(self) -> None:
         self.scheduler.close(self)
 
+    def input_window(self) -> tuple[float, float]:
+        """Session-time window [start, end) of the micro-turn whose input is filled next (the hub's clock)."""
+        T = self.layout.micro_turn_s
+        return self.turns_fed * T, (self.turns_fed + 1) * T
+
     # ---- scheduler side ---------------------------------------------------------------------
     def fill_inputs(self, inputs: dict[str, np.ndarray], chunk: Chunk) -> None:
         """Writes this session's row (slot) of the engine inputs for its next micro-turn."""
         lay, row = self.layout, self.slot
+        now = self.input_window()[0]
         texts = [chunk.text] if isinstance(chunk.text, str) else list(chunk.text or [])
         for text in texts:
             self._user_text.extend(self.tokenizer.encode(text) + [int(Control.TEXT_END)])
-        if chunk.background:
-            self.background.push(list(chunk.background))
+            self.user_typed.append(TextEvent(text, now))
+        self.user_words.extend(chunk.transcript)
         tok = inputs["token_ids"][row]
         tok[:] = int(Control.PAD)
         n = lay.user_text_slots
         ut = [self._user_text.popleft() for _ in range(min(n, len(self._user_text)))]
         tok[lay.block_slice(Kind.USER_TEXT)] = ut + [int(Control.NOTHING)] * (n - len(ut))
-        tok[lay.block_slice(Kind.BACKGROUND)] = self.background.take(lay.background_slots)
+        if self.hub is not None:
+            if chunk.background:
+                self.hub.push(self.id, chunk.background)
+            tok[lay.block_slice(Kind.BACKGROUND)] = self.hub.take(self.id, lay.background_slots)
+        else:
+            if chunk.background:
+                self.background.push(list(chunk.background))
+            tok[lay.block_slice(Kind.BACKGROUND)] = self.background.take(lay.background_slots)
         inputs["dmel"][row] = 0
         inputs["dmel"][row][lay.block_slice(Kind.USER_AUDIO)] = self.features.push(chunk.audio, chunk.sample_rate)
         inputs["patches"][row] = 0
@@ -122,8 +222,34 @@ class Session:
             inputs["patches"][row, 0] = frame_to_patches(chunk.video, lay.video_frame_size, lay.patch_size)
             inputs["video_present"][row, 0] = True
         inputs["active"][row] = True
-        inputs["forced"][row] = False
+        inputs["forced"][row] = chunk.force is not None
+        if chunk.force is not None:
+            for kind in (Kind.MODEL_TEXT, Kind.MODEL_AUDIO):
+                sl = lay.block_slice(kind)
+                tok[sl] = np.asarray(chunk.force["token_ids"])[sl]
+                inputs["dmel"][row][sl] = np.asarray(chunk.force["dmel"])[sl]
         self.turns_fed += 1
+
+    def record_output(self, out: TurnOutput) -> None:
+        """Appends a micro-turn's output and submits the delegation requests it completes."""
+        self.outputs.append(out)
+        if self.hub is None:
+            return
+        for t_req, request in self._scanner.feed(out.turn, out.text_tokens):
+            self._delegate(t_req, request)
+
+    def _delegate(self, t_req: float, request: str) -> int:
+        """Sends one request with the conversation so far (the package keeps what was known at t_req)."""
+        tr = self.transcript()
+        return self.hub.delegate(
+            self.id,
+            request,
+            t_req,
+            user_words=self.user_words,
+            model_words=tr.words,
+            user_text=self.user_typed,
+            model_text=model_text_pieces(tr, self.tokenizer),
+        )
 
     # ---- results ----------------------------------------------------------------------------
     def transcript(self) -> pack.TimedStreams:
@@ -137,6 +263,16 @@ class Session:
         """(time, request text) of every DELEGATE ... DELEGATE_END the model emitted."""
         return pack.delegation_requests(self.transcript(), self.tokenizer)
 
+    def delegation_log(self) -> list[Delegation]:
+        """Every delegation submitted to the hub: job id, request, time (of DELEGATE), status, result, result_time.
+
+        Times are session seconds; `result_time` is when the result (or error) reached this
+        session's background slots. After close(), jobs that never delivered are "cancelled".
+        """
+        if self._final_log is not None:
+            return list(self._final_log)
+        return list(self.hub.delegations(self.id)) if self.hub is not None else []
+
     def waveform(self, n_iter: int | None = None) -> np.ndarray:
         """The model's speech so far (Griffin-Lim of its mel frames), starting at transcript().mel_start."""
         eng = self.scheduler.engine
@@ -148,16 +284,26 @@ class Session:
 class Scheduler:
     """Maps sessions to engine slots and batches their chunks into one engine tick."""
 
-    def __init__(self, engine: StreamEngine, tokenizer=None):
+    def __init__(self, engine: StreamEngine, tokenizer=None, *, hub: DelegationHub | None = None):
+        """`hub` wires the background model in (module docstring); None = background only from chunks."""
         self.engine = engine
         self.tokenizer = tokenizer or make_tokenizer(engine.config.text)
+        hub_vocab = getattr(hub.tokenizer, "vocab_size", None) if hub is not None else None
+        if hub is not None and hub_vocab != getattr(self.tokenizer, "vocab_size", None):
+            raise ValueError(
+                f"Scheduler: the hub's tokenizer (vocab {hub_vocab}) differs from the model's "
+                f"(vocab {getattr(self.tokenizer, 'vocab_size', None)}); build the hub with the same tokenizer"
+            )
+        self.hub = hub
         self.sessions: dict[str, Session] = {}
         self._free = list(range(engine.slots))
         self._ids = itertools.count()
         self.latencies: list[float] = []
 
     def open_session(self, *, seed: int | None = None, temperature: float | None = None,
-                     top_p: float | None = None, session_id: str | None = None) -> Session:
+                     top_p: float | None = None, session_id: str | None = None,
+                     metadata: Mapping[str, Any] | None = None) -> Session:
+        """Takes a free slot; with a hub also opens the hub session (`metadata` goes into every package)."""
         if not self._free:
             raise NoCapacityError(
                 f"no capacity: all {self.engine.slots} slots hold open sessions "
@@ -166,39 +312,69 @@ class Scheduler:
         sid = session_id or f"session-{next(self._ids)}"
         if sid in self.sessions:
             raise ValueError(f"session id {sid!r} is already open")
-        slot = self._free.pop(0)
+        slot = self._free[0]
         seed = int(self.engine.config.inference.seed) + slot if seed is None else int(seed)
-        self.engine.reset(slot, seed, temperature, top_p)
         session = Session(self, sid, slot, seed)
+        if self.hub is not None:
+            inf = self.engine.config.inference
+            meta = {
+                "session_id": sid,
+                "seed": seed,
+                "slot": slot,
+                "temperature": float(inf.temperature if temperature is None else temperature),
+                "top_p": float(inf.top_p if top_p is None else top_p),
+                "micro_turn_s": float(self.engine.layout.micro_turn_s),
+                "opened_unix": time.time(),
+                **dict(metadata or {}),
+            }
+            self.hub.open(sid, meta, clock=session.input_window)  # raises before the slot is taken
+        self._free.remove(slot)
+        self.engine.reset(slot, seed, temperature, top_p)
         self.sessions[sid] = session
         return session
 
     def close(self, session: Session) -> None:
-        """Frees the slot (pending chunks are dropped; outputs stay readable on the session)."""
+        """Frees the slot (pending chunks are dropped; outputs stay readable on the session).
+
+        With a hub, the session's unfinished jobs are cancelled; its delegation log stays readable.
+        """
         if session.closed:
             return
         session.closed = True
         session.pending.clear()
+        if self.hub is not None:
+            log = self.hub.delegations(session.id)
+            cancelled = set(self.hub.close(session.id))
+            session._final_log = [
+                dataclasses.replace(d, status="cancelled") if d.job_id in cancelled else d for d in log
+            ]
         del self.sessions[session.id]
         self._free.append(session.slot)
         self._free.sort()
 
     def tick(self) -> dict[str, TurnOutput]:
         """One micro-turn for every session with a pending chunk; {session id: its output}."""
+        if self.hub is not None:
+            self.hub.pump()  # route background results first (never blocks in live mode)
         ready = [s for s in self.sessions.values() if s.pending]
         if not ready:
             return {}
         inputs = self.engine.empty_inputs()
-        for s in ready:
-            s.fill_inputs(inputs, s.pending.popleft())
+        chunks = [s.pending.popleft() for s in ready]
+        for s, chunk in zip(ready, chunks, strict=True):
+            s.fill_inputs(inputs, chunk)
         t0 = time.perf_counter()
         out = self.engine.step(inputs)
         dt = time.perf_counter() - t0
         self.latencies.append(dt)
         result = {}
-        for s in ready:
-            o = TurnOutput(int(out["turn"][s.slot]), out["text_tokens"][s.slot], out["mel"][s.slot], dt)
-            s.outputs.append(o)
+        text_sl = self.engine.layout.block_slice(Kind.MODEL_TEXT)
+        for s, chunk in zip(ready, chunks, strict=True):
+            text = out["text_tokens"][s.slot]
+            if chunk.force is not None:
+                text = np.asarray(chunk.force["text_targets"])[text_sl].astype(np.int32)
+            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=chunk.force is not None)
+            s.record_output(o)
             result[s.id] = o
         return result
 
@@ -208,4 +384,14 @@ class Scheduler:
             self.tick()
 
 
-__all__ = ["Chunk", "NoCapacityError", "Scheduler", "Session", "SessionClosedError", "SessionLimitError", "TurnOutput"]
+__all__ = [
+    "Chunk",
+    "DelegationScanner",
+    "NoCapacityError",
+    "Scheduler",
+    "Session",
+    "SessionClosedError",
+    "SessionLimitError",
+    "TurnOutput",
+    "model_text_pieces",
+]
