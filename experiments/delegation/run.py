@@ -1,0 +1,260 @@
+"""Delegation experiment: does the model delegate when it should, ask the right thing, and speak the result?
+
+Runs held-out delegation-task episodes (seeds from 3_000_000, disjoint from the training and
+eval seeds) through the streaming `Scheduler` with a `DelegationHub` in deterministic mode: the
+tool backend's result reaches the session exactly `--sim_delay_s` of *session* time after the
+model's DELEGATE token, whatever the wall-clock speed of this machine. Each episode is fed as a
+live client would, one 200 ms chunk per micro-turn: user audio, typed text, and the user's
+words (ground truth, each in the micro-turn where it ends, standing in for an ASR) for the
+context package.
+
+Metrics (grading windows of `data/tasks/delegation.py`):
+  recall       delegate windows [q_end, q_end + 1.5) holding a DELEGATE token
+  precision    DELEGATE tokens that fall in a delegate window / all DELEGATE tokens
+  false alarm  no_delegate windows [q_end, q_end + 3) holding a DELEGATE token
+  exact match  the first request in a hit window equals the expected request (case/punctuation-free)
+  delay        result arrival (session clock) -> start of the model's first word after it
+  spoken       the result text appears in the model's words after its arrival
+`--teacher_force` feeds the episode's own model text / audio instead of samples: an oracle that
+must score 1.0 on recall / precision / exact match (checks this pipeline, not a model).
+
+    python experiments/delegation/run.py --config=experiments/interaction_small/config.py \\
+        --workdir=runs/interaction_small/run --num_examples=100 --out=experiments/delegation/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
+flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
+flags.DEFINE_integer("num_examples", 100, "Held-out delegation episodes.")
+flags.DEFINE_integer("seed", 3_000_000, "Episode i uses seed + i (disjoint from data.seed / data.eval_seed ranges).")
+flags.DEFINE_float("episode_seconds", None, "Episode length (default: config.data.episode_seconds).")
+flags.DEFINE_float("sim_delay_s", None, "Session s from request to result (default: config.background.sim_delay_s).")
+flags.DEFINE_integer("slots", None, "Sessions run together (default: config.inference.slots).")
+flags.DEFINE_integer("session_seed", 0, "Sampling seed of episode i's session is session_seed + i.")
+flags.DEFINE_bool("teacher_force", False, "Oracle: force the episode's own model output (must score 1.0).")
+flags.DEFINE_string("out", "experiments/delegation/results.json", "JSON results file.")
+
+
+def normalise(text: str) -> str:
+    """Case, punctuation and spacing free: the request as the tool reads it."""
+    return " ".join(re.sub(r"[?!.,']", " ", text.lower()).split())
+
+
+def episode_chunks(ep, layout, grid=None) -> list:
+    """One `Chunk` per micro-turn: audio, typed text, video, the user's words where they end (+ forcing)."""
+    from interaction_jax.inference.session import Chunk
+    from interaction_jax.streams.pack import pack_window
+
+    S = int(round(layout.micro_turn_s * ep.sample_rate))
+    n = layout.num_turns(ep.duration)
+    audio = np.pad(ep.user_audio, (0, max(0, n * S - len(ep.user_audio))))
+    chunks = [Chunk(audio=audio[t * S : (t + 1) * S], sample_rate=ep.sample_rate) for t in range(n)]
+    last = lambda t_s: min(n - 1, layout.input_turn(t_s))  # noqa: E731
+    for ev in sorted(ep.user_text, key=lambda e: e.time):
+        c = chunks[last(ev.time)]
+        c.text = [*(c.text or []), ev.text]
+    for w in ep.user_words:
+        c = chunks[last(w.end)]
+        c.transcript = (*c.transcript, w)
+    if layout.video_patches:
+        for fr in sorted(ep.video, key=lambda f: f.time):
+            chunks[last(fr.time)].video = fr.image
+    if grid is not None:
+        for t, c in enumerate(chunks):
+            c.force = pack_window(grid, t, 1)
+    return chunks
+
+
+def grade_episode(ep, log, words) -> dict:
+    """Per-episode record: windows hit, delegations in/out of windows, request match, result->speech delay."""
+    delegate = [w for w in ep.grading if w.kind == "delegate"]
+    no_delegate = [w for w in ep.grading if w.kind == "no_delegate"]
+    inside = lambda d, w: w.start <= d.time < w.end  # noqa: E731
+    hits, exact = [], []
+    for w in delegate:
+        first = next((d for d in log if inside(d, w)), None)
+        hits.append(first is not None)
+        if first is not None:
+            exact.append(normalise(first.request) == normalise(w.expected))
+    delays, spoken = [], []
+    for d in log:
+        if d.status != "done" or d.result_time is None:
+            continue
+        after = [w for w in words if w.start >= d.result_time]
+        delays.append(after[0].start - d.result_time if after else None)
+        spoken.append(normalise(d.result) in normalise(" ".join(w.text for w in after)) if d.result else False)
+    meta = ep.metadata
+    return {
+        "episode_id": ep.episode_id,
+        "variant": meta.get("variant"),
+        "expected_request": delegate[0].expected if delegate else None,
+        "reference_delay_s": meta["answer_time"] - meta["result_time"] if meta.get("variant") == "delegate" else None,
+        "delegate_windows": len(delegate),
+        "delegate_hits": int(sum(hits)),
+        "no_delegate_windows": len(no_delegate),
+        "false_alarms": int(sum(any(inside(d, w) for d in log) for w in no_delegate)),
+        "delegations": [
+            {"time": d.time, "request": d.request, "job_id": d.job_id, "status": d.status, "result": d.result,
+             "result_time": d.result_time, "in_delegate_window": any(inside(d, w) for w in delegate)}
+            for d in log
+        ],
+        "exact_match": exact,
+        "result_to_speech_s": delays,
+        "result_spoken": spoken,
+        "model_words": [{"text": w.text, "start": w.start, "end": w.end} for w in words],
+    }
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def summarise(records: list[dict]) -> dict:
+    dels = [d for r in records for d in r["delegations"]]
+    delays = [x for r in records for x in r["result_to_speech_s"] if x is not None]
+    results = [x for r in records for x in r["result_to_speech_s"]]
+    exact = [x for r in records for x in r["exact_match"]]
+    spoken = [x for r in records for x in r["result_spoken"]]
+    ref = [r["reference_delay_s"] for r in records if r["reference_delay_s"] is not None]
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
+    return {
+        "episodes": len(records),
+        "delegate_windows": sum(r["delegate_windows"] for r in records),
+        "no_delegate_windows": sum(r["no_delegate_windows"] for r in records),
+        "delegations": len(dels),
+        "recall": _ratio(sum(r["delegate_hits"] for r in records), sum(r["delegate_windows"] for r in records)),
+        "precision": _ratio(sum(d["in_delegate_window"] for d in dels), len(dels)),
+        "false_alarm_rate": _ratio(
+            sum(r["false_alarms"] for r in records), sum(r["no_delegate_windows"] for r in records)
+        ),
+        "request_exact_match": _ratio(sum(exact), len(exact)),
+        "results_delivered": len(results),
+        "results_never_followed_by_speech": sum(x is None for x in results),
+        "result_spoken_rate": _ratio(sum(spoken), len(spoken)),
+        "result_to_speech_s": {"median": pct(delays, 50), "p90": pct(delays, 90), "n": len(delays)},
+        "reference_result_to_speech_s": {"median": pct(ref, 50), "p90": pct(ref, 90), "n": len(ref)},
+    }
+
+
+def print_table(summary: dict, title: str) -> None:
+    def f(x, spec=".3f"):
+        return "-" if x is None else format(x, spec)
+
+    d, ref = summary["result_to_speech_s"], summary["reference_result_to_speech_s"]
+    rows = [
+        ("episodes", str(summary["episodes"])),
+        ("delegate / no_delegate windows", f"{summary['delegate_windows']} / {summary['no_delegate_windows']}"),
+        ("DELEGATE tokens (requests)", str(summary["delegations"])),
+        ("recall", f(summary["recall"])),
+        ("precision", f(summary["precision"])),
+        ("false-alarm rate (no_delegate)", f(summary["false_alarm_rate"])),
+        ("request exact match", f(summary["request_exact_match"])),
+        ("results delivered", str(summary["results_delivered"])),
+        ("result spoken after arrival", f(summary["result_spoken_rate"])),
+        ("result -> first word, median / p90 (s)", f"{f(d['median'], '.2f')} / {f(d['p90'], '.2f')} (n={d['n']})"),
+        ("  training data, median / p90 (s)", f"{f(ref['median'], '.2f')} / {f(ref['p90'], '.2f')} (n={ref['n']})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(title)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def run(config) -> dict:
+    from flax import nnx
+
+    from interaction_jax.background import DelegationHub, make_runner
+    from interaction_jax.data import tasks
+    from interaction_jax.data.speech import default_renderer
+    from interaction_jax.features.mel import FeatureParams
+    from interaction_jax.inference.engine import StreamEngine
+    from interaction_jax.inference.session import Scheduler
+    from interaction_jax.model.interaction_model import InteractionModel
+    from interaction_jax.streams.layout import StreamLayout
+    from interaction_jax.streams.pack import EpisodeGrid
+    from interaction_jax.streams.tokenizer import make_tokenizer
+
+    if FLAGS.init == "checkpoint" and not FLAGS.workdir:
+        raise app.UsageError("--init=checkpoint needs --workdir (or pass --init=random)")
+    if FLAGS.num_examples < 1:
+        raise app.UsageError(f"--num_examples must be >= 1, got {FLAGS.num_examples}")
+    seconds = float(FLAGS.episode_seconds or config.data.episode_seconds)
+    delay = float(config.background.sim_delay_s if FLAGS.sim_delay_s is None else FLAGS.sim_delay_s)
+    slots = int(min(FLAGS.slots or config.inference.slots, FLAGS.num_examples))
+    layout, tokenizer = StreamLayout.from_config(config), make_tokenizer(config.text)
+    params = FeatureParams.from_config(config.features)
+
+    t0 = time.perf_counter()
+    renderer = default_renderer()
+    episodes = [tasks.generate("delegation", FLAGS.seed + i, duration_s=seconds, renderer=renderer)
+                for i in range(FLAGS.num_examples)]
+    print(f"[delegation] {len(episodes)} episodes of {seconds:g} s (seeds {FLAGS.seed}..) "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+    engine = StreamEngine(config, InteractionModel(config, rngs=nnx.Rngs(int(config.seed))), slots=slots)
+    if FLAGS.init == "checkpoint":
+        from interaction_jax.inference.params import load_params
+
+        engine.load_params(*load_params(config, FLAGS.workdir, log_prefix="[delegation]"))
+    hub = DelegationHub(make_runner(config), tokenizer, release_after_s=delay)
+    sched = Scheduler(engine, tokenizer, hub=hub)
+
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    for b in range(0, len(episodes), slots):
+        batch = episodes[b : b + slots]
+        sessions = []
+        for i, ep in enumerate(batch):
+            s = sched.open_session(seed=FLAGS.session_seed + b + i, session_id=ep.episode_id,
+                                   metadata={"task": ep.task, "episode_id": ep.episode_id})
+            grid = EpisodeGrid.from_episode(ep, layout, tokenizer, params) if FLAGS.teacher_force else None
+            for chunk in episode_chunks(ep, layout, grid):
+                s.push(chunk)
+            sessions.append(s)
+        sched.drain()
+        for ep, s in zip(batch, sessions, strict=True):
+            s.close()
+            records.append(grade_episode(ep, s.delegation_log(), s.transcript().words))
+        print(f"[delegation] {len(records)}/{len(episodes)} episodes ({time.perf_counter() - t0:.1f} s)", flush=True)
+    hub.runner.close()
+    summary = summarise(records)
+    return {
+        "summary": summary,
+        "settings": {
+            "config": config_flags.get_config_filename(FLAGS["config"]),
+            "workdir": FLAGS.workdir, "init": FLAGS.init, "num_examples": FLAGS.num_examples, "seed": FLAGS.seed,
+            "episode_seconds": seconds, "sim_delay_s": delay, "teacher_force": FLAGS.teacher_force,
+            "backend": config.background.backend, "temperature": float(config.inference.temperature),
+        },
+        "episodes": records,
+    }
+
+
+def main(argv):
+    del argv
+    result = run(FLAGS.config)
+    s = result["settings"]
+    source = s["workdir"] if s["init"] == "checkpoint" else "random init"
+    source = "teacher-forced oracle" if s["teacher_force"] else source
+    print_table(result["summary"], f"delegation, {source}, sim_delay_s={s['sim_delay_s']:g}")
+    if os.path.dirname(FLAGS.out):
+        os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"[delegation] wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
