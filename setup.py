@@ -26,6 +26,7 @@ setup(
         "numpy>=1.26",
         "espeakng-loader>=0.2.4",
         "matplotlib>=3.8",
+        "webrtcvad-wheels>=2.0.14",  # the turn-based baseline's VAD (eval/baseline.py); binary wheels
     ],
     extras_require={
         "test": ["pytest>=8.0", "hypothesis>=6.100"],
