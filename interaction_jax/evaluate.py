@@ -25,21 +25,25 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config the checkpoint was trained with.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Training run directory (parameters from its newest checkpoint).")
-flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
-flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation.")
-flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).")
-flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).")
-flags.DEFINE_bool("baseline", False, "Also evaluate the turn-based VAD cascade.")
-flags.DEFINE_bool("oracle", False, "Also grade the episodes' own target behaviour.")
-flags.DEFINE_bool("plot", False, "Timelines of the best and worst examples per benchmark.")
-flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval or eval_out).")
-flags.DEFINE_integer("seed", 0, "Base seed of the sessions' sampling keys.")
-flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).")
-flags.DEFINE_string("export_fdb", None, "Write Full-Duplex-Bench outputs (output.wav/json per sample) here.")
-flags.DEFINE_string("fdb_input", None, "Full-Duplex-Bench input folders (default: write them from the episodes).")
+
+
+def _define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing `evaluate` never clashes)."""
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config the checkpoint was trained with.",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Training run directory (parameters from its newest checkpoint).")
+    flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
+    flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation.")
+    flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).")
+    flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).")
+    flags.DEFINE_bool("baseline", False, "Also evaluate the turn-based VAD cascade.")
+    flags.DEFINE_bool("oracle", False, "Also grade the episodes' own target behaviour.")
+    flags.DEFINE_bool("plot", False, "Timelines of the best and worst examples per benchmark.")
+    flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval or eval_out).")
+    flags.DEFINE_integer("seed", 0, "Base seed of the sessions' sampling keys.")
+    flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).")
+    flags.DEFINE_string("export_fdb", None, "Write Full-Duplex-Bench outputs (output.wav/json per sample) here.")
+    flags.DEFINE_string("fdb_input", None, "Full-Duplex-Bench input folders (default: write them from the episodes).")
 
 
 class EvaluateError(RuntimeError):
@@ -206,5 +210,6 @@ if __name__ == "__main__":
 
     from interaction_jax.config_lib import check_cli_overrides
 
+    _define_flags()
     check_cli_overrides(sys.argv)
     app.run(main)

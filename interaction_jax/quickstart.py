@@ -5,7 +5,11 @@
 1. prepares a small synthetic data set (train + held-out) with the config's sizes,
 2. builds the Grain pipeline, prints what a batch looks like and renders a packed window,
 3. trains the config for `--train_steps` steps on CPU (a few minutes for tiny), with
-   TensorBoard logs and Orbax checkpoints in the workdir (re-running resumes).
+   TensorBoard logs and Orbax checkpoints in the workdir (re-running resumes),
+4. evaluates the checkpoint on `--eval_examples` held-out episodes per task through the
+   streaming engine (TimeSpeak, CueSpeak, FD-style), beside the turn-based baseline and the
+   episodes' own targets, and prints the table (workdir/eval: results.json, timelines),
+5. streams one session through the engine (workdir/stream: model.wav, transcript, timeline).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True
 flags.DEFINE_string("workdir", "runs/quickstart", "Where data, logs and pictures go.")
 flags.DEFINE_bool("overwrite_data", False, "Re-render the data sets even if they exist.")
 flags.DEFINE_integer("train_steps", 300, "Training steps (0 = data only).")
+flags.DEFINE_integer("eval_examples", 3, "Held-out episodes per benchmark task after training (0 = skip).")
 
 
 def describe_batch(batch: dict, layout) -> str:
@@ -43,7 +48,7 @@ def describe_batch(batch: dict, layout) -> str:
     return "\n".join(lines)
 
 
-def run(config, workdir: str, overwrite_data: bool = False, train_steps: int = 0) -> dict:
+def run(config, workdir: str, overwrite_data: bool = False, train_steps: int = 0, eval_examples: int = 0) -> dict:
     from interaction_jax.data import prepare as prep
     from interaction_jax.data.inspect import dataset_stats, render_window
     from interaction_jax.data.pipeline import make_iterator
@@ -74,7 +79,31 @@ def run(config, workdir: str, overwrite_data: bool = False, train_steps: int = 0
     result = {"train_dir": train_dir, "eval_dir": eval_dir, "stats": stats, "png": png}
     if train_steps > 0:
         result["train"] = train(config, workdir, train_dir, eval_dir, train_steps)
+        if eval_examples > 0:
+            result["eval"] = evaluate_and_stream(config, workdir, result["train"]["run_dir"], eval_examples)
     return result
+
+
+def evaluate_and_stream(config, workdir: str, run_dir: str, examples: int) -> dict:
+    """Stages 4 and 5: the benchmark table for the checkpoint, then one streamed session."""
+    import importlib.util
+
+    from interaction_jax.evaluate import evaluate
+    from interaction_jax.stream import StreamOptions
+    from interaction_jax.stream import run as stream_run
+
+    baseline = importlib.util.find_spec("interaction_jax.eval.baseline") is not None
+    print(f"[quickstart] evaluating {run_dir} on {examples} held-out episodes per task (through the streaming engine)")
+    res = evaluate(config, workdir=run_dir, init="checkpoint", benchmarks=["timespeak", "cuespeak", "fd"],
+                   num_examples=examples, out_dir=os.path.join(workdir, "eval"), baseline=baseline, oracle=True,
+                   plot=True)
+    out = os.path.join(workdir, "stream")
+    summary = stream_run(config, out, StreamOptions(workdir=run_dir, task="turntaking", seconds=6.0))
+    print(f"[quickstart] streamed one 6 s session: step median {summary['step_latency_ms']['median']:.1f} ms "
+          f"(RTF {summary['real_time_factor']:.2f}); wrote {out}/model.wav, transcript.json, timeline.png")
+    print("[quickstart] benchmark table (also in " + os.path.join(workdir, "eval", "results.json") + "):")
+    print(res["table"])
+    return {"table": res["table"], "stream": summary}
 
 
 def train(config, workdir: str, train_dir: str, eval_dir: str, steps: int) -> dict:
@@ -90,6 +119,9 @@ def train(config, workdir: str, train_dir: str, eval_dir: str, steps: int) -> di
     run_dir = os.path.join(workdir, "run")
     print(f"[quickstart] training {steps} steps -> {run_dir}")
     result = Trainer(cfg, run_dir).run()
+    if not result.history:  # re-run on a finished workdir: nothing left to train
+        print(f"[quickstart] {run_dir} is already trained to step {result.step} (>= {steps}); not training")
+        return {"run_dir": run_dir, "first_loss": None, "last_loss": None}
     first, last = result.history[0], result.history[-1]
     print(f"[quickstart] loss {first['loss']:.3f} -> {last['loss']:.3f} "
           f"(text {first['text_loss']:.3f} -> {last['text_loss']:.3f}, "
@@ -106,7 +138,7 @@ def main(argv):
     config = FLAGS.config
     if config is None:
         raise app.UsageError("--config is required (e.g. --config=configs/tiny.py)")
-    run(config, FLAGS.workdir, FLAGS.overwrite_data, FLAGS.train_steps)
+    run(config, FLAGS.workdir, FLAGS.overwrite_data, FLAGS.train_steps, FLAGS.eval_examples)
 
 
 if __name__ == "__main__":

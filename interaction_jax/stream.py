@@ -15,6 +15,7 @@ micro-turns and counts missed deadlines (a step that took longer than one micro-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,17 +25,37 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
-flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
-flags.DEFINE_string("input", None, "User audio file (any rate; mono or mixed down). Default: a synthetic episode.")
-flags.DEFINE_string("text_events", None, "JSON list of {time, text} typed user messages.")
-flags.DEFINE_string("video", None, "Directory of frames named <seconds>.<png|jpg>.")
-flags.DEFINE_string("out", "stream_out", "Output directory.")
-flags.DEFINE_bool("realtime", False, "Pace chunks at wall-clock micro-turns and report missed deadlines.")
-flags.DEFINE_float("seconds", 6.0, "Length of the synthetic episode (no --input).")
-flags.DEFINE_string("task", "timespeak", "Synthetic task when no --input is given.")
-flags.DEFINE_integer("seed", 0, "Session sampling seed.")
+
+
+def _define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing `run` never clashes)."""
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
+    flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"],
+                      "Parameters: checkpoint (needs --workdir) or random.")
+    flags.DEFINE_string("input", None, "User audio file (any rate; mono or mixed down). Default: a synthetic episode.")
+    flags.DEFINE_string("text_events", None, "JSON list of {time, text} typed user messages.")
+    flags.DEFINE_string("video", None, "Directory of frames named <seconds>.<png|jpg>.")
+    flags.DEFINE_string("out", "stream_out", "Output directory.")
+    flags.DEFINE_bool("realtime", False, "Pace chunks at wall-clock micro-turns and report missed deadlines.")
+    flags.DEFINE_float("seconds", 6.0, "Length of the synthetic episode (no --input).")
+    flags.DEFINE_string("task", "timespeak", "Synthetic task when no --input is given.")
+    flags.DEFINE_integer("seed", 0, "Session sampling seed.")
+
+
+@dataclasses.dataclass
+class StreamOptions:
+    """What to run (the command's flags; see the module docstring)."""
+
+    workdir: str | None = None
+    init: str = "checkpoint"
+    input: str | None = None
+    text_events: str | None = None
+    video: str | None = None
+    realtime: bool = False
+    seconds: float = 6.0
+    task: str = "timespeak"
+    seed: int = 0
 
 
 class StreamError(RuntimeError):
@@ -52,37 +73,37 @@ def load_params(config, workdir: str):
         raise StreamError(str(e)) from e
 
 
-def _user_inputs(config, layout):
+def _user_inputs(config, layout, opts: StreamOptions):
     """(audio at 16 kHz, text events [(time, text)], video [(time, frame)], duration)."""
     from interaction_jax.features.audio import load_audio
 
     sr = int(config.features.sample_rate)
     text, video = [], []
-    if FLAGS.input:
-        audio = load_audio(FLAGS.input, sr, mono="mix")  # AudioError names the file and the problem
+    if opts.input:
+        audio = load_audio(opts.input, sr, mono="mix")  # AudioError names the file and the problem
     else:
         from interaction_jax.data import tasks
 
-        ep = tasks.generate(FLAGS.task, FLAGS.seed, duration_s=FLAGS.seconds)
+        ep = tasks.generate(opts.task, opts.seed, duration_s=opts.seconds)
         audio = ep.user_audio
         text = [(e.time, e.text) for e in ep.user_text]
         video = [(f.time, f.image) for f in ep.video]
         print(f"[stream] synthetic {ep.task} episode {ep.episode_id}: {ep.duration:.1f} s")
-    if FLAGS.text_events:
+    if opts.text_events:
         try:
-            with open(FLAGS.text_events) as f:
+            with open(opts.text_events) as f:
                 text += [(float(e["time"]), str(e["text"])) for e in json.load(f)]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise StreamError(f"--text_events={FLAGS.text_events}: expected a JSON list of {{time, text}} ({e})") from e
-    if FLAGS.video:
+            raise StreamError(f"--text_events={opts.text_events}: expected a JSON list of {{time, text}} ({e})") from e
+    if opts.video:
         from PIL import Image
 
-        if not os.path.isdir(FLAGS.video):
-            raise StreamError(f"--video={FLAGS.video}: not a directory")
-        for name in sorted(os.listdir(FLAGS.video)):
+        if not os.path.isdir(opts.video):
+            raise StreamError(f"--video={opts.video}: not a directory")
+        for name in sorted(os.listdir(opts.video)):
             stem, _ = os.path.splitext(name)
             try:
-                video.append((float(stem), np.asarray(Image.open(os.path.join(FLAGS.video, name)).convert("RGB"))))
+                video.append((float(stem), np.asarray(Image.open(os.path.join(opts.video, name)).convert("RGB"))))
             except ValueError as e:
                 raise StreamError(f"--video: frame {name!r} must be named <seconds>.<ext> ({e})") from e
     return audio, text, video, len(audio) / sr
@@ -131,8 +152,9 @@ def _timeline(path: str, tr, layout) -> None:
     plt.close(fig)
 
 
-def run(config, out_dir: str) -> dict:
+def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
     """Runs one session; returns the summary written to events.json."""
+    opts = opts or StreamOptions()
     from flax import nnx
 
     from interaction_jax.features.audio import save_wav
@@ -141,24 +163,24 @@ def run(config, out_dir: str) -> dict:
     from interaction_jax.inference.session import Scheduler
     from interaction_jax.model.interaction_model import InteractionModel
 
-    if FLAGS.init == "checkpoint" and not FLAGS.workdir:
+    if opts.init == "checkpoint" and not opts.workdir:
         raise StreamError("--init=checkpoint needs --workdir (or pass --init=random)")
     from interaction_jax.streams.layout import StreamLayout
 
     layout, sr = StreamLayout.from_config(config), int(config.features.sample_rate)
-    audio, text, video, duration = _user_inputs(config, layout)  # bad inputs fail before any compile
+    audio, text, video, duration = _user_inputs(config, layout, opts)  # bad inputs fail before any compile
     model = InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
     engine = StreamEngine(config, model, slots=1)
-    if FLAGS.init == "checkpoint":
-        engine.load_params(*load_params(config, FLAGS.workdir))
+    if opts.init == "checkpoint":
+        engine.load_params(*load_params(config, opts.workdir))
     t0 = time.perf_counter()
     engine.step(engine.empty_inputs())  # compile before the session starts (an all-idle tick changes nothing)
     print(f"[stream] compiled the micro-turn step in {time.perf_counter() - t0:.1f} s")
     sched = Scheduler(engine)
-    session = sched.open_session(seed=FLAGS.seed)
+    session = sched.open_session(seed=opts.seed)
     missed, t_start = 0, time.perf_counter()
     for t, chunk in enumerate(_chunks(layout, audio, text, video, sr)):
-        if FLAGS.realtime:  # the chunk is "available" at the end of its micro-turn
+        if opts.realtime:  # the chunk is "available" at the end of its micro-turn
             time.sleep(max(0.0, t_start + (t + 1) * layout.micro_turn_s - time.perf_counter()))
         session.push(chunk)
         out = sched.tick()[session.id]
@@ -179,7 +201,7 @@ def run(config, out_dir: str) -> dict:
         "delegations": [{"time": t_s, "request": req} for t_s, req in session.delegations()],
         "step_latency_ms": {"median": float(np.median(lat) * 1e3), "p99": float(np.percentile(lat, 99) * 1e3)},
         "real_time_factor": float(np.median(lat) / layout.micro_turn_s),
-        "realtime": bool(FLAGS.realtime),
+        "realtime": bool(opts.realtime),
         "missed_deadlines": int(missed),
         "memory": memory_report(engine.state, engine.policy, layout),
     }
@@ -196,7 +218,10 @@ def main(argv):
     from interaction_jax.train.checkpoint import CheckpointMismatchError
 
     try:
-        summary = run(FLAGS.config, FLAGS.out)
+        opts = StreamOptions(workdir=FLAGS.workdir, init=FLAGS.init, input=FLAGS.input, text_events=FLAGS.text_events,
+                             video=FLAGS.video, realtime=FLAGS.realtime, seconds=FLAGS.seconds, task=FLAGS.task,
+                             seed=FLAGS.seed)
+        summary = run(FLAGS.config, FLAGS.out, opts)
     except (StreamError, AudioError, CheckpointMismatchError) as e:
         raise app.UsageError(str(e)) from e
     print(f"[stream] {summary['micro_turns']} micro-turns, step median {summary['step_latency_ms']['median']:.1f} ms "
@@ -210,5 +235,6 @@ if __name__ == "__main__":
 
     from interaction_jax.config_lib import check_cli_overrides
 
+    _define_flags()
     check_cli_overrides(sys.argv)
     app.run(main)
