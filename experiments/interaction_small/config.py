@@ -4,8 +4,9 @@ Why this size (between configs/tiny.py and configs/small.py): `small` (62M) take
 step of 2 x 8 s windows on this CPU, i.e. ~300 steps in an hour — far too few to learn the
 task mix; `tiny` (0.3M, width 64) trains fast but its width limits how much of the spoken
 instructions it can parse. A 4-layer, width-160 model (~1.5M parameters) runs a step of
-8 windows of 8 s (40 micro-turns, 800 positions) in ~3 s, so an hour buys ~1200 steps (about
-five passes over 2000 rendered episodes). At this size attention over the window dominates
+8 windows of 8 s (40 micro-turns, 800 positions) in ~3 s on an otherwise idle 2-core CPU, so
+900 steps (about four passes over 2000 rendered episodes) fit in an hour with room for the
+data rendering and the evaluation. At this size attention over the window dominates
 the step on CPU (whole 12 s episodes cost 2x per token), hence 8 s windows and 2 wide heads;
 a TimeSpeak delay of up to 5 s still fits in a window with its instruction most of the time.
 
@@ -41,12 +42,12 @@ def get_config(arg=None):
     c.model.flow.hidden_dim = 160
     c.model.flow.num_layers = 2
     c.model.flow.ode_steps = 4
-    c.train.num_steps = 1200
+    c.train.num_steps = 900
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 100
     c.train.weight_decay = 0.05
     c.train.log_every = 25
-    c.train.eval_every = 400
+    c.train.eval_every = 300
     c.train.checkpoint_every = 200
     c.inference.slots = 16
     c.inference.temperature = 0.0  # greedy text for evaluation: deterministic grading
