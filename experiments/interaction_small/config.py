@@ -3,7 +3,7 @@
 Why this size (between configs/tiny.py and configs/small.py): `small` (62M) takes ~11 s per
 step of 2 x 8 s windows on this CPU, i.e. ~300 steps in an hour — far too few to learn the
 task mix; `tiny` (0.3M, width 64) trains fast but its width limits how much of the spoken
-instructions it can parse. A 4-layer, width-160 model (~1.5M parameters) runs a step of
+instructions it can parse. A 4-layer, width-160 model (1.9M parameters) runs a step of
 8 windows of 8 s (40 micro-turns, 800 positions) in ~3 s on an otherwise idle 2-core CPU, so
 900 steps (about four passes over 2000 rendered episodes) fit in an hour with room for the
 data rendering and the evaluation. At this size attention over the window dominates
@@ -13,6 +13,7 @@ a TimeSpeak delay of up to 5 s still fits in a window with its instruction most 
 Video is off: no synthetic task depends on the frames, and 16 patches per micro-turn would
 nearly double the sequence length. The full layout is otherwise the default one.
 
+    python experiments/interaction_small/run.py     # prepare, train, evaluate, report; or just train:
     python -m interaction_jax.train --config=experiments/interaction_small/config.py \
         --workdir=runs/interaction_small/run
 """
