@@ -178,6 +178,7 @@ def _plots(out_dir, benchmarks, episodes, runs, results) -> list[str]:
 
 def main(argv):
     del argv
+    from interaction_jax.eval.fdb import FdbError
     from interaction_jax.features.audio import AudioError
     from interaction_jax.inference.params import ParamsError
     from interaction_jax.train.checkpoint import CheckpointMismatchError
@@ -201,7 +202,7 @@ def main(argv):
         evaluate(FLAGS.config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
                  num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,
                  plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds)
-    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError) as e:
+    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError) as e:
         raise app.UsageError(str(e)) from e
 
 
