@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast quickstart lint clean
+.PHONY: venv test test-fast quickstart reproduce lint clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-fast: $(STAMP)
 # Prepare a small synthetic data set with the tiny config and show one packed batch.
 quickstart: $(STAMP)
 	$(PY) -m interaction_jax.quickstart --config=configs/tiny.py --workdir=runs/quickstart
+
+# The reproduction experiment (experiments/interaction_small): prepare, train ~1 h on CPU, evaluate, report.
+reproduce: $(STAMP)
+	$(PY) experiments/interaction_small/run.py --workdir=runs/interaction_small
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
