@@ -1,6 +1,6 @@
 """Optimizer: AdamW, linear warmup + cosine decay, global-norm clipping, weight-decay mask.
 
-Weight decay skips 1-D parameters (norm scales, biases) and embedding tables, following common
+Weight decay skips 1-D parameters (norm scales, biases) and embedding lookup tables, following common
 practice for transformers; the mask is computed from parameter paths and shapes so it needs
 no per-module bookkeeping.
 """
@@ -24,12 +24,16 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
     )
 
 
+EMBEDDING_TABLES = ("table", "kind")  # lookup tables (text, dMel, kind); the hMLP's projections do decay
+
+
 def _decay_mask(params):
     def keep(path, leaf):
-        names = "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path).lower()
-        if leaf.ndim <= 1:
+        keys = [str(getattr(p, "key", getattr(p, "name", p))).lower() for p in path]
+        keys = [k for k in keys if k != "value"]  # nnx.Param leaves may end in a `value` key
+        if leaf.ndim <= 1 or any(s in k for k in keys for s in ("norm", "scale", "bias")):
             return False
-        return not any(s in names for s in ("embed", "norm", "scale", "bias"))
+        return not ("embed" in keys and keys[-1] in EMBEDDING_TABLES)
 
     return jax.tree_util.tree_map_with_path(keep, params)
 

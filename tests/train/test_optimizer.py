@@ -25,11 +25,25 @@ def test_schedule_is_linear_warmup_then_cosine_to_the_floor():
 def test_weight_decay_skips_vectors_norms_and_embeddings():
     params = {
         "backbone": {"w": jnp.ones((3, 3)), "norm": {"scale": jnp.ones((3, 3))}, "b": jnp.ones(3)},
-        "embed": {"text": {"table": jnp.ones((5, 3))}},
+        "embed": {"text": {"table": jnp.ones((5, 3))}, "kind": jnp.ones((6, 3)), "hmlp": {"proj": jnp.ones((4, 3))}},
     }
     mask = _decay_mask(params)
     assert mask["backbone"]["w"] and not mask["backbone"]["norm"]["scale"] and not mask["backbone"]["b"]
-    assert not mask["embed"]["text"]["table"]
+    assert not mask["embed"]["text"]["table"] and not mask["embed"]["kind"]
+    assert mask["embed"]["hmlp"]["proj"]  # the hMLP is a layer, not a lookup table
+
+
+def test_weight_decay_mask_on_the_model_paths(tiny_config):
+    from flax import nnx
+
+    from interaction_jax.model.interaction_model import InteractionModel
+
+    _, params, _ = nnx.split(InteractionModel(tiny_config, rngs=nnx.Rngs(0)), nnx.Param, ...)  # as train/state.py
+    leaves = jax.tree_util.tree_flatten_with_path(_decay_mask(params))[0]
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): bool(v) for path, v in leaves}
+    assert len(flat) == len(jax.tree.leaves(params))
+    assert not any(v for k, v in flat.items() if k.endswith("table") or "norm" in k)
+    assert any(v for k, v in flat.items() if "hmlp" in k) and any(v for k, v in flat.items() if "attn" in k)
 
 
 def test_clipping_bounds_the_update_of_a_huge_gradient():
