@@ -85,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # "none" | "full" | "dots"
     c.model.scan_layers = True
     c.model.attention_impl = "xla"
+    # bitwise-identical outputs whatever the batch / block shape: the training forward and the streaming
+    # engine (any slot contents) agree exactly; the one switch for training and inference; dense layers only
     c.model.batch_invariant = False
     c.model.user_text_loss_weight = 0.0  # ablation: also predict the user's typed-text stream
     c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary; larger pads the text table (sharding)
@@ -159,7 +161,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.inference.max_session_seconds = 300.0  # "hard": longest session (KV cache rows = this many positions)
     c.inference.window_seconds = 30.0  # "sliding": attention window when model.sliding_window == 0
     c.inference.sink_turns = 1  # "sliding": leading micro-turns kept visible forever (attention sinks)
-    c.inference.batch_invariant = False  # bitwise-identical outputs whatever the other slots hold
     c.inference.griffin_lim_iters = 32  # waveform reconstruction of the model's mel output
     return c
 

@@ -91,10 +91,14 @@ class ContextPolicy:
         return cls(kind, sinks, window, ring, max_block, None)
 
     # ---- row mapping (jit-side) -----------------------------------------------------------------
+    def position_rows(self, p: jax.Array) -> jax.Array:
+        """The row that holds (or will hold) absolute position p >= 0 (any shape)."""
+        return jnp.where(p < self.sinks, p, self.sinks + (p - self.sinks) % self.ring).astype(jnp.int32)
+
     def write_rows(self, start: jax.Array, size: int, active: jax.Array) -> jax.Array:
         """Rows [B, size] where positions start[b] + i are written; idle slots write to scratch."""
         p = start[:, None] + jnp.arange(size, dtype=jnp.int32)[None, :]
-        rows = jnp.where(p < self.sinks, p, self.sinks + (p - self.sinks) % self.ring)
+        rows = self.position_rows(p)
         scratch = self.sinks + self.ring + jnp.arange(size, dtype=jnp.int32)[None, :]
         return jnp.where(active[:, None], rows, scratch).astype(jnp.int32)
 
@@ -106,6 +110,20 @@ class ContextPolicy:
         ring = jnp.where(last >= r, last - (last - r) % self.ring, -1)
         pos = jnp.where(r < self.sinks, sink, ring)
         return jnp.where(r < self.sinks + self.ring, pos, -1)
+
+    def live_chunks(self, q_positions: jax.Array, valid: jax.Array, block: int) -> list[tuple]:
+        """Ranges [(lo, hi), ...] of key chunks (chunk c = positions [c*block, (c+1)*block)) that
+        can hold a key visible to a valid query: the sink chunks, then the window's chunks, in
+        increasing order. Every other chunk is fully masked for every valid query."""
+        big = jnp.iinfo(jnp.int32).max
+        q_lo = jnp.min(jnp.where(valid, q_positions, big))
+        q_hi = jnp.max(jnp.where(valid, q_positions, -1))
+        hi = q_hi // block + 1  # 0 when no query is valid
+        if not self.window:
+            return [(0, hi)]
+        ns = -(-self.sinks // block)
+        lo = jnp.maximum(ns, jnp.floor_divide(jnp.minimum(q_lo, big - 1) - self.window + 1, block))
+        return ([(0, ns)] if ns else []) + [(lo, hi)]
 
     # ---- host-side accounting -------------------------------------------------------------------
     def check_turn(self, turn: int, session: str = "session") -> None:

@@ -48,6 +48,37 @@ def segments(layout: StreamLayout) -> list[tuple[int, int]]:
     return [(a, z) for a, z in zip(bounds[:-1], bounds[1:], strict=True) if z > a]
 
 
+def invariant_cache_attention(
+    q: jax.Array,
+    q_positions: jax.Array,
+    valid: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_positions: jax.Array,
+    policy: ContextPolicy,
+) -> jax.Array:
+    """Batch-invariant attention of q [B, S, H, hd] over one layer's ring cache k/v [B, rows, ...].
+
+    Keys are gathered chunk by chunk in absolute-position order (chunk c = positions
+    [c*BLOCK_KV, (c+1)*BLOCK_KV), each mapped to its ring row; a row that does not hold that
+    position counts as no key), and only the live chunks (sinks, window) are visited. That is the
+    order and chunking of the training forward over a window starting at position 0, with the
+    chunks it visits in addition fully masked (exact no-ops), so the rows match it bitwise.
+    """
+    from pallas_kernels import batch_invariant as bi
+
+    block = bi.BLOCK_KV
+
+    def chunk(c):
+        p = c * block + jnp.arange(block, dtype=jnp.int32)
+        r = policy.position_rows(p)
+        held = jnp.take(kv_positions, r, axis=1)
+        return jnp.take(k, r, axis=1), jnp.take(v, r, axis=1), jnp.where(held == p[None], p[None], -1)
+
+    ranges = policy.live_chunks(q_positions, valid, block)
+    return bi.chunked_attention(q, q_positions, chunk, ranges, window=policy.window, sinks=policy.sinks)
+
+
 def cached_forward(
     model: InteractionModel,
     block: dict,
@@ -58,6 +89,7 @@ def cached_forward(
     *,
     window: int,
     sinks: int,
+    policy: ContextPolicy | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """A block of S positions against the ring cache with the model's own sub-modules.
 
@@ -66,7 +98,12 @@ def cached_forward(
     attention masks on the absolute position each row holds (`kv_positions` [B, T], -1 empty).
     The full cache rides in the scan carry and only the new rows are scattered in, so with the
     state donated XLA updates it in place. Returns (hidden [B,S,D], text logits, k_all, v_all).
+    A batch-invariant model (`model.batch_invariant`) attends with `invariant_cache_attention`
+    (needs `policy`), so its rows are bitwise the training forward's.
     """
+    invariant = bool(getattr(model, "batch_invariant", False))
+    if invariant and policy is None:
+        raise ValueError("cached_forward: a batch-invariant model needs the ContextPolicy (policy=...)")
     backbone = model.backbone
     positions = block["positions"]
     x = model.embed(block).astype(backbone.dtype)
@@ -75,6 +112,7 @@ def cached_forward(
     b_idx = jnp.arange(rows.shape[0])[:, None]
     kv_valid = kv_positions >= 0
     mask = block.get("valid")
+    q_valid = jnp.ones(positions.shape, bool) if mask is None else mask.astype(bool)
 
     def body(carry, xs):
         x, k_all, v_all = carry
@@ -86,17 +124,21 @@ def cached_forward(
             q, k, v = attn._qkv(blk.attn_norm(x), positions)
             k_all = k_all.at[layer, b_idx, rows].set(k.astype(k_all.dtype))
             v_all = v_all.at[layer, b_idx, rows].set(v.astype(v_all.dtype))
-            o = attention(
-                q,
-                k_all[layer].astype(attn.dtype),
-                v_all[layer].astype(attn.dtype),
-                q_positions=positions,
-                kv_positions=kv_positions,
-                kv_valid=kv_valid,
-                window=window,
-                sinks=sinks,
-                impl=attn.impl,
-            )
+            if invariant:
+                o = invariant_cache_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
+                                              v_all[layer].astype(attn.dtype), kv_positions, policy)
+            else:
+                o = attention(
+                    q,
+                    k_all[layer].astype(attn.dtype),
+                    v_all[layer].astype(attn.dtype),
+                    q_positions=positions,
+                    kv_positions=kv_positions,
+                    kv_valid=kv_valid,
+                    window=window,
+                    sinks=sinks,
+                    impl=attn.impl,
+                )
             x = x + attn._out(o).astype(x.dtype)
             x, _ = blk._ffn(x, mask)
         return (x, k_all, v_all), None
@@ -154,7 +196,7 @@ def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: Conte
             rows = policy.write_rows(base + a, z - a, active)
             kv_pos = policy.row_positions(jnp.where(active, base + z, base))
             hidden, logits, k_all, v_all = cached_forward(
-                model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks
+                model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks, policy=policy
             )
             for p in range(a, z):
                 if text_sl.start <= p < text_sl.stop:
@@ -167,7 +209,7 @@ def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: Conte
                     j = p - audio_sl.start
                     keys = sampling.position_keys(tkeys, sampling.AUDIO_KEY_OFFSET + j)
                     h = hidden[:, p - a]
-                    mel = jax.vmap(lambda hh, kk: model.sample_mel(hh, kk))(h, keys)
+                    mel = model.sample_mel_keys(h, keys)
                     codes_feed = sampling.dmel_encode(mel, feature_params)
                     mels.append(mel)
                     codes_out.append(codes_feed)

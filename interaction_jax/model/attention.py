@@ -14,6 +14,11 @@ Mask semantics (shared by both paths): key j is visible from query i iff
   kv_pos[j] <= q_pos[i]  and  (window == 0  or  q_pos[i] - kv_pos[j] < window  or  kv_pos[j] < sinks)
 and, for the cache, j is a written entry. `window` counts the query itself; the first `sinks`
 positions stay visible forever (attention sinks, Xiao et al. 2023).
+
+`batch_invariant=True` replaces the projections with fixed-tile matmuls and the attention with
+`pallas_kernels.batch_invariant.chunked_attention` (keys in chunks of fixed absolute positions,
+fixed reduction order), whatever `impl` says: a query row's output is then bitwise independent
+of the batch, the number of queries and the cache extent (the streaming engine relies on it).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from interaction_jax.model.layers import fan_in_init, param
+from interaction_jax.model.layers import fan_in_init, matmul, param
 
 NEG_INF = -1e30
 
@@ -138,6 +143,7 @@ class Attention(nnx.Module):
         impl: str = "xla",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        batch_invariant: bool = False,
         rngs: nnx.Rngs,
     ):
         if num_heads % num_kv_heads:
@@ -147,6 +153,7 @@ class Attention(nnx.Module):
         self.sinks = int(sinks)
         self.impl = impl
         self.dtype = dtype
+        self.batch_invariant = bool(batch_invariant)
         init_in = fan_in_init(d_model)
         self.wq = param(rngs, init_in, (d_model, num_heads, head_dim), ("embed", "heads", "head_dim"), param_dtype)
         self.wk = param(
@@ -163,20 +170,36 @@ class Attention(nnx.Module):
             param_dtype,
         )
 
+    def _proj(self, x: jax.Array, w: nnx.Param) -> jax.Array:
+        """x [B, S, D] @ w [D, H, hd] -> [B, S, H, hd] as one fixed-tile matmul (batch-invariant mode)."""
+        w = w[...].astype(self.dtype)
+        return matmul(x, w.reshape(w.shape[0], -1), True).reshape(x.shape[:-1] + w.shape[1:])
+
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         dt = self.dtype
         x = x.astype(dt)
+        if self.batch_invariant:
+            q, k, v = self._proj(x, self.wq), self._proj(x, self.wk), self._proj(x, self.wv)
+            return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
         q = jnp.einsum("bsd,dhk->bshk", x, self.wq[...].astype(dt))
         k = jnp.einsum("bsd,dhk->bshk", x, self.wk[...].astype(dt))
         v = jnp.einsum("bsd,dhk->bshk", x, self.wv[...].astype(dt))
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def _out(self, o: jax.Array) -> jax.Array:
+        if self.batch_invariant:
+            wo = self.wo[...].astype(self.dtype)
+            return matmul(o.astype(self.dtype).reshape(o.shape[:-2] + (-1,)), wo.reshape(-1, wo.shape[-1]), True)
         return jnp.einsum("bshk,hkd->bsd", o, self.wo[...].astype(self.dtype))
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Full causal attention over x [B, L, D] with packed `positions` [B, L]."""
         q, k, v = self._qkv(x, positions)
+        if self.batch_invariant:
+            from pallas_kernels import batch_invariant as bi
+
+            o = bi.attention_sequence(q, k, v, positions, positions, window=self.window, sinks=self.sinks)
+            return self._out(o)
         o = attention(
             q,
             k,
@@ -213,6 +236,11 @@ class Attention(nnx.Module):
         v_cache = _write_rows(v_cache, v, lengths)
         q_rows = lengths[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]
         kv_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))
+        if self.batch_invariant:
+            from pallas_kernels import batch_invariant as bi
+
+            o = bi.attention_sequence(q, k_cache, v_cache, q_rows, kv_rows, window=self.window, sinks=self.sinks)
+            return self._out(o), k_cache, v_cache
         o = attention(
             q,
             k_cache.astype(self.dtype),

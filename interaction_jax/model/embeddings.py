@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interaction_jax.model.hmlp import HMLPStem
-from interaction_jax.model.layers import param, sinusoidal
+from interaction_jax.model.layers import matmul, param, sinusoidal
 from interaction_jax.streams.layout import AUDIO_KINDS, NUM_KINDS, TEXT_KINDS, Kind
 
 
@@ -37,9 +37,11 @@ def _is_any(kinds: jax.Array, values) -> jax.Array:
 class TextEmbedding(nnx.Module):
     """Token table [V, D]; `embed` for inputs (x sqrt(D)), `attend` for a tied unembedding."""
 
-    def __init__(self, vocab_size: int, d_model: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, vocab_size: int, d_model: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 batch_invariant: bool = False, rngs: nnx.Rngs):
         self.d_model = d_model
         self.dtype = dtype
+        self.batch_invariant = bool(batch_invariant)
         init = nnx.initializers.normal(stddev=d_model**-0.5)
         self.table = param(rngs, init, (vocab_size, d_model), ("vocab", "embed"), param_dtype)
 
@@ -49,6 +51,8 @@ class TextEmbedding(nnx.Module):
 
     def attend(self, h: jax.Array) -> jax.Array:
         """Tied logits h @ table^T, in float32."""
+        if self.batch_invariant:
+            return matmul(h.astype(jnp.float32), self.table[...].astype(jnp.float32).T, True)
         return jnp.einsum("...d,vd->...v", h.astype(jnp.float32), self.table[...].astype(jnp.float32))
 
 
@@ -69,15 +73,21 @@ class DMelBag(nnx.Module):
         frames: int = 4,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        batch_invariant: bool = False,
         rngs: nnx.Rngs,
     ):
         self.bins = bins
         self.dtype = dtype
+        self.batch_invariant = bool(batch_invariant)
         init = nnx.initializers.normal(stddev=(frames * n_mels) ** -0.5)
         self.table = param(rngs, init, (n_mels, bins, d_model), ("channels", "bins", "embed"), param_dtype)
 
     def __call__(self, codes: jax.Array) -> jax.Array:
         counts = jnp.sum(jax.nn.one_hot(codes.astype(jnp.int32), self.bins, dtype=self.dtype), axis=-3)
+        if self.batch_invariant:
+            table = self.table[...].astype(self.dtype)
+            flat = counts.reshape(counts.shape[:-2] + (-1,))
+            return matmul(flat, table.reshape(-1, table.shape[-1]), True)
         return jnp.einsum("...mk,mkd->...d", counts, self.table[...].astype(self.dtype))
 
 
@@ -97,12 +107,15 @@ class InputEmbedding(nnx.Module):
         time_embedding: bool,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        batch_invariant: bool = False,
         rngs: nnx.Rngs,
     ):
         self.d_model = d_model
         self.dtype = dtype
         self.use_time = bool(time_embedding)
-        self.text = TextEmbedding(vocab_size, d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        bi = bool(batch_invariant)
+        self.text = TextEmbedding(vocab_size, d_model, dtype=dtype, param_dtype=param_dtype, batch_invariant=bi,
+                                  rngs=rngs)
         self.dmel = DMelBag(
             n_mels,
             d_model,
@@ -110,11 +123,13 @@ class InputEmbedding(nnx.Module):
             frames=frames_per_position,
             dtype=dtype,
             param_dtype=param_dtype,
+            batch_invariant=bi,
             rngs=rngs,
         )
         self.kind = param(rngs, nnx.initializers.normal(1.0), (NUM_KINDS, d_model), ("kinds", "embed"), param_dtype)
         if video_patches > 0:
-            self.hmlp = HMLPStem(d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.hmlp = HMLPStem(d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype,
+                                 batch_invariant=bi, rngs=rngs)
             self.no_frame = param(rngs, nnx.initializers.normal(1.0), (d_model,), ("embed",), param_dtype)
         else:
             self.hmlp = None

@@ -49,6 +49,7 @@ class HMLPStem(nnx.Module):
         kernels: tuple[int, ...] = (4, 2, 5),
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        batch_invariant: bool = False,
         rngs: nnx.Rngs,
     ):
         prod = 1
@@ -72,10 +73,11 @@ class HMLPStem(nnx.Module):
                     use_bias=True,
                     dtype=dtype,
                     param_dtype=param_dtype,
+                    batch_invariant=batch_invariant,
                     rngs=rngs,
                 )
             )
-            norms.append(LayerNorm(c_out, param_dtype=param_dtype, rngs=rngs))
+            norms.append(LayerNorm(c_out, param_dtype=param_dtype, batch_invariant=batch_invariant, rngs=rngs))
             c_in = c_out
         self.projs = nnx.List(projs)
         self.norms = nnx.List(norms)

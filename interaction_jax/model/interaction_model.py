@@ -51,6 +51,8 @@ class InteractionModel(nnx.Module):
         self.vocab_size = model_vocab_size(config)
         self.ode_steps = int(m.flow.ode_steps)
         self.solver = str(m.flow.solver)
+        bi = bool(m.get("batch_invariant", False))
+        self.batch_invariant = bi
         self.embed = InputEmbedding(
             d_model=self.d_model,
             vocab_size=self.vocab_size,
@@ -62,11 +64,13 @@ class InteractionModel(nnx.Module):
             time_embedding=bool(m.time_embedding),
             dtype=dtype,
             param_dtype=param_dtype,
+            batch_invariant=bi,
             rngs=rngs,
         )
         self.backbone = Transformer(m, rngs=rngs)
         self.text_head = TextHead(
-            self.d_model, self.vocab_size, tied=bool(m.tie_embeddings), param_dtype=param_dtype, rngs=rngs
+            self.d_model, self.vocab_size, tied=bool(m.tie_embeddings), param_dtype=param_dtype, batch_invariant=bi,
+            rngs=rngs
         )
         self.flow = FlowHead(
             self.d_model,
@@ -77,6 +81,7 @@ class InteractionModel(nnx.Module):
             sigma_min=float(m.flow.get("sigma_min", 1e-4)),
             dtype=dtype,
             param_dtype=param_dtype,
+            batch_invariant=bi,
             rngs=rngs,
         )
 
@@ -107,6 +112,15 @@ class InteractionModel(nnx.Module):
     ) -> jax.Array:
         """Mel frames [..., F, M] (log-mel) for backbone states [..., D] with the configured ODE sampler."""
         return self.flow.sample(hidden, rng, steps=steps or self.ode_steps, solver=solver or self.solver)
+
+    def sample_mel_keys(self, hidden: jax.Array, keys: jax.Array) -> jax.Array:
+        """Mel frames [N, F, M] for states [N, D], position n drawing its noise from keys[n].
+
+        Bitwise `sample_mel(hidden[n], keys[n])` for every n in batch-invariant mode, and the
+        same in value otherwise; the head runs once on the whole batch.
+        """
+        x0 = jax.vmap(lambda k: self.flow.noise(k))(keys)
+        return self.flow.sample_from(hidden, x0, steps=self.ode_steps, solver=self.solver)
 
 
 def text_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -5,6 +5,11 @@ Every parameter is created through `param`, which attaches logical axis names (s
 off: logical names are not mesh axes, so the parallel code maps them through the rules table
 (`nnx.get_partition_spec` on the state gives the logical spec) instead of Flax sharding at
 creation time. Parameters are stored in `param_dtype` and cast to the compute `dtype` at use.
+
+`batch_invariant=True` (`c.model.batch_invariant`) routes matmuls and norms through
+`pallas_kernels.batch_invariant` (fixed row tiles, fixed reduction order), so a row's result does
+not depend on how many rows share the call: the training forward on a whole window and the
+streaming engine's micro-turn blocks give bitwise the same outputs. Off, nothing changes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ def param(
     return nnx.Param(value, sharding_names=tuple(axes), eager_sharding=False)
 
 
+def matmul(x: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
+    """x [..., K] @ w [K, N]; with `batch_invariant` each row's result is independent of the batch."""
+    if batch_invariant:
+        from pallas_kernels import batch_invariant as bi  # lazy: the default path never imports Pallas
+
+        return bi.matmul(x, w)
+    return x @ w
+
+
 def fan_in_init(fan_in: int, scale: float = 1.0) -> Initializer:
     """Normal init with std = scale / sqrt(fan_in), whatever the tensor's layout.
 
@@ -49,11 +63,17 @@ def fan_in_init(fan_in: int, scale: float = 1.0) -> Initializer:
 class RMSNorm(nnx.Module):
     """RMSNorm with a learned scale (initialised at 1), computed in float32."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, batch_invariant: bool = False,
+                 rngs: nnx.Rngs):
         self.eps = eps
+        self.batch_invariant = bool(batch_invariant)
         self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.batch_invariant:
+            from pallas_kernels import batch_invariant as bi
+
+            return bi.rms_norm(x, self.scale[...], eps=self.eps)
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
@@ -62,12 +82,18 @@ class RMSNorm(nnx.Module):
 class LayerNorm(nnx.Module):
     """LayerNorm (mean and variance over the last axis) with scale and bias, in float32."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, batch_invariant: bool = False,
+                 rngs: nnx.Rngs):
         self.eps = eps
+        self.batch_invariant = bool(batch_invariant)
         self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros, (dim,), ("norm",), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.batch_invariant:
+            from pallas_kernels import batch_invariant as bi
+
+            return bi.layer_norm_reference(x, self.scale[...], self.bias[...], eps=self.eps)
         xf = x.astype(jnp.float32)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
@@ -89,14 +115,19 @@ class Linear(nnx.Module):
         scale: float = 1.0,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        batch_invariant: bool = False,
         rngs: nnx.Rngs,
     ):
         self.dtype = dtype
+        self.batch_invariant = bool(batch_invariant)
         self.w = param(rngs, fan_in_init(d_in, scale), (d_in, d_out), axes, param_dtype)
         self.b = param(rngs, nnx.initializers.zeros, (d_out,), (axes[1],), param_dtype) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.w[...].astype(self.dtype))
+        if self.batch_invariant:
+            y = matmul(x.astype(self.dtype), self.w[...].astype(self.dtype), True)
+        else:
+            y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.w[...].astype(self.dtype))
         if self.b is not None:
             y = y + self.b[...].astype(self.dtype)
         return y

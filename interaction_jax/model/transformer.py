@@ -12,6 +12,8 @@ do not depend on the switch.
 Remat (`remat`): "none"; "full" recomputes the whole group in the backward pass;
 "dots" saves matmul outputs without batch dims (`dots_with_no_batch_dims_saveable`) and
 recomputes the rest. Parameters live in `param_dtype`, activations in `dtype`.
+`model.batch_invariant` makes every matmul, norm and attention of the backbone batch-invariant
+(see `layers.py`, `attention.py`); dense layers only.
 
 The streaming KV cache is an explicit pytree `KVCache(k, v, lengths)` with
 k, v: [num_layers, B, max_len, num_kv_heads, head_dim] (layer l = group * len(pattern) + i)
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interaction_jax.model.attention import Attention
-from interaction_jax.model.layers import RMSNorm, fan_in_init, param
+from interaction_jax.model.layers import RMSNorm, fan_in_init, matmul, param
 
 LAYER_KINDS = ("dense", "moe")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -39,6 +41,11 @@ class KVCache(NamedTuple):
     k: jax.Array
     v: jax.Array
     lengths: jax.Array
+
+
+def batch_invariant(cfg) -> bool:
+    """`model.batch_invariant` (absent in older / hand-built configs = off)."""
+    return bool(cfg.get("batch_invariant", False))
 
 
 def parse_pattern(pattern: str, num_layers: int) -> tuple[str, ...]:
@@ -54,17 +61,19 @@ def parse_pattern(pattern: str, num_layers: int) -> tuple[str, ...]:
 class SwiGLU(nnx.Module):
     """Dense feed-forward: (silu(x W_gate) * x W_up) W_down."""
 
-    def __init__(self, d_model: int, ffn_dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, ffn_dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 batch_invariant: bool = False, rngs: nnx.Rngs):
         self.dtype = dtype
+        self.batch_invariant = bool(batch_invariant)
         self.w_gate = param(rngs, fan_in_init(d_model), (d_model, ffn_dim), ("embed", "mlp"), param_dtype)
         self.w_up = param(rngs, fan_in_init(d_model), (d_model, ffn_dim), ("embed", "mlp"), param_dtype)
         self.w_down = param(rngs, fan_in_init(ffn_dim), (ffn_dim, d_model), ("mlp", "embed"), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        dt = self.dtype
+        dt, bi = self.dtype, self.batch_invariant
         x = x.astype(dt)
-        h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_up[...].astype(dt))
-        return h @ self.w_down[...].astype(dt)
+        h = jax.nn.silu(matmul(x, self.w_gate[...].astype(dt), bi)) * matmul(x, self.w_up[...].astype(dt), bi)
+        return matmul(h, self.w_down[...].astype(dt), bi)
 
 
 def _zero_aux() -> dict:
@@ -77,7 +86,11 @@ class Block(nnx.Module):
     def __init__(self, cfg, kind: str, *, dtype, param_dtype, rngs: nnx.Rngs):
         d = int(cfg.d_model)
         self.kind = kind
-        self.attn_norm = RMSNorm(d, param_dtype=param_dtype, rngs=rngs)
+        bi = batch_invariant(cfg)
+        if bi and kind == "moe":
+            raise ValueError("model.batch_invariant=True supports dense layers only (layer_pattern has 'moe'): "
+                             "routing and expert kernels have no batch-invariant formulation yet")
+        self.attn_norm = RMSNorm(d, param_dtype=param_dtype, batch_invariant=bi, rngs=rngs)
         self.attn = Attention(
             d,
             int(cfg.num_heads),
@@ -89,15 +102,16 @@ class Block(nnx.Module):
             impl=str(cfg.attention_impl),
             dtype=dtype,
             param_dtype=param_dtype,
+            batch_invariant=bi,
             rngs=rngs,
         )
-        self.ffn_norm = RMSNorm(d, param_dtype=param_dtype, rngs=rngs)
+        self.ffn_norm = RMSNorm(d, param_dtype=param_dtype, batch_invariant=bi, rngs=rngs)
         if kind == "moe":
             from interaction_jax.model.moe import MoEFeedForward  # lazy: the dense path must not need it
 
             self.ffn = MoEFeedForward(d, cfg.moe, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         else:
-            self.ffn = SwiGLU(d, int(cfg.ffn_dim), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.ffn = SwiGLU(d, int(cfg.ffn_dim), dtype=dtype, param_dtype=param_dtype, batch_invariant=bi, rngs=rngs)
 
     def _ffn(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict]:
         h = self.ffn_norm(x)
@@ -182,7 +196,8 @@ class Transformer(nnx.Module):
             return LayerGroup(cfg, pattern, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         self.groups = make_groups(rngs)
-        self.final_norm = RMSNorm(int(cfg.d_model), param_dtype=param_dtype, rngs=rngs)
+        self.final_norm = RMSNorm(int(cfg.d_model), param_dtype=param_dtype, batch_invariant=batch_invariant(cfg),
+                                  rngs=rngs)
 
     def _run(self, x, positions, kv, lengths, mask):
         graphdef, state = nnx.split(self.groups)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,3 +73,74 @@ def test_model_attention_registry_uses_kernels():
 def test_batch_invariant_compiled_gpu():
     f = jax.jit(lambda x: bi.matmul(x, W, implementation="triton"))
     _assert_rows_invariant(f, X)
+
+
+def test_layer_norm_batch_invariant():
+    bias = RNG.standard_normal((200,)).astype(np.float32)
+    f = jax.jit(lambda x: bi.layer_norm_reference(x, SCALE, bias, eps=1e-6))
+    full = _assert_rows_invariant(f, X)
+    x64 = X.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6) * SCALE + bias
+    np.testing.assert_allclose(full, want, atol=1e-4, rtol=1e-4)
+
+
+def test_exp_invariant_is_accurate_and_shape_independent():
+    x = np.concatenate([RNG.uniform(-90, 88.7, 3000), RNG.standard_normal(1000) * 3]).astype(np.float32)
+    f = jax.jit(bi.exp_invariant)
+    full = np.asarray(f(x))
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64))
+    ok = x > -87
+    np.testing.assert_allclose(full[ok], want[ok], rtol=3e-7)
+    assert np.all(full[~ok] == 0.0)
+    for start, n in ((0, 1), (3, 5), (5, 17), (7, 64), (1, 3999)):  # XLA's own exp fails this
+        np.testing.assert_array_equal(np.asarray(f(x[start : start + n])), full[start : start + n])
+    np.testing.assert_array_equal(np.asarray(f(x.reshape(40, 100)))[3], full[300:400])
+
+
+def test_tree_sum_matches_sum_and_is_row_invariant():
+    x = RNG.standard_normal((37, 50)).astype(np.float32)  # 50: zero-padded to 64
+    f = jax.jit(lambda a: bi.tree_sum(a, -1))
+    full = np.asarray(f(x))
+    np.testing.assert_allclose(full, x.astype(np.float64).sum(-1), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(f(x[5:6])), full[5:6])
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: bi.tree_sum(a, 0))(x.T)), full)
+
+
+def test_chunked_attention_matches_reference_and_skipping_masked_chunks_is_exact():
+    """Sequence layout vs the independent reference; then the same queries with keys scattered into
+    a shuffled 'cache', fewer queries and a chunk list that skips / adds fully masked chunks."""
+    b, s, h, kvh, hd, window, sinks = 2, 150, 4, 2, 16, 70, 5
+    q = RNG.standard_normal((b, s, h, hd)).astype(np.float32)
+    k = RNG.standard_normal((b, s, kvh, hd)).astype(np.float32)
+    v = RNG.standard_normal((b, s, kvh, hd)).astype(np.float32)
+    pos = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s))
+    full = np.asarray(jax.jit(lambda q, k, v: bi.attention_sequence(q, k, v, pos, pos, window=window, sinks=sinks))(
+        q, k, v))
+    want = flash_attention_reference(q, k, v, window=window, sinks=sinks)
+    np.testing.assert_allclose(full, want, atol=2e-5, rtol=2e-5)
+
+    c = bi.BLOCK_KV
+    perm = RNG.permutation(s)  # key at position p lives in row perm[p]
+    kc, vc = np.zeros_like(k), np.zeros_like(v) + 1e3  # unwritten rows: garbage that must not leak
+    kc[:, perm], vc[:, perm] = k, v
+    held = np.full((b, s), -1, np.int32)
+    held[:, perm] = pos
+    held[1, perm[100]] = -1  # slot 1 lost position 100 (e.g. evicted): a hole only in that slot
+
+    def chunk(ci):
+        p = ci * c + jnp.arange(c, dtype=jnp.int32)
+        r = jnp.asarray(perm)[jnp.clip(p, 0, s - 1)]
+        ok = (p < s) & (jnp.take(jnp.asarray(held), r, axis=1) == p[None])
+        return jnp.take(kc, r, axis=1), jnp.take(vc, r, axis=1), jnp.where(ok, p[None], -1)
+
+    sel = slice(120, 140)  # queries 120..139: window [51, 139] + sinks [0, 5)
+    ranges = [(0, 1), (jnp.int32(1), jnp.int32(4))]  # sink chunk, then the window's chunks (chunk 3 empty)
+    got = np.asarray(jax.jit(lambda q: bi.chunked_attention(q, jnp.asarray(pos[:, sel]), chunk, ranges,
+                                                            window=window, sinks=sinks))(q[:, sel]))
+    np.testing.assert_array_equal(got[0], full[0, sel])
+    assert not np.array_equal(got[1], full[1, sel])  # the hole is seen: the cache path is really used
+    pos_h = pos.copy()
+    pos_h[1, 100] = -1
+    hole = np.asarray(bi.attention_sequence(q[1:], k[1:], v[1:], pos[1:], pos_h[1:], window=window, sinks=sinks))
+    np.testing.assert_array_equal(got[1], hole[0, sel])
