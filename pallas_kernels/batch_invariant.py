@@ -15,13 +15,14 @@ in an order fixed by constants, never by M, B, S or T:
   is independent of batch size, query count and cache length. There is no separate pure-JAX
   form: on CPU the kernel runs in interpret mode.
 
-* chunked attention (`chunked_attention`, pure JAX, what the model uses with the flag): keys are
-  visited in chunks of `BLOCK_KV` *absolute positions*, in increasing order, with an online
-  softmax. Dot products and sums are explicit pairwise trees of elementwise multiplies / adds
-  (`tree_sum`), `exp` is `exp_invariant` (XLA:CPU's own `exp` differs in the last bit between its
-  vector and scalar code paths, i.e. by array shape), and a chunk with no visible key is an exact
-  no-op. So the training forward (keys = the whole window) and the streaming engine (keys
-  gathered from its ring cache, only the live chunks) give bitwise the same rows.
+* chunked attention (`chunked_attention`, pure JAX, what the model uses with the flag): query
+  rows are cut into fixed tiles of `BLOCK_Q` rows (`lax.map`), and each tile visits the keys in
+  chunks of `BLOCK_KV` *absolute positions*, in increasing order, with an online softmax whose
+  two dots per chunk have constant shapes; `exp` is `exp_invariant` (XLA:CPU's own `exp`
+  differs in the last bit between its vector and scalar code paths, i.e. by array shape); a
+  chunk with no visible key is an exact no-op, so a caller may skip it. The training forward
+  (keys = the whole window, every chunk) and the streaming engine (keys gathered from its ring
+  cache, only the live chunks) give bitwise the same rows.
 
 The price is throughput (no shape-specialised tiling, no split-K); `experiments/perf/kernels.py`
 measures the matmul overhead against plain `x @ w`, `experiments/perf/batch_invariant.py` the
@@ -41,7 +42,8 @@ from pallas_kernels._common import NEG_INF, is_interpret, pad_axis, resolve_impl
 from pallas_kernels.flash_attention import flash_attention
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 64
-BLOCK_KV = 64  # keys per attention chunk; chunk c holds absolute positions [c * BLOCK_KV, (c + 1) * BLOCK_KV)
+BLOCK_KV = 128  # keys per attention chunk; chunk c holds absolute positions [c * BLOCK_KV, (c + 1) * BLOCK_KV)
+BLOCK_Q = 8  # query rows (position x head of a kv group) per attention tile
 
 
 def _rows(x):
@@ -195,80 +197,32 @@ def exp_invariant(x: jax.Array) -> jax.Array:
     return jnp.where(x < -87.0, 0.0, jnp.where(x > 88.72, jnp.inf, y))
 
 
-def tree_sum(x: jax.Array, axis: int = 0) -> jax.Array:
-    """Sum over `axis` as a fixed pairwise tree of elementwise adds (zero-padded to a power of two).
-
-    The order of the adds depends only on the length of `axis`, never on the other axes or on
-    how XLA vectorises a reduction, so a row's sum is the same in any batch. Cheapest (to compile
-    and to run) when `axis` is the leading one: the halves are then contiguous slabs.
-    """
-    x = jnp.moveaxis(x, axis, 0)
-    x = pad_axis(x, 0, 1 << max(x.shape[0] - 1, 0).bit_length())
-    while x.shape[0] > 1:
-        h = x.shape[0] // 2
-        x = x[:h] + x[h:]
-    return x[0]
-
-
 # ---- chunked attention --------------------------------------------------------------------------
-Chunk = tuple[jax.Array, jax.Array, jax.Array]  # k, v [B, C, KVH, hd]; kv positions [B, C] (-1 = no key)
+# chunk(c, b) -> keys, values [C, KVH, hd] of slot b at positions [c*C, (c+1)*C) and those positions
+# [C] (-1 where there is no key).
+Chunk = tuple[jax.Array, jax.Array, jax.Array]
+ChunkFn = Callable[[jax.Array, jax.Array], Chunk]
+Ranges = Sequence[tuple]
 
 
-def _chunk_update(carry, q, q_pos, chunk: Chunk, *, window: int, sinks: int, scale: float):
-    """One online-softmax step over a chunk; a chunk with no visible key leaves `carry` unchanged.
-
-    `q` is [hd, B, S, KVH, G] (head dim leading, so the tree sums slice contiguous slabs).
-    """
-    m, denom, acc = carry  # [B, S, KVH, G], same, [hd, B, S, KVH, G]
-    k, v, kv_pos = chunk
-    kk = jnp.transpose(k.astype(jnp.float32), (3, 0, 2, 1))[:, :, None, :, None, :]  # [hd, B, 1, KVH, 1, C]
-    vv = jnp.transpose(v.astype(jnp.float32), (1, 3, 0, 2))[:, :, :, None, :, None]  # [C, hd, B, 1, KVH, 1]
-    s = tree_sum(q[..., None] * kk, 0) * scale  # [B, S, KVH, G, C]
-    qp, kp = q_pos[:, :, None], kv_pos[:, None, :]
-    mask = (kp >= 0) & (kp <= qp)
-    if window:
-        mask &= (qp - kp < window) | (kp < sinks)
-    mask = mask[:, :, None, None, :]
-    s = jnp.where(mask, s, NEG_INF)
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    p = jnp.where(mask, exp_invariant(s - m_new[..., None]), 0.0)
-    alpha = exp_invariant(m - m_new)
-    pt = jnp.moveaxis(p, -1, 0)  # [C, B, S, KVH, G]
-    denom = alpha * denom + tree_sum(pt, 0)
-    acc = alpha * acc + tree_sum(pt[:, None] * vv, 0)
-    return m_new, denom, acc
+def live_chunk_ranges(q_positions: jax.Array, valid: jax.Array, *, window: int, sinks: int,
+                      block_kv: int = BLOCK_KV) -> list[tuple]:
+    """[(lo, hi), ...] of the key chunks that can hold a key visible to a valid query at `q_positions`:
+    the sink chunks, then the window's chunks, in increasing order (traced bounds). Any chunk
+    outside them is fully masked for every valid query, so skipping it is exact."""
+    big = jnp.iinfo(jnp.int32).max
+    q_lo = jnp.min(jnp.where(valid, q_positions, big))
+    q_hi = jnp.max(jnp.where(valid, q_positions, -1))
+    hi = q_hi // block_kv + 1  # 0 when no query is valid
+    if not window:
+        return [(0, hi)]
+    ns = -(-int(sinks) // block_kv)
+    lo = jnp.maximum(ns, jnp.floor_divide(jnp.minimum(q_lo, big - 1) - window + 1, block_kv))
+    return ([(0, jnp.minimum(ns, hi))] if ns else []) + [(lo, hi)]
 
 
-def chunked_attention(
-    q: jax.Array,
-    q_positions: jax.Array,
-    chunk: Callable[[jax.Array], Chunk],
-    ranges: Sequence[tuple],
-    *,
-    window: int = 0,
-    sinks: int = 0,
-) -> jax.Array:
-    """Batch-invariant GQA attention: q [B, S, H, hd] at `q_positions` [B, S] over key chunks.
-
-    `chunk(c)` returns chunk c's keys, values and their absolute positions (-1 where there is no
-    key); chunks are visited in `ranges` order ([(lo, hi), ...], ints or traced scalars; static
-    bounds give a differentiable scan). Chunks skipped by one caller must be ones with no visible
-    key for any of its queries; then two callers visiting different supersets of the visible
-    chunks (in increasing order) return bitwise the same rows. Mask as `model.attention`:
-    causal, `window` counting the query itself, the first `sinks` positions always visible.
-    """
-    b, s, h, hd = q.shape
-    kvh = jax.eval_shape(chunk, jnp.int32(0))[0].shape[2]
-    g = h // kvh
-    qf = jnp.moveaxis(q.astype(jnp.float32).reshape(b, s, kvh, g, hd), -1, 0)
-    carry = (
-        jnp.full((b, s, kvh, g), NEG_INF, jnp.float32),
-        jnp.zeros((b, s, kvh, g), jnp.float32),
-        jnp.zeros((hd, b, s, kvh, g), jnp.float32),
-    )
-    update = functools.partial(_chunk_update, q=qf, q_pos=q_positions, window=int(window), sinks=int(sinks),
-                               scale=hd**-0.5)
-    # one loop over the concatenated ranges (one compiled body, however many ranges)
+def _loop_ranges(ranges: Ranges, body, carry):
+    """fori_loop over the concatenation of `ranges` (one compiled body); a scan when all are static."""
     lo0, hi0 = ranges[0]
     total, index = jnp.maximum(hi0 - lo0, 0), lambda i: lo0 + i
     for lo, hi in ranges[1:]:
@@ -276,11 +230,82 @@ def chunked_attention(
                                   prev=index, lo=lo, start=total)
         total = total + jnp.maximum(hi - lo, 0)
     if len(ranges) == 1 and isinstance(lo0, int) and isinstance(hi0, int):
-        total = max(hi0 - lo0, 0)  # static: a scan (differentiable)
-    carry = jax.lax.fori_loop(0, total, lambda i, cr: update(cr, chunk=chunk(index(i))), carry)
-    _, denom, acc = carry
-    out = jnp.where(denom > 0, acc / jnp.where(denom > 0, denom, 1.0), 0.0)
-    return jnp.moveaxis(out, 0, -1).reshape(b, s, h, hd).astype(q.dtype)
+        total = max(hi0 - lo0, 0)
+    return jax.lax.fori_loop(0, total, lambda i, c: body(index(i), c), carry)
+
+
+def _tile_attention(qt, q_pos, q_valid, b, chunk: ChunkFn, ranges, *, window: int, sinks: int, scale: float):
+    """One tile of query rows qt [KVH, BQ, hd] (all of slot b) against its chunks, online softmax.
+
+    Every op has a shape fixed by constants (KVH, BQ, C, hd), whatever the caller's batch,
+    query count or cache size: the two dots per chunk are [KVH, BQ, hd] x [KVH, hd, C] and
+    [KVH, BQ, C] x [KVH, C, hd + 1] (the extra all-ones value column yields the softmax
+    denominator in the same dot). A chunk with no visible key leaves the state unchanged.
+    """
+    kvh, bq, hd = qt.shape
+    live = ranges(q_pos, q_valid) if callable(ranges) else ranges
+
+    def body(c, carry):
+        m, acc = carry  # [KVH, BQ], [KVH, BQ, hd + 1]
+        k, v, kv_pos = chunk(c, b)
+        s = jnp.einsum("kqd,ckd->kqc", qt, k.astype(jnp.float32), preferred_element_type=jnp.float32) * scale
+        qp, kp = q_pos[:, None], kv_pos[None, :]
+        mask = (kp >= 0) & (kp <= qp) & q_valid[:, None]
+        if window:
+            mask &= (qp - kp < window) | (kp < sinks)
+        s = jnp.where(mask[None], s, NEG_INF)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.where(mask[None], exp_invariant(s - m_new[..., None]), 0.0)
+        v1 = jnp.concatenate([v.astype(jnp.float32), jnp.ones(v.shape[:-1] + (1,), jnp.float32)], axis=-1)
+        pv = jnp.einsum("kqc,ckd->kqd", p, v1, preferred_element_type=jnp.float32)
+        return m_new, exp_invariant(m - m_new)[..., None] * acc + pv
+
+    init = (jnp.full((kvh, bq), NEG_INF, jnp.float32), jnp.zeros((kvh, bq, hd + 1), jnp.float32))
+    _, acc = _loop_ranges(live, body, init)
+    den = acc[..., hd:]
+    return jnp.where(den > 0, acc[..., :hd] / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def chunked_attention(
+    q: jax.Array,
+    q_positions: jax.Array,
+    chunk: ChunkFn,
+    ranges: Ranges | Callable[[jax.Array, jax.Array], Ranges],
+    *,
+    window: int = 0,
+    sinks: int = 0,
+    q_valid: jax.Array | None = None,
+    block_q: int = BLOCK_Q,
+) -> jax.Array:
+    """Batch-invariant GQA attention: q [B, S, H, hd] at `q_positions` [B, S] over key chunks.
+
+    Query rows (position x head-in-group) of each slot are cut into tiles of `block_q` rows,
+    mapped with `lax.map`; each tile visits the chunks of `ranges` in order: static [(lo, hi)]
+    (differentiable), or `ranges(tile_positions [BQ], tile_valid [BQ])` for per-tile traced
+    ranges such as `live_chunk_ranges`. Two callers whose ranges cover every chunk with a
+    visible key, in increasing order, return bitwise the same rows. Mask as `model.attention`
+    (causal, `window` counting the query itself, the first `sinks` positions always visible);
+    rows with `q_valid` False (idle slots) get zeros.
+    """
+    b, s, h, hd = q.shape
+    kvh = jax.eval_shape(chunk, jnp.int32(0), jnp.int32(0))[0].shape[1]
+    g = h // kvh
+    rows = s * g
+    rp = round_up(max(rows, 1), block_q)
+    nt = rp // block_q
+    # rows r = position * g + group member, per (slot, kv head)
+    qr = q.astype(jnp.float32).reshape(b, s, kvh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, rows, hd)
+    qr = pad_axis(qr, 2, rp).reshape(b, kvh, nt, block_q, hd).transpose(0, 2, 1, 3, 4).reshape(b * nt, kvh, block_q, hd)
+    valid = jnp.ones((b, s), bool) if q_valid is None else q_valid.astype(bool)
+    tile_rows = lambda a, fill: pad_axis(jnp.repeat(a, g, axis=1), 1, rp, fill).reshape(b * nt, block_q)  # noqa: E731
+    pos_t = tile_rows(q_positions.astype(jnp.int32), -1)
+    valid_t = tile_rows(valid, False)
+    slot_t = jnp.repeat(jnp.arange(b, dtype=jnp.int32), nt)
+    tile = functools.partial(_tile_attention, chunk=chunk, ranges=ranges, window=int(window), sinks=int(sinks),
+                             scale=hd**-0.5)
+    out = jax.lax.map(lambda a: tile(*a), (qr, pos_t, valid_t, slot_t))  # [B * nt, KVH, BQ, hd]
+    out = out.reshape(b, nt, kvh, block_q, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, rp, hd)[:, :, :rows]
+    return out.reshape(b, kvh, s, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, s, h, hd).astype(q.dtype)
 
 
 def sequence_chunks(k: jax.Array, v: jax.Array, kv_positions: jax.Array, block_kv: int = BLOCK_KV):
@@ -294,9 +319,9 @@ def sequence_chunks(k: jax.Array, v: jax.Array, kv_positions: jax.Array, block_k
     k, v = pad_axis(k, 1, tp), pad_axis(v, 1, tp)
     pos = pad_axis(kv_positions.astype(jnp.int32), 1, tp, value=-1)
 
-    def chunk(c):
+    def chunk(c, b):
         start = c * block_kv
-        sl = lambda a: jax.lax.dynamic_slice_in_dim(a, start, block_kv, axis=1)  # noqa: E731
+        sl = lambda a: jax.lax.dynamic_slice_in_dim(a[b], start, block_kv, axis=0)  # noqa: E731
         return sl(k), sl(v), sl(pos)
 
     return chunk, tp // block_kv
@@ -304,7 +329,8 @@ def sequence_chunks(k: jax.Array, v: jax.Array, kv_positions: jax.Array, block_k
 
 def attention_sequence(q, k, v, q_positions, kv_positions, *, kv_valid=None, window: int = 0,
                        sinks: int = 0) -> jax.Array:
-    """`chunked_attention` over keys in sequence order (the training forward's layout)."""
+    """`chunked_attention` over keys in sequence order (the training forward's layout); static
+    chunk ranges (every chunk), so it is differentiable."""
     kv_pos = kv_positions if kv_valid is None else jnp.where(kv_valid, kv_positions, -1)
     chunk, n = sequence_chunks(k, v, kv_pos)
     return chunked_attention(q, q_positions, chunk, [(0, n)], window=window, sinks=sinks)

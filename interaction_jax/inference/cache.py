@@ -111,20 +111,6 @@ class ContextPolicy:
         pos = jnp.where(r < self.sinks, sink, ring)
         return jnp.where(r < self.sinks + self.ring, pos, -1)
 
-    def live_chunks(self, q_positions: jax.Array, valid: jax.Array, block: int) -> list[tuple]:
-        """Ranges [(lo, hi), ...] of key chunks (chunk c = positions [c*block, (c+1)*block)) that
-        can hold a key visible to a valid query: the sink chunks, then the window's chunks, in
-        increasing order. Every other chunk is fully masked for every valid query."""
-        big = jnp.iinfo(jnp.int32).max
-        q_lo = jnp.min(jnp.where(valid, q_positions, big))
-        q_hi = jnp.max(jnp.where(valid, q_positions, -1))
-        hi = q_hi // block + 1  # 0 when no query is valid
-        if not self.window:
-            return [(0, hi)]
-        ns = -(-self.sinks // block)
-        lo = jnp.maximum(ns, jnp.floor_divide(jnp.minimum(q_lo, big - 1) - self.window + 1, block))
-        return ([(0, ns)] if ns else []) + [(lo, hi)]
-
     # ---- host-side accounting -------------------------------------------------------------------
     def check_turn(self, turn: int, session: str = "session") -> None:
         """Raises SessionLimitError if micro-turn `turn` (0-based) is past the hard limit."""

@@ -22,6 +22,8 @@ engine replay exactly the training sequence). Idle slots' state is left untouche
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,14 +71,14 @@ def invariant_cache_attention(
 
     block = bi.BLOCK_KV
 
-    def chunk(c):
+    def chunk(c, b):
         p = c * block + jnp.arange(block, dtype=jnp.int32)
         r = policy.position_rows(p)
-        held = jnp.take(kv_positions, r, axis=1)
-        return jnp.take(k, r, axis=1), jnp.take(v, r, axis=1), jnp.where(held == p[None], p[None], -1)
+        return k[b, r], v[b, r], jnp.where(kv_positions[b, r] == p, p, -1)
 
-    ranges = policy.live_chunks(q_positions, valid, block)
-    return bi.chunked_attention(q, q_positions, chunk, ranges, window=policy.window, sinks=policy.sinks)
+    ranges = functools.partial(bi.live_chunk_ranges, window=policy.window, sinks=policy.sinks, block_kv=block)
+    return bi.chunked_attention(q, q_positions, chunk, ranges, window=policy.window, sinks=policy.sinks,
+                                q_valid=valid)
 
 
 def cached_forward(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,19 +100,10 @@ def test_exp_invariant_is_accurate_and_shape_independent():
     np.testing.assert_array_equal(np.asarray(f(x.reshape(40, 100)))[3], full[300:400])
 
 
-def test_tree_sum_matches_sum_and_is_row_invariant():
-    x = RNG.standard_normal((37, 50)).astype(np.float32)  # 50: zero-padded to 64
-    f = jax.jit(lambda a: bi.tree_sum(a, -1))
-    full = np.asarray(f(x))
-    np.testing.assert_allclose(full, x.astype(np.float64).sum(-1), atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(f(x[5:6])), full[5:6])
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: bi.tree_sum(a, 0))(x.T)), full)
-
-
 def test_chunked_attention_matches_reference_and_skipping_masked_chunks_is_exact():
     """Sequence layout vs the independent reference; then the same queries with keys scattered into
-    a shuffled 'cache', fewer queries and a chunk list that skips / adds fully masked chunks."""
-    b, s, h, kvh, hd, window, sinks = 2, 150, 4, 2, 16, 70, 5
+    a shuffled 'cache', fewer queries and per-tile chunk ranges that skip fully masked chunks."""
+    b, s, h, kvh, hd, window, sinks = 2, 420, 4, 2, 16, 70, 5
     q = RNG.standard_normal((b, s, h, hd)).astype(np.float32)
     k = RNG.standard_normal((b, s, kvh, hd)).astype(np.float32)
     v = RNG.standard_normal((b, s, kvh, hd)).astype(np.float32)
@@ -126,21 +119,24 @@ def test_chunked_attention_matches_reference_and_skipping_masked_chunks_is_exact
     kc[:, perm], vc[:, perm] = k, v
     held = np.full((b, s), -1, np.int32)
     held[:, perm] = pos
-    held[1, perm[100]] = -1  # slot 1 lost position 100 (e.g. evicted): a hole only in that slot
+    held[1, perm[380]] = -1  # slot 1 lost position 380 (e.g. evicted): a hole only in that slot
 
-    def chunk(ci):
+    def chunk(ci, slot):
         p = ci * c + jnp.arange(c, dtype=jnp.int32)
         r = jnp.asarray(perm)[jnp.clip(p, 0, s - 1)]
-        ok = (p < s) & (jnp.take(jnp.asarray(held), r, axis=1) == p[None])
-        return jnp.take(kc, r, axis=1), jnp.take(vc, r, axis=1), jnp.where(ok, p[None], -1)
+        ok = (p < s) & (jnp.asarray(held)[slot, r] == p)
+        return jnp.asarray(kc)[slot, r], jnp.asarray(vc)[slot, r], jnp.where(ok, p, -1)
 
-    sel = slice(120, 140)  # queries 120..139: window [51, 139] + sinks [0, 5)
-    ranges = [(0, 1), (jnp.int32(1), jnp.int32(4))]  # sink chunk, then the window's chunks (chunk 3 empty)
+    assert c == 128
+    sel = slice(400, 420)  # queries 400..419 see sinks [0, 5) and [331, 419]: chunks 0, 2, 3
+    # per-tile live ranges (chunk 0 for the sinks, then the window's) skip chunk 1, which the
+    # sequence layout visits fully masked
+    ranges = functools.partial(bi.live_chunk_ranges, window=window, sinks=sinks, block_kv=c)
     got = np.asarray(jax.jit(lambda q: bi.chunked_attention(q, jnp.asarray(pos[:, sel]), chunk, ranges,
                                                             window=window, sinks=sinks))(q[:, sel]))
     np.testing.assert_array_equal(got[0], full[0, sel])
     assert not np.array_equal(got[1], full[1, sel])  # the hole is seen: the cache path is really used
     pos_h = pos.copy()
-    pos_h[1, 100] = -1
+    pos_h[1, 380] = -1
     hole = np.asarray(bi.attention_sequence(q[1:], k[1:], v[1:], pos[1:], pos_h[1:], window=window, sinks=sinks))
     np.testing.assert_array_equal(got[1], hole[0, sel])
