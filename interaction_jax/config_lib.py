@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.episode_seconds = 12.0
     c.data.window_micro_turns = 40
     c.data.batch_size = 8
+    c.data.start_at_zero_prob = 0.0  # windows starting at the episode's first micro-turn (see pipeline.RandomWindow)
     c.data.worker_count = 0  # Grain worker processes (0 = in the training process)
     c.data.read_threads = 2  # threads reading ahead inside each process
     c.data.prefetch_batches = 2

@@ -60,13 +60,23 @@ class ToGrid(grain.transforms.Map):
 
 @dataclasses.dataclass
 class RandomWindow(grain.transforms.RandomMap):
-    """Packs a window of `num_turns` micro-turns at a random start (short episodes are padded)."""
+    """Packs a window of `num_turns` micro-turns at a random start (short episodes are padded).
+
+    With probability `start_at_zero_prob` the window starts at the episode's first micro-turn.
+    Positions restart at 0 in every window, so a window cut mid-episode looks to the model like
+    the start of a session in which it may already be speaking; a live session always starts at
+    the true beginning. Raising this probability (or using whole-episode windows) removes that
+    mismatch at the cost of seeing late parts of long episodes less often.
+    """
 
     num_turns: int
+    start_at_zero_prob: float = 0.0
 
     def random_map(self, grid: EpisodeGrid, rng: np.random.Generator) -> dict[str, np.ndarray]:
         last_start = max(0, grid.num_turns - self.num_turns)
         start = int(rng.integers(0, last_start + 1))
+        if self.start_at_zero_prob > 0 and rng.random() < self.start_at_zero_prob:
+            start = 0
         return pack_window(grid, start, self.num_turns)
 
 
@@ -102,7 +112,7 @@ def make_dataset(
         raise ValueError(f"process {pi} of {pc} got no episodes; use at least {pc} episodes")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.map(ToGrid(layout, config.text, config.features))
-    ds = ds.random_map(RandomWindow(w), seed=seed + 7919 * (pi + 1))
+    ds = ds.random_map(RandomWindow(w, float(config.data.start_at_zero_prob)), seed=seed + 7919 * (pi + 1))
     return ds.batch(per_host, drop_remainder=True)
 
 

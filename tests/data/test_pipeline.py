@@ -109,3 +109,20 @@ def test_worker_processes_give_the_same_batches(tiny_config):
     b = _take(make_iterator(tiny_config, ToySource(), worker_count=2, **kw), 4)
     for x, y in zip(a, b):
         _assert_same(x, y)
+
+
+def test_start_at_zero_prob_pins_windows_to_the_episode_start(tiny_config):
+    from interaction_jax.data.pipeline import RandomWindow
+    from interaction_jax.streams import pack
+    from interaction_jax.streams.tokenizer import make_tokenizer
+
+    layout = StreamLayout.from_config(tiny_config)
+    ep = Episode("e", duration=8.0, user_words=[Word("hi", 1.0, 1.3)])
+    grid = pack.EpisodeGrid.from_episode(ep, layout, make_tokenizer(tiny_config.text))
+    firsts = {p: [] for p in (0.0, 1.0)}
+    for p in firsts:
+        rw = RandomWindow(10, p)
+        for i in range(20):
+            firsts[p].append(int(rw.random_map(grid, np.random.default_rng(i))["micro_turn"][0]))
+    assert firsts[1.0] == [0] * 20
+    assert len(set(firsts[0.0])) > 3 and max(firsts[0.0]) <= grid.num_turns - 10  # uniform starts, in range
