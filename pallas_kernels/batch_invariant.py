@@ -221,7 +221,7 @@ def live_chunk_ranges(q_positions: jax.Array, valid: jax.Array, *, window: int, 
     return ([(0, jnp.minimum(ns, hi))] if ns else []) + [(lo, hi)]
 
 
-def _loop_ranges(ranges: Ranges, body, carry):
+def loop_ranges(ranges: Ranges, body, carry):
     """fori_loop over the concatenation of `ranges` (one compiled body); a scan when all are static."""
     lo0, hi0 = ranges[0]
     total, index = jnp.maximum(hi0 - lo0, 0), lambda i: lo0 + i
@@ -261,7 +261,7 @@ def _tile_attention(qt, q_pos, q_valid, b, chunk: ChunkFn, ranges, *, window: in
         return m_new, exp_invariant(m - m_new)[..., None] * acc + pv
 
     init = (jnp.full((kvh, bq), NEG_INF, jnp.float32), jnp.zeros((kvh, bq, hd + 1), jnp.float32))
-    _, acc = _loop_ranges(live, body, init)
+    _, acc = loop_ranges(live, body, init)
     den = acc[..., hd:]
     return jnp.where(den > 0, acc[..., :hd] / jnp.where(den > 0, den, 1.0), 0.0)
 

@@ -32,7 +32,7 @@ from flax import nnx
 from interaction_jax.features.mel import FeatureParams
 from interaction_jax.inference import sampling
 from interaction_jax.inference.cache import ContextPolicy, EngineState, init_state, reset_slot
-from interaction_jax.model.attention import attention
+from interaction_jax.model.attention import NEG_INF, attention, make_mask
 from interaction_jax.model.interaction_model import InteractionModel
 from interaction_jax.streams.layout import Kind, StreamLayout
 
@@ -79,6 +79,59 @@ def invariant_cache_attention(
     ranges = functools.partial(bi.live_chunk_ranges, window=policy.window, sinks=policy.sinks, block_kv=block)
     return bi.chunked_attention(q, q_positions, chunk, ranges, window=policy.window, sinks=policy.sinks,
                                 q_valid=valid)
+
+
+LIVE_BLOCK = 256  # positions per key chunk of `live_window_attention`
+
+
+def live_window_attention(
+    q: jax.Array,
+    q_positions: jax.Array,
+    valid: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_positions: jax.Array,
+    policy: ContextPolicy,
+    block: int = LIVE_BLOCK,
+) -> jax.Array:
+    """Attention of q [B, S, H, hd] over only the *live* rows of one layer's ring cache.
+
+    The cache has rows for a whole window (plus sinks and scratch), but a session shorter than
+    the window has written only a few of them: keys are gathered in chunks of `block` absolute
+    positions (mapped to their ring rows), and a `fori_loop` with traced bounds visits only the
+    sink chunks and the chunks of the valid queries' window (online softmax in float32), so the
+    cost follows the live context, not the cache size. Same mask and result as full-cache
+    attention (to float rounding).
+    """
+    from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
+
+    b, s, h, hd = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    qg = q.reshape(b, s, kvh, g, hd)
+
+    def body(c, carry):
+        m, den, acc = carry  # [B, KVH, G, S], same, [B, KVH, G, S, hd]
+        p = c * block + jnp.arange(block, dtype=jnp.int32)
+        r = policy.position_rows(p)
+        kc, vc = jnp.take(k, r, axis=1), jnp.take(v, r, axis=1)
+        pos = jnp.where(jnp.take(kv_positions, r, axis=1) == p[None], p[None], -1)
+        logits = jnp.einsum("bskgd,bckd->bkgsc", qg, kc, preferred_element_type=jnp.float32) * (hd**-0.5)
+        mask = make_mask(q_positions, pos, window=policy.window, sinks=policy.sinks, kv_valid=pos >= 0)
+        mask = mask[:, None, None]
+        logits = jnp.where(mask, logits, NEG_INF)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        pr = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+        alpha = jnp.exp(m - m_new)
+        pv = jnp.einsum("bkgsc,bckd->bkgsd", pr.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+        return m_new, alpha * den + jnp.sum(pr, axis=-1), alpha[..., None] * acc + pv
+
+    init = (jnp.full((b, kvh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kvh, g, s), jnp.float32),
+            jnp.zeros((b, kvh, g, s, hd), jnp.float32))
+    ranges = live_chunk_ranges(q_positions, valid, window=policy.window, sinks=policy.sinks, block_kv=block)
+    _, den, acc = loop_ranges(ranges, body, init)
+    out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd).astype(q.dtype)
 
 
 def cached_forward(
@@ -129,6 +182,9 @@ def cached_forward(
             if invariant:
                 o = invariant_cache_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
                                               v_all[layer].astype(attn.dtype), kv_positions, policy)
+            elif policy is not None and attn.impl == "xla":
+                o = live_window_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
+                                          v_all[layer].astype(attn.dtype), kv_positions, policy)
             else:
                 o = attention(
                     q,
