@@ -153,8 +153,9 @@ def cached_forward(
     attention masks on the absolute position each row holds (`kv_positions` [B, T], -1 empty).
     The full cache rides in the scan carry and only the new rows are scattered in, so with the
     state donated XLA updates it in place. Returns (hidden [B,S,D], text logits, k_all, v_all).
-    A batch-invariant model (`model.batch_invariant`) attends with `invariant_cache_attention`
-    (needs `policy`), so its rows are bitwise the training forward's.
+    With `policy`, attention visits only the live key chunks (`live_window_attention`; a
+    batch-invariant model: `invariant_cache_attention`, bitwise the training forward's rows);
+    without it (or with a registered attention kernel) it reads every cache row.
     """
     invariant = bool(getattr(model, "batch_invariant", False))
     if invariant and policy is None:
