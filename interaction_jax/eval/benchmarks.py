@@ -222,12 +222,15 @@ HEADLINE = {
     "fd": [
         ("interruption_stop_rate", "Interruption stop rate", "pct"),
         ("interruption_stop_latency_median_s", "  stop latency median", "s"),
+        ("interruption_speaking_at_onset", "  examples speaking at the onset", "n"),
         ("backchannel_false_stop_rate", "Backchannel false-stop rate", "pct"),
         ("talking_to_others_false_response_rate", "Talking-to-others false response", "pct"),
         ("background_speech_false_response_rate", "Background-speech false response", "pct"),
         ("turn_taking_takeover_rate", "Turn-taking takeover rate", "pct"),
         ("turn_taking_latency_median_s", "  response latency median", "s"),
         ("turn_taking_latency_p90_s", "  response latency p90", "s"),
+        ("turn_taking_answer_accuracy", "  answer accuracy (content)", "pct"),
+        ("turn_taking_barge_in_rate", "  barge-in while the user asks", "pct"),
     ],
     "delegation": [("delegation_precision", "Delegation precision", "pct"),
                    ("delegation_recall", "Delegation recall", "pct"),
@@ -238,6 +241,8 @@ HEADLINE = {
 def _fmt(v, unit: str) -> str:
     if v is None:
         return "n/a"
+    if unit == "n":
+        return str(int(v))
     return f"{100 * v:.1f}%" if unit == "pct" else f"{v:.2f} s"
 
 

@@ -37,9 +37,11 @@ def plot_example(path: str, episode: Episode, runs: Sequence[EpisodeRun], result
     words("target", episode.model_words, "tab:green")
     for run in runs:
         words(run.system, run.words, "tab:orange")
-        for t, name in run.events:
-            ax.plot([t, t], [y[run.system] - 0.35, y[run.system] + 0.35], color="k", lw=0.6)
-            ax.text(t, y[run.system] - 0.45, name, fontsize=5, rotation=90, va="top", parse_math=False)
+        for t, name in run.events:  # utterance marks as ticks (green start, red end); others labelled
+            color = {"SPEECH_START": "tab:green", "SPEECH_END": "tab:red"}.get(name, "k")
+            ax.plot([t, t], [y[run.system] - 0.35, y[run.system] + 0.35], color=color, lw=0.8)
+            if color == "k":
+                ax.text(t, y[run.system] + 0.32, name, fontsize=5, va="bottom", parse_math=False)
     for r in results:
         ax.axvspan(r.start, r.end, color="tab:green" if r.passed else "tab:red", alpha=0.12)
         ax.text(r.start, len(rows) - 0.4, f"{r.kind}{' ' + r.expected if r.expected else ''}", fontsize=6,
