@@ -244,3 +244,59 @@ def check_cli_overrides(argv: list[str], flag: str = "config") -> None:
         load_config(path, overrides)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+
+
+RUN_CONFIG = "config.json"  # written into every training run directory by the trainer
+
+
+def save_run_config(config, workdir: str) -> str:
+    """Writes the run's resolved config to `workdir/config.json` (atomically) so that evaluation and
+    streaming can rebuild the exact model without the original file and overrides."""
+    import json
+    import os
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, RUN_CONFIG)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(json.loads(config.to_json()), f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def load_run_config(workdir: str):
+    """The config a training run saved (`save_run_config`), on top of `base_config()` for the types."""
+    import json
+    import os
+
+    path = os.path.join(workdir, RUN_CONFIG)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the run's config ({e}); pass --config=FILE") from e
+
+    config = base_config()
+
+    def check(node, d, where):
+        for k, v in d.items():
+            if k not in node:
+                raise ConfigError(f"{path}: unknown key {where}{k} (saved by another version?); pass --config=FILE")
+            if isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
+                check(node[k], v, f"{where}{k}.")
+
+    check(config, saved, "")
+    config.update(saved)
+    return config
+
+
+def config_for_run(config, workdir: str | None, default_path: str):
+    """`--config` if given, else the run directory's saved config, else `default_path`."""
+    import os
+
+    if config is not None:
+        return config
+    if workdir and os.path.exists(os.path.join(workdir, RUN_CONFIG)):
+        print(f"[config] using {os.path.join(workdir, RUN_CONFIG)}")
+        return load_run_config(workdir)
+    return load_config(default_path)

@@ -29,8 +29,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Command-line flags (defined only when run as a program, so importing `evaluate` never clashes)."""
-    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config the checkpoint was trained with.",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: WORKDIR/config.json, which "
+                                    "the trainer writes, else configs/tiny.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Training run directory (parameters from its newest checkpoint).")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
     flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation.")
@@ -184,25 +184,28 @@ def main(argv):
     from interaction_jax.train.checkpoint import CheckpointMismatchError
 
     out = FLAGS.out or (os.path.join(FLAGS.workdir, "eval") if FLAGS.workdir else "eval_out")
+    from interaction_jax.config_lib import ConfigError, config_for_run
+
     try:
+        config = config_for_run(FLAGS.config, FLAGS.workdir, "configs/tiny.py")
         if FLAGS.export_fdb:
             from interaction_jax.eval import fdb
             from interaction_jax.eval.episodes import benchmark_episodes
 
-            engine = make_engine(FLAGS.config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
+            engine = make_engine(config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
             src = FLAGS.fdb_input
             if not src:
                 src = os.path.join(FLAGS.export_fdb, "inputs")
-                seconds = float(FLAGS.episode_seconds or FLAGS.config.data.episode_seconds)
+                seconds = float(FLAGS.episode_seconds or config.data.episode_seconds)
                 eps = [ep for t in ("interruption", "turntaking", "others")
                        for ep in benchmark_episodes(t, FLAGS.num_examples, seconds)]
                 fdb.write_fdb_inputs(eps, src)
             fdb.export_fdb(engine, src, os.path.join(FLAGS.export_fdb, "outputs"), seed=FLAGS.seed)
             return
-        evaluate(FLAGS.config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
+        evaluate(config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
                  num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,
                  plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds)
-    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError) as e:
+    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError, ConfigError) as e:
         raise app.UsageError(str(e)) from e
 
 

@@ -29,7 +29,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Command-line flags (defined only when run as a program, so importing `run` never clashes)."""
-    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "Config file (default: WORKDIR/config.json, which the trainer "
+                                    "writes, else configs/tiny.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"],
                       "Parameters: checkpoint (needs --workdir) or random.")
@@ -214,6 +215,7 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
 
 def main(argv):
     del argv
+    from interaction_jax.config_lib import ConfigError, config_for_run
     from interaction_jax.features.audio import AudioError
     from interaction_jax.train.checkpoint import CheckpointMismatchError
 
@@ -221,8 +223,10 @@ def main(argv):
         opts = StreamOptions(workdir=FLAGS.workdir, init=FLAGS.init, input=FLAGS.input, text_events=FLAGS.text_events,
                              video=FLAGS.video, realtime=FLAGS.realtime, seconds=FLAGS.seconds, task=FLAGS.task,
                              seed=FLAGS.seed)
-        summary = run(FLAGS.config, FLAGS.out, opts)
-    except (StreamError, AudioError, CheckpointMismatchError) as e:
+        config = config_for_run(FLAGS.config, FLAGS.workdir if FLAGS.init == "checkpoint" else None,
+                                "configs/tiny.py")
+        summary = run(config, FLAGS.out, opts)
+    except (StreamError, AudioError, CheckpointMismatchError, ConfigError) as e:
         raise app.UsageError(str(e)) from e
     print(f"[stream] {summary['micro_turns']} micro-turns, step median {summary['step_latency_ms']['median']:.1f} ms "
           f"(RTF {summary['real_time_factor']:.2f}), {len(summary['events'])} control events, "

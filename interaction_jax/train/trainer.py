@@ -71,6 +71,10 @@ class Trainer:
     def __init__(self, config, workdir: str, *, mesh=None, log=print):
         self.config, self.workdir, self.log = config, workdir, log
         os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            from interaction_jax.config_lib import save_run_config
+
+            save_run_config(config, workdir)  # evaluate / stream rebuild the model from it
         self.mesh = mesh or make_mesh(config.mesh)
         shards = int(self.mesh.shape["data"]) * int(self.mesh.shape["fsdp"])
         if int(config.data.batch_size) % shards:
