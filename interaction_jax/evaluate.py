@@ -42,6 +42,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval or eval_out).")
     flags.DEFINE_integer("seed", 0, "Base seed of the sessions' sampling keys.")
     flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).")
+    flags.DEFINE_string("asr", None, "Also grade the model's audio through this transcriber, "
+                        "'package.module:function' (audio, sample_rate) -> timed words (eval/spoken.py).")
     flags.DEFINE_string("export_fdb", None, "Write Full-Duplex-Bench outputs (output.wav/json per sample) here.")
     flags.DEFINE_string("fdb_input", None, "Full-Duplex-Bench input folders (default: write them from the episodes).")
 
@@ -88,7 +90,7 @@ def make_engine(config, workdir: str | None, init: str, slots: int = 0):
 
 def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], num_examples: int, out_dir: str,
              baseline: bool = False, oracle: bool = False, plot: bool = False, seed: int = 0, slots: int = 0,
-             episode_seconds: float = 0.0) -> dict:
+             episode_seconds: float = 0.0, asr: str | None = None) -> dict:
     """Runs the benchmarks; returns (and writes) the results dict."""
     from interaction_jax.eval import benchmarks as bm
     from interaction_jax.eval.episodes import benchmark_episodes
@@ -104,10 +106,21 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
     tasks = sorted({t for b in benchmarks for t in bm.BENCHMARK_TASKS[b]})
     episodes = {t: benchmark_episodes(t, num_examples, seconds) for t in tasks}
     all_eps = [ep for t in tasks for ep in episodes[t]]
+    transcriber = None
+    if asr:
+        from interaction_jax.eval.spoken import load_transcriber
+
+        transcriber = load_transcriber(asr)  # a bad spec fails before anything runs
     engine = make_engine(config, workdir, init, slots)
     t0 = time.perf_counter()
     runs = {"model": run_episodes(engine, all_eps, seed=seed)}
     model_s = time.perf_counter() - t0
+    if transcriber is not None:
+        from interaction_jax.eval.spoken import spoken_runs
+
+        print(f"[eval] transcribing the model's audio with {asr}", flush=True)
+        runs["model (spoken)"] = spoken_runs(runs["model"], transcriber, engine.feature_params, spec=asr,
+                                             n_iter=int(config.inference.griffin_lim_iters))
     if baseline:
         from interaction_jax.eval.baseline import run_baseline
 
@@ -179,6 +192,7 @@ def _plots(out_dir, benchmarks, episodes, runs, results) -> list[str]:
 def main(argv):
     del argv
     from interaction_jax.eval.fdb import FdbError
+    from interaction_jax.eval.spoken import ASRError
     from interaction_jax.features.audio import AudioError
     from interaction_jax.inference.params import ParamsError
     from interaction_jax.train.checkpoint import CheckpointMismatchError
@@ -204,8 +218,9 @@ def main(argv):
             return
         evaluate(config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
                  num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,
-                 plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds)
-    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError, ConfigError) as e:
+                 plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds,
+                 asr=FLAGS.asr)
+    except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError, ConfigError, ASRError) as e:
         raise app.UsageError(str(e)) from e
 
 

@@ -50,10 +50,10 @@ def test_evaluate_random_tiny_end_to_end(tiny_config, tmp_path):
     from interaction_jax.evaluate import EvaluateError, evaluate
 
     res = evaluate(tiny_config, workdir=None, init="random", benchmarks=["timespeak"], num_examples=2,
-                   out_dir=str(tmp_path), oracle=True, slots=2, episode_seconds=6.0)
+                   out_dir=str(tmp_path), oracle=True, slots=2, episode_seconds=6.0, asr="test_spoken:fake_asr")
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"]["oracle (targets)"]["timespeak"]["accuracy"] == 1.0
-    assert set(saved["metrics"]) == {"model", "oracle (targets)"}
+    assert set(saved["metrics"]) == {"model", "oracle (targets)", "model (spoken)"}
     rows = [r for r in saved["examples"]["timespeak"] if r["system"] == "model"]
     assert len(rows) == 2
     for row in rows:
