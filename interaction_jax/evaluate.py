@@ -127,32 +127,34 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
         runs["turn-based baseline"] = run_baseline(all_eps)
     if oracle:
         runs["oracle (targets)"] = [ground_truth_run(ep) for ep in all_eps]
-    results: dict = {"metrics": {}, "examples": {}}
-    for system, system_runs in runs.items():
-        by_id = {r.episode_id: r for r in system_runs}
-        results["metrics"][system] = {}
-        for b in benchmarks:
-            eps = [ep for t in bm.BENCHMARK_TASKS[b] for ep in episodes[t]]
-            results["metrics"][system][b] = bm.score(b, eps, [by_id[ep.episode_id] for ep in eps])
+    results: dict = {"metrics": {s: {} for s in runs}, "examples": {}}
+    masks = bm.gradable(all_eps)  # the targets are packed and graded once per episode
     for b in benchmarks:
         eps = [ep for t in bm.BENCHMARK_TASKS[b] for ep in episodes[t]]
         rows = []
         for system, system_runs in runs.items():
             by_id = {r.episode_id: r for r in system_runs}
-            for ep, run, wr in bm.graded(eps, [by_id[ep.episode_id] for ep in eps]):
+            items = bm.graded(eps, [by_id[ep.episode_id] for ep in eps], masks)
+            results["metrics"][system][b] = bm.score_items(b, items)
+            for ep, run, wr in items:
                 rows.append({"system": system, "episode_id": ep.episode_id, "task": ep.task,
                              "score": sum(r.passed for _, r in wr) / len(wr) if wr else None,
                              "windows": [r.to_json() for _, r in wr], "output": run.to_json()})
         results["examples"][b] = rows
-    print("\n" + bm.table(results["metrics"]) + "\n")
     results.update(
         benchmarks=benchmarks, num_examples=num_examples, episode_seconds=seconds, workdir=workdir, init=init,
         commit=commit(), hardware=hardware(), model_seconds=model_s, slots=engine.slots,
         table=bm.table(results["metrics"]),
     )  # fmt: skip
+    print("\n" + results["table"] + "\n")
     os.makedirs(out_dir, exist_ok=True)
     if plot:
-        results["plots"] = _plots(out_dir, benchmarks, episodes, runs, results)
+        from interaction_jax.eval.plots import plot_best_worst
+
+        by_id = {ep.episode_id: ep for eps in episodes.values() for ep in eps}
+        results["plots"] = plot_best_worst(results, out_dir, by_id)
+        for p in results["plots"]:
+            print(f"[eval] plot {p}")
     path = os.path.join(out_dir, "results.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -160,33 +162,6 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
     os.replace(tmp, path)
     print(f"[eval] wrote {path}")
     return results
-
-
-def _plots(out_dir, benchmarks, episodes, runs, results) -> list[str]:
-    from interaction_jax.eval import benchmarks as bm
-    from interaction_jax.eval.grading import grade_episode
-    from interaction_jax.eval.plots import plot_example, plot_timing_errors
-
-    paths = []
-    for b in benchmarks:
-        model_rows = [r for r in results["examples"][b] if r["system"] == "model" and r["score"] is not None]
-        if not model_rows:
-            continue
-        ranked = sorted(model_rows, key=lambda r: (r["score"], r["episode_id"]))
-        picks = {"worst": ranked[0], "best": ranked[-1]}
-        for label, row in picks.items():
-            ep = next(e for t in bm.BENCHMARK_TASKS[b] for e in episodes[t] if e.episode_id == row["episode_id"])
-            sys_runs = [next(r for r in rs if r.episode_id == ep.episode_id) for rs in runs.values()]
-            path = os.path.join(out_dir, f"{b}_{label}_{ep.episode_id}.png")
-            plot_example(path, ep, sys_runs, grade_episode(ep, sys_runs[0]),
-                         title=f"{b} {label}: {ep.episode_id} (model score {row['score']:.2f})")
-            paths.append(path)
-    if "timespeak" in benchmarks:
-        errs = {s: results["metrics"][s]["timespeak"]["timing_errors_s"] for s in runs}
-        paths.append(plot_timing_errors(os.path.join(out_dir, "timespeak_timing_errors.png"), errs))
-    for p in paths:
-        print(f"[eval] plot {p}")
-    return paths
 
 
 def main(argv):

@@ -113,43 +113,10 @@ def _loss_plot(tb: str, path: str) -> str | None:
     return path
 
 
-def replot(res: dict, fig_dir: str) -> list[str]:
-    """Timelines of each benchmark's best and worst model example, redrawn from results.json
-    (episodes re-rendered from the seeds in their ids; the systems' outputs as saved)."""
-    from interaction_jax.data import tasks
-    from interaction_jax.data.episode import Word
-    from interaction_jax.eval.grading import grade_episode
-    from interaction_jax.eval.plots import plot_example, plot_timing_errors
-    from interaction_jax.eval.runner import EpisodeRun
-
-    names = []
-    for b, rows in res["examples"].items():
-        model = sorted((r for r in rows if r["system"] == "model" and r["score"] is not None),
-                       key=lambda r: (r["score"], r["episode_id"]))
-        for label, row in (("worst", model[0]), ("best", model[-1])) if model else ():
-            task, seed = row["episode_id"].rsplit("-", 1)
-            ep = tasks.generate(task, int(seed), duration_s=res["episode_seconds"])
-            runs = []
-            for r in rows:
-                if r["episode_id"] == ep.episode_id:
-                    o = r["output"]
-                    runs.append(EpisodeRun(ep.episode_id, ep.task, ep.duration,
-                                           [Word(w["text"], w["start"], w["end"]) for w in o["words"]],
-                                           events=[(e["time"], e["event"]) for e in o["events"]], system=r["system"]))
-            name = f"{b}_{label}_{ep.episode_id}.png"
-            plot_example(os.path.join(fig_dir, name), ep, runs, grade_episode(ep, runs[0]),
-                         title=f"{b} {label}: {ep.episode_id} (model score {row['score']:.2f})")
-            names.append(name)
-    if "timespeak" in res["metrics"].get("model", {}):
-        errs = {s: m["timespeak"]["timing_errors_s"] for s, m in res["metrics"].items() if "timespeak" in m}
-        plot_timing_errors(os.path.join(fig_dir, "timespeak_timing_errors.png"), errs)
-        names.append("timespeak_timing_errors.png")
-    return names
-
-
 def stage_report(config, workdir: str, out: str) -> str:
     """Writes results.md (and its PNGs beside it) from the evaluation results and training logs."""
     from interaction_jax.eval import benchmarks as bm
+    from interaction_jax.eval.plots import plot_best_worst
     from interaction_jax.summary import count_params
     from interaction_jax.train.metrics import read_scalars
 
@@ -159,9 +126,8 @@ def stage_report(config, workdir: str, out: str) -> str:
     res = json.load(open(res_path))
     fig_dir = os.path.join(os.path.dirname(out), "figures")
     os.makedirs(fig_dir, exist_ok=True)
-    figs = []
     loss_png = _loss_plot(os.path.join(workdir, "run", "tb"), os.path.join(fig_dir, "loss.png"))
-    figs = replot(res, fig_dir)
+    figs = [os.path.basename(p) for p in plot_best_worst(res, fig_dir)]
     s = read_scalars(os.path.join(workdir, "run", "tb"))
     last = {k: v[-1] for k, v in s.items() if v}
     total, active = count_params(config)

@@ -52,17 +52,24 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if len(xs) else None
 
 
-def graded(episodes: Sequence[Episode], runs: Sequence[EpisodeRun]) -> list[tuple[Episode, EpisodeRun, list]]:
-    """[(episode, run, [(window, result)] of gradable windows)] in episode order."""
+def gradable(episodes: Sequence[Episode]) -> dict[str, list[bool]]:
+    """{episode id: per window, whether the episode's own target passes it} (computed once per episode)."""
+    return {ep.episode_id: [r.passed for r in grade_episode(ep, ground_truth_run(ep))] for ep in episodes}
+
+
+def graded(episodes: Sequence[Episode], runs: Sequence[EpisodeRun],
+           masks: dict[str, list[bool]] | None = None) -> list[tuple[Episode, EpisodeRun, list]]:
+    """[(episode, run, [(window, result)] of gradable windows)] in episode order; `masks` from `gradable`."""
     by_id = {r.episode_id: r for r in runs}
+    masks = masks if masks is not None else gradable(episodes)
     out = []
     for ep in episodes:
         if ep.episode_id not in by_id:
             raise ValueError(f"benchmarks: no run for episode {ep.episode_id!r}")
         run = by_id[ep.episode_id]
-        oracle = grade_episode(ep, ground_truth_run(ep))
         results = grade_episode(ep, run)
-        out.append((ep, run, [(w, r) for w, r, o in zip(ep.grading, results, oracle, strict=True) if o.passed]))
+        keep = masks[ep.episode_id]
+        out.append((ep, run, [(w, r) for w, r, k in zip(ep.grading, results, keep, strict=True) if k]))
     return out
 
 
@@ -205,14 +212,18 @@ def delegation(items) -> dict:
 METRICS = {"timespeak": timespeak, "cuespeak": cuespeak, "fd": fd, "delegation": delegation}
 
 
-def score(benchmark: str, episodes: Sequence[Episode], runs: Sequence[EpisodeRun]) -> dict:
-    """Metrics of one benchmark over its episodes' runs."""
+def score_items(benchmark: str, items) -> dict:
+    """Metrics of one benchmark from `graded` items."""
     if benchmark not in METRICS:
         raise ValueError(f"benchmarks: unknown benchmark {benchmark!r}; choose from {sorted(METRICS)}")
-    items = graded(episodes, runs)
     out = METRICS[benchmark](items)
     out["ungradable_windows"] = sum(len(ep.grading) - len(wr) for ep, _, wr in items)
     return out
+
+
+def score(benchmark: str, episodes: Sequence[Episode], runs: Sequence[EpisodeRun]) -> dict:
+    """Metrics of one benchmark over its episodes' runs."""
+    return score_items(benchmark, graded(episodes, runs))
 
 
 HEADLINE = {

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from interaction_jax.data.episode import Episode
+from interaction_jax.data.episode import Episode, Word
 from interaction_jax.eval.grading import WindowResult
 from interaction_jax.eval.runner import EpisodeRun
-
-_ROWS = {"user": 3, "other": 2, "target": 1, "system": 0}
 
 
 def plot_example(path: str, episode: Episode, runs: Sequence[EpisodeRun], results: Sequence[WindowResult],
@@ -78,3 +77,42 @@ def plot_timing_errors(path: str, errors_by_system: dict[str, Sequence[float]]) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_from_json(output: dict, episode: Episode) -> EpisodeRun:
+    """An `EpisodeRun` back from its `to_json()` (words and events; enough to plot and grade)."""
+    return EpisodeRun(episode.episode_id, episode.task, episode.duration,
+                      [Word(w["text"], w["start"], w["end"]) for w in output["words"]],
+                      events=[(e["time"], e["event"]) for e in output["events"]],
+                      delegations=[(d["time"], d["request"]) for d in output.get("delegations", [])],
+                      system=output["system"])
+
+
+def plot_best_worst(results: dict, out_dir: str, episodes: dict[str, Episode] | None = None) -> list[str]:
+    """From an evaluation's results dict (results.json): each benchmark's best and worst model example
+    (every system's output on it) and the TimeSpeak timing-error histogram; returns the PNG paths.
+
+    `episodes` maps episode ids to episodes; missing ones are re-rendered from the seed in their id.
+    """
+    from interaction_jax.data import tasks
+
+    episodes = dict(episodes or {})
+    paths = []
+    for b, rows in results["examples"].items():
+        model = sorted((r for r in rows if r["system"] == "model" and r["score"] is not None),
+                       key=lambda r: (r["score"], r["episode_id"]))
+        for label, row in (("worst", model[0]), ("best", model[-1])) if model else ():
+            eid = row["episode_id"]
+            if eid not in episodes:
+                task, seed = eid.rsplit("-", 1)
+                episodes[eid] = tasks.generate(task, int(seed), duration_s=results["episode_seconds"])
+            ep = episodes[eid]
+            runs = [run_from_json(r["output"], ep) for r in rows if r["episode_id"] == eid]
+            windows = [WindowResult(**w) for w in row["windows"]]
+            path = os.path.join(out_dir, f"{b}_{label}_{eid}.png")
+            paths.append(plot_example(path, ep, runs, windows,
+                                      title=f"{b} {label}: {eid} (model score {row['score']:.2f})"))
+    errs = {s: m["timespeak"]["timing_errors_s"] for s, m in results["metrics"].items() if "timespeak" in m}
+    if errs:
+        paths.append(plot_timing_errors(os.path.join(out_dir, "timespeak_timing_errors.png"), errs))
+    return paths
