@@ -53,24 +53,12 @@ def normalise(text: str) -> str:
 
 
 def episode_chunks(ep, layout, grid=None) -> list:
-    """One `Chunk` per micro-turn: audio, typed text, video, the user's words where they end (+ forcing)."""
-    from interaction_jax.inference.session import Chunk
+    """The live client's chunks (`eval.episodes.episode_chunks`; results come from the hub, not the
+    episode's script), each forcing the episode's own output block when `grid` is given (oracle)."""
+    from interaction_jax.eval.episodes import episode_chunks as live_chunks
     from interaction_jax.streams.pack import pack_window
 
-    S = int(round(layout.micro_turn_s * ep.sample_rate))
-    n = layout.num_turns(ep.duration)
-    audio = np.pad(ep.user_audio, (0, max(0, n * S - len(ep.user_audio))))
-    chunks = [Chunk(audio=audio[t * S : (t + 1) * S], sample_rate=ep.sample_rate) for t in range(n)]
-    last = lambda t_s: min(n - 1, layout.input_turn(t_s))  # noqa: E731
-    for ev in sorted(ep.user_text, key=lambda e: e.time):
-        c = chunks[last(ev.time)]
-        c.text = [*(c.text or []), ev.text]
-    for w in ep.user_words:
-        c = chunks[last(w.end)]
-        c.transcript = (*c.transcript, w)
-    if layout.video_patches:
-        for fr in sorted(ep.video, key=lambda f: f.time):
-            chunks[last(fr.time)].video = fr.image
+    chunks = live_chunks(ep, layout, scripted_background=False)
     if grid is not None:
         for t, c in enumerate(chunks):
             c.force = pack_window(grid, t, 1)

@@ -44,7 +44,9 @@ def benchmark_episodes(task: str, num: int, duration_s: float, *, log: bool = Tr
 def episode_chunks(episode: Episode, layout: StreamLayout, *, scripted_background: bool = True) -> list[Chunk]:
     """One `Chunk` per micro-turn, holding exactly what a live client would send in it.
 
-    Audio is the user channel's samples of the micro-turn; typed messages, video frames and
+    Audio is the user channel's samples of the micro-turn; the user's words (as `transcript`, in the
+    micro-turn where each ends: a stand-in for an ASR feeding delegation context), typed messages,
+    video frames and
     (with `scripted_background`) background results/errors go to the micro-turn in which they
     arrive (`layout.input_turn`), as in training packing. Delegation *requests* are the model's
     own output and never an input.
@@ -58,6 +60,9 @@ def episode_chunks(episode: Episode, layout: StreamLayout, *, scripted_backgroun
     def at(t_s: float) -> Chunk:
         return chunks[min(n - 1, layout.input_turn(t_s))]
 
+    for w in episode.user_words:  # what an ASR would have heard by the end of the word (context packages)
+        c = at(w.end)
+        c.transcript = (*c.transcript, w)
     for ev in sorted(episode.user_text, key=lambda e: e.time):
         c = at(ev.time)
         c.text = [*(c.text or []), ev.text]

@@ -40,6 +40,8 @@ def test_episode_chunks_carry_exactly_the_user_side(tiny_config):
         t = layout.input_turn(f.time)
         last = max((g for g in ep.video if layout.input_turn(g.time) == t), key=lambda g: g.time)
         assert chunks[t].video is last.image
+    heard = [(t, w) for t, c in enumerate(chunks) for w in c.transcript]
+    assert heard == sorted(((layout.input_turn(w.end), w) for w in ep.user_words), key=lambda x: x[0])
     fed = [(t, e.kind, e.text) for t, c in enumerate(chunks) for e in c.background]
     want = [(layout.input_turn(e.time), "done", e.text) for e in ep.background if e.kind == "result"]
     assert fed == want  # results arrive in their micro-turn; the model's own requests are never inputs
