@@ -111,18 +111,14 @@ def _user_inputs(config, layout, opts: StreamOptions):
 
 
 def _chunks(layout, audio, text, video, sr):
-    from interaction_jax.inference.session import Chunk
+    """The inputs as a user-only episode, cut into live chunks exactly as the benchmarks feed them."""
+    from interaction_jax.data.episode import Episode, TextEvent, VideoFrame
+    from interaction_jax.eval.episodes import episode_chunks
 
-    S = int(round(layout.micro_turn_s * sr))
-    n = max(1, -(-len(audio) // S))
-    audio = np.pad(audio, (0, n * S - len(audio)))
-    chunks = [Chunk(audio=audio[t * S : (t + 1) * S], sample_rate=sr) for t in range(n)]
-    for t_s, msg in sorted(text):
-        c = chunks[min(n - 1, layout.input_turn(t_s))]
-        c.text = [*(c.text or []), msg]
-    for t_s, frame in sorted(video, key=lambda x: x[0]):
-        chunks[min(n - 1, layout.input_turn(t_s))].video = frame
-    return chunks
+    duration = max(len(audio), 1) / sr
+    ep = Episode("stream", duration, sample_rate=sr, user_audio=audio,
+                 user_text=[TextEvent(msg, t_s) for t_s, msg in text], video=[VideoFrame(t_s, f) for t_s, f in video])
+    return episode_chunks(ep, layout)
 
 
 def _timeline(path: str, tr, layout) -> None:
