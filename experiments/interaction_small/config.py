@@ -1,12 +1,13 @@
 """interaction_small: the reproduction experiment's model, sized for one hour on a 2-core CPU.
 
 Why this size (between configs/tiny.py and configs/small.py): `small` (62M) takes ~11 s per
-step of 2 x 8 s windows on this CPU (experiments/perf/results/train_throughput.json), i.e. ~300 steps in an hour — far too few to learn the
-task mix; `tiny` (0.3M, width 64) trains fast but its width limits how much of the spoken
-instructions it can parse. A 4-layer, width-160 model (1.9M parameters) runs a step of
-8 windows of 8 s (40 micro-turns, 800 positions) in ~3.3 s (0.30 steps/s, the trainer's logged rate when the CPU was not shared), so
-900 steps (about four passes over 2000 rendered episodes) fit in an hour with room for the
-data rendering and the evaluation. At this size attention over the window dominates
+step of 2 x 8 s windows on this CPU (experiments/perf/results/train_throughput.json), i.e.
+~300 steps in an hour — far too few to learn the task mix; `tiny` (0.3M, width 64) trains fast
+but its width limits how much of the spoken instructions it can parse. A 4-layer, width-160
+model (1.9M parameters) runs a step of 8 windows of 8 s (40 micro-turns, 800 positions) in
+~3.3 s (0.30 steps/s, the trainer's logged rate when the CPU was not shared), so 900 steps
+(about four passes over 2000 rendered episodes) fit in an hour with room for the data
+rendering and the evaluation. At this size attention over the window dominates
 the step on CPU (whole 12 s episodes cost 2x per token), hence 8 s windows and 2 wide heads;
 a TimeSpeak delay of up to 5 s still fits in a window with its instruction most of the time.
 
