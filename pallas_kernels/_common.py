@@ -53,3 +53,8 @@ def pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, extra)
     return jnp.pad(x, widths, constant_values=value)
+
+
+def head_dim_block(n: int) -> int:
+    """Smallest power of two >= max(n, 16): a feature axis a Triton block can load whole."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import NEG_INF, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
 from pallas_kernels.flash_attention import flash_attention
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 64
@@ -132,16 +132,17 @@ def rms_norm(x, scale, *, eps: float = 1e-6, implementation: str | None = None, 
     x2 = _rows(x)
     m, d = x2.shape
     mp = round_up(max(m, 1), block_m)
+    dp = head_dim_block(d)  # a Triton block loads whole power-of-two rows; zero columns add 0 to the sum
     out = pl.pallas_call(
         functools.partial(_rms_kernel, eps=float(eps), d=d),
-        out_shape=jax.ShapeDtypeStruct((mp, d), x.dtype),
+        out_shape=jax.ShapeDtypeStruct((mp, dp), x.dtype),
         grid=(mp // block_m,),
-        in_specs=[pl.BlockSpec((block_m, d), lambda i: (i, 0)), pl.BlockSpec((d,), lambda i: (0,))],
-        out_specs=pl.BlockSpec((block_m, d), lambda i: (i, 0)),
+        in_specs=[pl.BlockSpec((block_m, dp), lambda i: (i, 0)), pl.BlockSpec((dp,), lambda i: (0,))],
+        out_specs=pl.BlockSpec((block_m, dp), lambda i: (i, 0)),
         interpret=is_interpret(impl),
         name="batch_invariant_rms_norm",
-    )(pad_axis(x2, 0, mp), scale)
-    return out[:m].reshape(x.shape)
+    )(pad_axis(pad_axis(x2, 0, mp), 1, dp), pad_axis(scale, 0, dp))
+    return out[:m, :d].reshape(x.shape)
 
 
 def attention(q, k, v, *, implementation: str | None = None, **mask_kwargs) -> jax.Array:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import NEG_INF, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
 
 
 def _visible(rows_pos, cols, length, window: int, sinks: int):
@@ -103,11 +103,12 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
     rows_p = max(16, pl.next_power_of_2(rows))  # fixed by (S, group) only, never by B or T
     # [B, S, KVH, G, hd] -> [B, KVH, S*G, hd]: one program serves every query head of a kv head.
     qr = q.reshape(b, s, kvh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, rows, hd)
-    qr = pad_axis(qr, 2, rows_p)
+    hdp = head_dim_block(hd)  # zero head-dim columns: same q.k, zero output columns (sliced off)
+    qr = pad_axis(pad_axis(qr, 2, rows_p), 3, hdp)
     qpos = pad_axis(jnp.repeat(q_pos, g, axis=1), 1, rows_p, -1)  # padded rows see nothing
     tp = round_up(t, split_size)
-    kt = pad_axis(k_cache, 1, tp).transpose(0, 2, 1, 3)
-    vt = pad_axis(v_cache, 1, tp).transpose(0, 2, 1, 3)
+    kt = pad_axis(pad_axis(k_cache, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
+    vt = pad_axis(pad_axis(v_cache, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
     n_splits = tp // split_size
     params = None
     if implementation == "triton":
@@ -118,17 +119,17 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
     acc, m, den = pl.pallas_call(
         functools.partial(_split_kernel, split_size=split_size, block_k=block_k, scale=scale, window=window,
                           sinks=sinks),
-        out_shape=(jax.ShapeDtypeStruct((b, kvh, n_splits, rows_p, hd), jnp.float32), part, part),
+        out_shape=(jax.ShapeDtypeStruct((b, kvh, n_splits, rows_p, hdp), jnp.float32), part, part),
         grid=(b, kvh, n_splits),
         in_specs=[
             pl.BlockSpec((1,), lambda i, j, c: (i,)),
-            pl.BlockSpec((None, None, rows_p, hd), lambda i, j, c: (i, j, 0, 0)),
+            pl.BlockSpec((None, None, rows_p, hdp), lambda i, j, c: (i, j, 0, 0)),
             pl.BlockSpec((None, rows_p), lambda i, j, c: (i, 0)),
-            pl.BlockSpec((None, None, split_size, hd), lambda i, j, c: (i, j, c, 0)),
-            pl.BlockSpec((None, None, split_size, hd), lambda i, j, c: (i, j, c, 0)),
+            pl.BlockSpec((None, None, split_size, hdp), lambda i, j, c: (i, j, c, 0)),
+            pl.BlockSpec((None, None, split_size, hdp), lambda i, j, c: (i, j, c, 0)),
         ],
         out_specs=(
-            pl.BlockSpec((None, None, None, rows_p, hd), lambda i, j, c: (i, j, c, 0, 0)),
+            pl.BlockSpec((None, None, None, rows_p, hdp), lambda i, j, c: (i, j, c, 0, 0)),
             pl.BlockSpec((None, None, None, rows_p), lambda i, j, c: (i, j, c, 0)),
             pl.BlockSpec((None, None, None, rows_p), lambda i, j, c: (i, j, c, 0)),
         ),
@@ -145,7 +146,7 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
         num = num + acc[:, :, c] * w[..., None]
         total = total + den[:, :, c] * w
     out = jnp.where(total[..., None] > 0, num / jnp.where(total > 0, total, 1.0)[..., None], 0.0)
-    out = out[:, :, :rows].reshape(b, kvh, s, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, s, h, hd)
+    out = out[:, :, :rows, :hd].reshape(b, kvh, s, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, s, h, hd)
     return out.astype(q.dtype)
 
 

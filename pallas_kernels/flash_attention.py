@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import NEG_INF, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
 
 # lse stored for rows with no visible key: exp(s - BIG) == 0, so they get no gradient.
 _EMPTY_LSE = 1e30
@@ -365,8 +365,11 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
     cfg = _Config(causal=bool(causal), window=int(window), sinks=int(sinks),
                   scale=float(hd**-0.5 if scale is None else scale), block_q=bq, block_k=bk,
                   index_bounds=index_bounds, has_mask=mask is not None, implementation=impl)
-    qt = pad_axis(q, 1, sp).transpose(0, 2, 1, 3)
-    kt = pad_axis(k, 1, tp).transpose(0, 2, 1, 3)
-    vt = pad_axis(v, 1, tp).transpose(0, 2, 1, 3)
+    # Triton blocks need power-of-two sides: zero head-dim columns change no q.k and give zero
+    # output columns, which are sliced off (scale above uses the true head_dim).
+    hdp = head_dim_block(hd)
+    qt = pad_axis(pad_axis(q, 1, sp), 3, hdp).transpose(0, 2, 1, 3)
+    kt = pad_axis(pad_axis(k, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
+    vt = pad_axis(pad_axis(v, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
     o = _flash(qt, kt, vt, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
-    return o.transpose(0, 2, 1, 3)[:, :s]
+    return o.transpose(0, 2, 1, 3)[:, :s, :, :hd]

@@ -6,7 +6,8 @@ does matrix-vector products. Two kernels, both memory-bound weight streams:
 
 1. up:   h[t, j, :] = silu(x[t] @ W_gate[e]) * (x[t] @ W_up[e])   e = expert_ids[t, j]
          grid (token, slot j, F-tile); the expert index is read inside the kernel and used to
-         index the full weight ref, so only the routed experts' tiles are touched.
+         index the full weight ref, so only the routed experts' tiles are touched; D is walked in
+         fixed `block_d` chunks (bounded registers).
 2. down: y[t, :] = sum_j weights[t, j] * (h[t, j] @ W_down[e_j])  grid (token, D-tile); the k
          routed experts are summed in the fixed order j = 0..k-1, in float32.
 
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
 
 
 def gather_gemv_reference(x, expert_ids, combine_weights, w_gate, w_up, w_down) -> jax.Array:
@@ -35,18 +36,32 @@ def gather_gemv_reference(x, expert_ids, combine_weights, w_gate, w_up, w_down) 
     return y.astype(x.dtype)
 
 
-def _up_kernel(ids_ref, x_ref, wg_ref, wu_ref, h_ref):
+def _up_kernel(ids_ref, x_ref, wg_ref, wu_ref, h_ref, *, block_d: int, num_d: int):
     e = ids_ref[pl.program_id(1)]
-    x = x_ref[...].astype(jnp.float32)[:, None]  # [D, 1]
-    gate = jnp.sum(x * wg_ref[e].astype(jnp.float32), axis=0)  # [bf]
-    up = jnp.sum(x * wu_ref[e].astype(jnp.float32), axis=0)
+
+    def chunk(i, carry):  # D in fixed block_d chunks: bounded registers, fixed reduction order
+        gate, up = carry
+        rows = pl.ds(pl.multiple_of(i * block_d, block_d), block_d)
+        x = x_ref[rows].astype(jnp.float32)[:, None]  # [bd, 1]
+        gate += jnp.sum(x * wg_ref[e, rows, :].astype(jnp.float32), axis=0)  # [bf]
+        up += jnp.sum(x * wu_ref[e, rows, :].astype(jnp.float32), axis=0)
+        return gate, up
+
+    zeros = jnp.zeros(h_ref.shape, jnp.float32)
+    gate, up = jax.lax.fori_loop(0, num_d, chunk, (zeros, zeros))
     h_ref[...] = (jax.nn.silu(gate) * up).astype(h_ref.dtype)
 
 
-def _down_kernel(ids_ref, cw_ref, h_ref, wd_ref, y_ref, *, top_k: int):
+def _down_kernel(ids_ref, cw_ref, h_ref, wd_ref, y_ref, *, top_k: int, block_f: int, num_f: int):
     def slot(j, acc):
-        h = h_ref[j].astype(jnp.float32)[:, None]  # [F, 1]
-        return acc + cw_ref[j] * jnp.sum(h * wd_ref[ids_ref[j]].astype(jnp.float32), axis=0)
+        e, w = ids_ref[j], cw_ref[j]
+
+        def chunk(i, part):
+            rows = pl.ds(pl.multiple_of(i * block_f, block_f), block_f)
+            h = h_ref[j, rows].astype(jnp.float32)[:, None]  # [bf, 1]
+            return part + jnp.sum(h * wd_ref[e, rows, :].astype(jnp.float32), axis=0)
+
+        return acc + w * jax.lax.fori_loop(0, num_f, chunk, jnp.zeros(y_ref.shape, jnp.float32))
 
     acc = jax.lax.fori_loop(0, top_k, slot, jnp.zeros(y_ref.shape, jnp.float32))
     y_ref[...] = acc.astype(y_ref.dtype)
@@ -56,9 +71,11 @@ def _kernel(x, expert_ids, combine_weights, w_gate, w_up, w_down, *, block_f, bl
     t, d = x.shape
     e, _, f = w_gate.shape
     k = expert_ids.shape[1]
-    bf, bd = min(block_f, pl.next_power_of_2(f)), min(block_d, pl.next_power_of_2(d))
+    bf, bd = min(block_f, head_dim_block(f)), min(block_d, head_dim_block(d))
     fp, dp = round_up(f, bf), round_up(d, bd)
-    wg, wu = pad_axis(w_gate, 2, fp), pad_axis(w_up, 2, fp)  # padded F columns give h = silu(0) * 0 = 0
+    # Zero padding: padded D rows add 0 to the gate/up sums; padded F columns give h = silu(0) * 0 = 0.
+    xp = pad_axis(x, 1, dp)
+    wg, wu = (pad_axis(pad_axis(w, 1, dp), 2, fp) for w in (w_gate, w_up))
     wd = pad_axis(pad_axis(w_down, 1, fp), 2, dp)
     ids = expert_ids.astype(jnp.int32)
     interpret = is_interpret(implementation)
@@ -68,20 +85,20 @@ def _kernel(x, expert_ids, combine_weights, w_gate, w_up, w_down, *, block_f, bl
 
         params = plgpu.CompilerParams(num_warps=4, num_stages=2)
     h = pl.pallas_call(
-        _up_kernel,
+        functools.partial(_up_kernel, block_d=bd, num_d=dp // bd),
         out_shape=jax.ShapeDtypeStruct((t, k, fp), jnp.float32),
         grid=(t, k, fp // bf),
         in_specs=[
             pl.BlockSpec((None, k), lambda i, j, c: (i, 0)),
-            pl.BlockSpec((None, d), lambda i, j, c: (i, 0)),
-            pl.BlockSpec((e, d, bf), lambda i, j, c: (0, 0, c)),
-            pl.BlockSpec((e, d, bf), lambda i, j, c: (0, 0, c)),
+            pl.BlockSpec((None, dp), lambda i, j, c: (i, 0)),
+            pl.BlockSpec((e, dp, bf), lambda i, j, c: (0, 0, c)),
+            pl.BlockSpec((e, dp, bf), lambda i, j, c: (0, 0, c)),
         ],
         out_specs=pl.BlockSpec((None, None, bf), lambda i, j, c: (i, j, c)),
         interpret=interpret, compiler_params=params, name="gather_gemv_up",
-    )(ids, x, wg, wu)
+    )(ids, xp, wg, wu)
     y = pl.pallas_call(
-        functools.partial(_down_kernel, top_k=k),
+        functools.partial(_down_kernel, top_k=k, block_f=bf, num_f=fp // bf),
         out_shape=jax.ShapeDtypeStruct((t, dp), x.dtype),
         grid=(t, dp // bd),
         in_specs=[

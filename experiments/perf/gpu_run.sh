@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every GPU-only check in one command (run from the repo root on a GPU machine):
+#   1. compiled-kernel tests (pytest -m gpu: Triton kernels vs references, bitwise batch invariance)
+#   2. experiments/perf/kernels.py (kernel timings vs XLA / cuDNN / ragged_dot)
+#   3. experiments/perf/streaming.py on the GPU (engine step time / RTF), if ml_collections imports
+# Each stage has its own time limit so one hang cannot eat the others. Logs and JSON go to $OUT
+# (default experiments/perf/results). PYTHON picks the interpreter (default: .venv/bin/python if
+# present, else python3).
+set -u
+OUT=${OUT:-experiments/perf/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+T_TESTS=${T_TESTS:-200} T_KERNELS=${T_KERNELS:-200} T_STREAM=${T_STREAM:-120}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/gpu_info.txt"
+$PY -c "import jax, jaxlib; print('jax', jax.__version__, 'backend', jax.default_backend(), jax.devices())" \
+  2>&1 | tee -a "$OUT/gpu_info.txt"
+git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$OUT/gpu_info.txt"
+
+echo "== compiled kernel tests"
+timeout "$T_TESTS" $PY -m pytest -q -m gpu tests/kernels -rfE -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+echo "== kernel benchmarks"
+timeout "$T_KERNELS" $PY experiments/perf/kernels.py --out="$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+echo "== streaming on the GPU"
+if $PY -c "import ml_collections" 2>/dev/null; then
+  timeout "$T_STREAM" $PY experiments/perf/streaming.py --configs=${STREAM_CONFIGS:-tiny,small} --sessions=1,16 \
+    --lengths=10,60 --ticks=5 --json="$OUT/streaming_gpu.json" 2>&1 | tee "$OUT/streaming_gpu.log"
+else
+  echo "ml_collections missing: streaming skipped" | tee "$OUT/streaming_gpu.log"
+fi
