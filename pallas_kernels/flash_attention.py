@@ -353,6 +353,10 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
                                          kv_segment_ids=kv_segment_ids, mask=mask, scale=scale)
     b, s, h, hd = q.shape
     t = k.shape[1]
+    if impl == "triton" and jnp.dtype(q.dtype).itemsize > 2:
+        # float32 tiles of 128 overflow the SM's shared memory in the backward kernels (H200: 264 KB
+        # requested of 227 KB), so float32 inputs use 64-blocks on GPU.
+        block_q, block_k = min(block_q, 64), min(block_k, 64)
     bq, bk = _block(block_q, s), _block(block_k, t)
     sp, tp = round_up(s, bq), round_up(t, bk)
     index_bounds = q_positions is None and kv_positions is None

@@ -108,5 +108,6 @@ def test_registered_impls_dispatch_on_cpu():
 def test_moe_kernels_compiled_gpu():
     x, routing, w = _moe_case(5, 64, 256, 512, 16, 4)
     want = _per_token(x, routing, w)
-    for impl in ("pallas_gmm", "gather_gemv"):
-        np.testing.assert_allclose(np.asarray(expert_compute(x, routing, w, impl)), want, atol=5e-2, rtol=5e-2)
+    for impl in ("pallas_gmm", "gather_gemv"):  # TF32 dots: compare against the output's scale
+        got = np.asarray(expert_compute(x, routing, w, impl))
+        assert np.max(np.abs(got - want)) <= 1e-2 * np.max(np.abs(want)), impl
