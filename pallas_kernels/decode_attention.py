@@ -4,7 +4,8 @@ q [B, S, H, hd] holds the S positions of one micro-turn block for each of B slot
 k/v [B, T, KVH, hd] (T = max_len) with `lengths` [B] valid rows per slot (the block's own K/V
 already written). Query i of slot b sits at cache row q_positions[b, i] (default: the last S valid
 rows) and sees row j iff  j < lengths[b],  j <= q_positions[b, i]  and the sliding-window/sinks
-rule of the model holds.
+rule of the model holds. A ring-buffer cache passes `kv_positions` (the position each row holds,
+-1 empty) and the rules apply to those positions instead of row indices.
 
 Split-K ("flash decoding"): the grid is (slot, kv head, split). Each program takes every query of
 one GQA group (S * H/KVH rows, so the cache is read once per kv head) against one split of
@@ -27,15 +28,16 @@ from jax.experimental import pallas as pl
 from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
 
 
-def _visible(rows_pos, cols, length, window: int, sinks: int):
-    vis = (cols < length) & (cols <= rows_pos)
+def _visible(rows_pos, cols, kv_pos, length, window: int, sinks: int):
+    """Row `cols` (holding absolute position kv_pos, -1 = empty) is visible from a query at rows_pos."""
+    vis = (cols < length) & (kv_pos >= 0) & (kv_pos <= rows_pos)
     if window:
-        vis &= (rows_pos - cols < window) | (cols < sinks)
+        vis &= (rows_pos - kv_pos < window) | (kv_pos < sinks)
     return vis
 
 
-def _split_kernel(len_ref, q_ref, qpos_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, split_size: int, block_k: int,
-                  scale: float, window: int, sinks: int):
+def _split_kernel(len_ref, q_ref, qpos_ref, kvpos_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, split_size: int,
+                  block_k: int, scale: float, window: int, sinks: int):
     length = len_ref[0]
     start = pl.program_id(2) * split_size
     rows = q_ref.shape[0]
@@ -55,7 +57,7 @@ def _split_kernel(len_ref, q_ref, qpos_ref, k_ref, v_ref, acc_ref, m_ref, l_ref,
             m, den, acc = carry
             sub = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
             cols = start + j * block_k + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
-            vis = _visible(q_pos, cols, length, window, sinks)
+            vis = _visible(q_pos, cols, kvpos_ref[sub][None, :], length, window, sinks)
             k, v = k_ref[sub, :], v_ref[sub, :]
             s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
             s = jnp.where(vis, s, NEG_INF)
@@ -75,15 +77,25 @@ def _default_positions(lengths, s):
     return lengths[:, None] - s + jnp.arange(s, dtype=jnp.int32)[None, :]
 
 
-def decode_attention_reference(q, k_cache, v_cache, lengths, *, q_positions=None, window: int = 0, sinks: int = 0,
-                               scale: float | None = None) -> jax.Array:
+def _kv_positions(kv_positions, b: int, t: int) -> jax.Array:
+    if kv_positions is None:  # row j holds position j
+        return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+    kv_positions = jnp.asarray(kv_positions, jnp.int32)
+    if kv_positions.shape != (b, t):
+        raise ValueError(f"decode_attention: kv_positions must be [B, T] = {(b, t)}, got {kv_positions.shape}")
+    return kv_positions
+
+
+def decode_attention_reference(q, k_cache, v_cache, lengths, *, q_positions=None, kv_positions=None, window: int = 0,
+                               sinks: int = 0, scale: float | None = None) -> jax.Array:
     """Dense masked softmax over the whole cache (float32 softmax; rows seeing nothing give 0)."""
     b, s, h, hd = q.shape
     t, kvh = k_cache.shape[1], k_cache.shape[2]
     lengths = jnp.asarray(lengths, jnp.int32)
     q_pos = _default_positions(lengths, s) if q_positions is None else jnp.asarray(q_positions, jnp.int32)
     cols = jnp.arange(t, dtype=jnp.int32)[None, None, :]
-    vis = _visible(q_pos[:, :, None], cols, lengths[:, None, None], window, sinks)  # [B, S, T]
+    kv_pos = _kv_positions(kv_positions, b, t)[:, None, :]
+    vis = _visible(q_pos[:, :, None], cols, kv_pos, lengths[:, None, None], window, sinks)  # [B, S, T]
     scale = hd**-0.5 if scale is None else scale
     qg = q.reshape(b, s, kvh, h // kvh, hd).astype(jnp.float32)
     logits = jnp.einsum("bskgd,btkd->bkgst", qg, k_cache.astype(jnp.float32)) * scale
@@ -95,7 +107,8 @@ def decode_attention_reference(q, k_cache, v_cache, lengths, *, q_positions=None
     return out.reshape(b, s, h, hd).astype(q.dtype)
 
 
-def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, split_size, block_k, implementation):
+def _kernel_call(q, k_cache, v_cache, lengths, q_pos, kv_pos, *, window, sinks, scale, split_size, block_k,
+                 implementation):
     b, s, h, hd = q.shape
     t, kvh = k_cache.shape[1], k_cache.shape[2]
     g = h // kvh
@@ -109,6 +122,7 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
     tp = round_up(t, split_size)
     kt = pad_axis(pad_axis(k_cache, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
     vt = pad_axis(pad_axis(v_cache, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
+    kvp = pad_axis(kv_pos, 1, tp, -1)  # padded rows hold no position
     n_splits = tp // split_size
     params = None
     if implementation == "triton":
@@ -125,6 +139,7 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
             pl.BlockSpec((1,), lambda i, j, c: (i,)),
             pl.BlockSpec((None, None, rows_p, hdp), lambda i, j, c: (i, j, 0, 0)),
             pl.BlockSpec((None, rows_p), lambda i, j, c: (i, 0)),
+            pl.BlockSpec((None, split_size), lambda i, j, c: (i, c)),
             pl.BlockSpec((None, None, split_size, hdp), lambda i, j, c: (i, j, c, 0)),
             pl.BlockSpec((None, None, split_size, hdp), lambda i, j, c: (i, j, c, 0)),
         ],
@@ -136,7 +151,7 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
         interpret=is_interpret(implementation),
         compiler_params=params,
         name="decode_attention_split",
-    )(lengths, qr, qpos, kt, vt)
+    )(lengths, qr, qpos, kvp, kt, vt)
     # Fixed-order combine: the max is exact, the sums run split 0, 1, 2, ... one after another.
     m_all = jnp.max(m, axis=2)
     num = jnp.zeros(acc.shape[:2] + acc.shape[3:], jnp.float32)
@@ -150,11 +165,14 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, *, window, sinks, scale, s
     return out.astype(q.dtype)
 
 
-def decode_attention(q, k_cache, v_cache, lengths, *, q_positions=None, window: int = 0, sinks: int = 0,
-                     scale: float | None = None, split_size: int = 256, block_k: int = 64,
+def decode_attention(q, k_cache, v_cache, lengths, *, q_positions=None, kv_positions=None, window: int = 0,
+                     sinks: int = 0, scale: float | None = None, split_size: int = 256, block_k: int = 64,
                      implementation: str | None = None) -> jax.Array:
     """Attention of q [B,S,H,hd] over cache k/v [B,T,KVH,hd] with valid `lengths` [B] -> [B,S,H,hd].
 
+    `kv_positions` [B, T] (default: row j holds position j) is the absolute position each cache
+    row holds, -1 for an empty row: a ring-buffer cache passes its row map, and the causal /
+    window / sinks rules then apply to positions, not rows; `lengths` still bounds the rows read.
     `split_size` (a multiple of `block_k`) is the fixed split-K chunk; keep it constant across calls
     that must agree bitwise. `implementation`: None (by backend; CPU/TPU -> reference), "reference",
     "interpret", "triton". Inference only (no VJP).
@@ -168,9 +186,10 @@ def decode_attention(q, k_cache, v_cache, lengths, *, q_positions=None, window: 
         impl = "reference"
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if impl == "reference":
-        return decode_attention_reference(q, k_cache, v_cache, lengths, q_positions=q_positions, window=window,
-                                          sinks=sinks, scale=scale)
+        return decode_attention_reference(q, k_cache, v_cache, lengths, q_positions=q_positions,
+                                          kv_positions=kv_positions, window=window, sinks=sinks, scale=scale)
     lengths = jnp.asarray(lengths, jnp.int32)
     q_pos = _default_positions(lengths, q.shape[1]) if q_positions is None else jnp.asarray(q_positions, jnp.int32)
-    return _kernel_call(q, k_cache, v_cache, lengths, q_pos, window=int(window), sinks=int(sinks), scale=scale,
-                        split_size=int(split_size), block_k=int(block_k), implementation=impl)
+    kv_pos = _kv_positions(kv_positions, q.shape[0], k_cache.shape[1])
+    return _kernel_call(q, k_cache, v_cache, lengths, q_pos, kv_pos, window=int(window), sinks=int(sinks),
+                        scale=scale, split_size=int(split_size), block_k=int(block_k), implementation=impl)

@@ -38,6 +38,8 @@ config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", loc
 flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
 flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
 flags.DEFINE_integer("num_examples", 100, "Held-out delegation episodes.")
+flags.DEFINE_enum("task", "delegation", ["delegation", "delegation_typed"],
+                  "Episode generator: questions typed or spoken (delegation) or all typed (delegation_typed).")
 flags.DEFINE_integer("seed", 3_000_000, "Episode i uses seed + i (disjoint from data.seed / data.eval_seed ranges).")
 flags.DEFINE_float("episode_seconds", None, "Episode length (default: config.data.episode_seconds).")
 flags.DEFINE_float("sim_delay_s", None, "Session s from request to result (default: config.background.sim_delay_s).")
@@ -186,7 +188,7 @@ def run(config) -> dict:
 
     t0 = time.perf_counter()
     renderer = default_renderer()
-    episodes = [tasks.generate("delegation", FLAGS.seed + i, duration_s=seconds, renderer=renderer)
+    episodes = [tasks.generate(FLAGS.task, FLAGS.seed + i, duration_s=seconds, renderer=renderer)
                 for i in range(FLAGS.num_examples)]
     print(f"[delegation] {len(episodes)} episodes of {seconds:g} s (seeds {FLAGS.seed}..) "
           f"in {time.perf_counter() - t0:.1f} s")

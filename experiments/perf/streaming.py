@@ -29,6 +29,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 
+EXTRA_OVERRIDES: list[str] = []  # --set key=value, applied to every config
+
+
 def _engine(config_name: str, sessions: int, seconds: float):
     from flax import nnx
 
@@ -40,6 +43,7 @@ def _engine(config_name: str, sessions: int, seconds: float):
                  f"inference.slots={sessions}"]
     if "moe" in config_name:
         overrides.append("model.moe.impl=gather")
+    overrides += EXTRA_OVERRIDES
     c = load_config(os.path.join(REPO, "configs", f"{config_name}.py"), overrides)
     model = InteractionModel(c, rngs=nnx.Rngs(0))
     return c, model, StreamEngine(c, model)
@@ -108,7 +112,10 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=20)
     ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--json", default=os.path.join(REPO, "experiments/perf/results/streaming.json"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every engine, e.g. --set inference.decode_attention=pallas")
     args = ap.parse_args()
+    EXTRA_OVERRIDES[:] = args.set
     import jax
 
     rows = []
@@ -132,7 +139,8 @@ def main() -> None:
               f"{r['p99_ms']:>8.1f} {r['rtf']:>6.2f}  {note}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
+        json.dump({"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(), "overrides": args.set,
+                   "rows": rows}, f, indent=1)
     print(f"wrote {args.json}")
 
 

@@ -82,6 +82,8 @@ def invariant_cache_attention(
 
 
 LIVE_BLOCK = 256  # positions per key chunk of `live_window_attention`
+# `inference.decode_attention`: how the engine attends over its cache (see `cached_forward`).
+DECODE_ATTENTION_IMPLS = ("live_window", "pallas", "pallas_interpret")
 
 
 def live_window_attention(
@@ -145,6 +147,7 @@ def cached_forward(
     window: int,
     sinks: int,
     policy: ContextPolicy | None = None,
+    decode_attention: str = "live_window",
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """A block of S positions against the ring cache with the model's own sub-modules.
 
@@ -156,7 +159,12 @@ def cached_forward(
     With `policy`, attention visits only the live key chunks (`live_window_attention`; a
     batch-invariant model: `invariant_cache_attention`, bitwise the training forward's rows);
     without it (or with a registered attention kernel) it reads every cache row.
+    `decode_attention="pallas"` (or "pallas_interpret", for CPU tests) instead runs the split-K
+    Pallas kernel (`pallas_kernels.decode_attention`) over the ring cache with its row -> position
+    map, reading rows up to the last one in use (GPU: Triton; CPU: its dense reference).
     """
+    if decode_attention not in DECODE_ATTENTION_IMPLS:
+        raise ValueError(f"inference.decode_attention={decode_attention!r}; expected one of {DECODE_ATTENTION_IMPLS}")
     invariant = bool(getattr(model, "batch_invariant", False))
     if invariant and policy is None:
         raise ValueError("cached_forward: a batch-invariant model needs the ContextPolicy (policy=...)")
@@ -169,6 +177,14 @@ def cached_forward(
     kv_valid = kv_positions >= 0
     mask = block.get("valid")
     q_valid = jnp.ones(positions.shape, bool) if mask is None else mask.astype(bool)
+
+    kernel = decode_attention != "live_window" and policy is not None and not invariant
+    if kernel:
+        from pallas_kernels.decode_attention import decode_attention as decode_kernel
+
+        t = kv_positions.shape[1]  # rows in use per slot: the split-K kernel skips the splits past them
+        rows_in_use = jnp.max(jnp.where(kv_valid, jnp.arange(1, t + 1, dtype=jnp.int32)[None], 0), axis=1)
+        kernel_impl = "interpret" if decode_attention == "pallas_interpret" else None
 
     def body(carry, xs):
         x, k_all, v_all = carry
@@ -183,6 +199,10 @@ def cached_forward(
             if invariant:
                 o = invariant_cache_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
                                               v_all[layer].astype(attn.dtype), kv_positions, policy)
+            elif kernel:
+                o = decode_kernel(q, k_all[layer].astype(attn.dtype), v_all[layer].astype(attn.dtype), rows_in_use,
+                                  q_positions=positions, kv_positions=kv_positions, window=policy.window,
+                                  sinks=policy.sinks, implementation=kernel_impl)
             elif policy is not None and attn.impl == "xla":
                 o = live_window_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
                                           v_all[layer].astype(attn.dtype), kv_positions, policy)
@@ -209,7 +229,7 @@ def cached_forward(
 
 
 def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: ContextPolicy, feature_params, *,
-                     debug_outputs: bool = False):
+                     debug_outputs: bool = False, decode_attention: str = "live_window"):
     """Builds the pure `stream_step(params, state, inputs) -> (state, outputs)` (see the module docstring).
 
     outputs: text_tokens [B, text_slots] int32 (sampled), mel [B, A, F, M] f32, codes [B, A, F, M]
@@ -255,7 +275,8 @@ def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: Conte
             rows = policy.write_rows(base + a, z - a, active)
             kv_pos = policy.row_positions(jnp.where(active, base + z, base))
             hidden, logits, k_all, v_all = cached_forward(
-                model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks, policy=policy
+                model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks, policy=policy,
+                decode_attention=decode_attention,
             )
             for p in range(a, z):
                 if text_sl.start <= p < text_sl.stop:
@@ -337,8 +358,12 @@ class StreamEngine:
             temperature=float(inf.temperature),
             top_p=float(inf.top_p),
         )
+        decode_attention = str(inf.get("decode_attention", "live_window"))
+        if decode_attention not in DECODE_ATTENTION_IMPLS:
+            raise ValueError(f"inference.decode_attention={decode_attention!r}; expected one of "
+                             f"{DECODE_ATTENTION_IMPLS}")
         step = make_stream_step(self.graphdef, self.layout, self.policy, self.feature_params,
-                                debug_outputs=debug_outputs)
+                                debug_outputs=debug_outputs, decode_attention=decode_attention)
         self._step = jax.jit(step, donate_argnums=(1,))
         self._reset = jax.jit(reset_slot, donate_argnums=(0,))
 

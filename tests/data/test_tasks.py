@@ -211,3 +211,23 @@ def test_short_duration_clips_everything():
         assert ep.user_audio.shape == (64000,)
         for s, e in _events(ep):
             assert 0.0 <= s <= e <= 4.0 + 1e-9
+
+
+def test_delegation_typed_types_every_question_and_keeps_the_seed_draws():
+    modes = {}
+    for seed in range(6):
+        typed = generate("delegation_typed", seed, duration_s=10.0, renderer=default_renderer())
+        assert typed.task == "delegation" and typed.metadata["instruction_mode"] == "typed"
+        assert len(typed.user_text) == 1  # the question arrives as typed text (asides may be spoken)
+        assert all(w.start > typed.user_text[0].time for w in typed.user_words)
+        mixed = generate("delegation", seed, duration_s=10.0, renderer=default_renderer())
+        modes[seed] = mixed.metadata["instruction_mode"]
+        if modes[seed] == "typed":  # same seed, same draws: the identical episode
+            assert typed.user_text == mixed.user_text and typed.background == mixed.background
+            np.testing.assert_array_equal(typed.model_audio, mixed.model_audio)
+    assert set(modes.values()) == {"typed", "spoken"}  # the seeds above exercise both branches
+    assert "delegation_typed" not in TASK_NAMES  # a curriculum variant: "mix" never draws it
+    with pytest.raises(ValueError, match="instruction_mode"):
+        from interaction_jax.data.tasks import delegation
+
+        delegation.generate(0, duration_s=5.0, renderer=default_renderer(), instruction_mode="shouted")

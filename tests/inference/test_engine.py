@@ -131,12 +131,21 @@ def test_moe_teacher_forced_equals_forward():
     _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
 
 
-def test_sliding_ring_buffer_equals_windowed_forward():
+@pytest.mark.parametrize("decode_attention", ["live_window", "pallas_interpret"])
+def test_sliding_ring_buffer_equals_windowed_forward(decode_attention):
     """A model with a trained sliding window + sinks: the ring cache wraps several times and the
-    engine still equals the windowed training forward."""
+    engine still equals the windowed training forward — with the pure-JAX live-window attention
+    and with the split-K Pallas decode kernel (interpret mode) reading the ring by its row map."""
     c, model, engine, layout, grid, ref = _setup(
-        ["model.sliding_window=40", "model.attention_sinks=6", "inference.context_policy=sliding"], slots=2,
-        duration=1.6)
+        ["model.sliding_window=40", "model.attention_sinks=6", "inference.context_policy=sliding",
+         f"inference.decode_attention={decode_attention}"], slots=2, duration=1.6)
     assert engine.policy.sinks + engine.policy.ring < grid.num_turns * layout.positions_per_turn / 2
     outs = _replay(engine, grid, slot=1, others=(0,))
     _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
+
+
+def test_unknown_decode_attention_is_a_clear_error(tiny_config):
+    c = tiny_config.copy_and_resolve_references()
+    c.inference.decode_attention = "flash"
+    with pytest.raises(ValueError, match="inference.decode_attention='flash'"):
+        StreamEngine(c, slots=1)

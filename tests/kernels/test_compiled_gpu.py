@@ -183,3 +183,17 @@ def test_batch_invariant_matmul_and_rms_norm_compiled(k, n):
     want = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-6) * np.asarray(scale)
     _close(full, want, 1e-5, "rms_norm")
     np.testing.assert_array_equal(np.asarray(rn(x[5:6]))[0], full[5])
+
+
+def test_decode_compiled_ring_cache_row_map():
+    """The engine's use: a wrapped ring cache read through its row -> position map, window + sinks."""
+    rng = np.random.default_rng(7)
+    b, s, t, h, kvh, hd = 4, 4, 1024, 8, 2, 80
+    q, k, v = _normal(rng, (b, s, h, hd), jnp.float32), *(_normal(rng, (b, t, kvh, hd), jnp.float32) for _ in "kv")
+    kv_pos = np.stack([rng.permutation(t) + 3 * t for _ in range(b)]).astype(np.int32)  # wrapped: positions > rows
+    kv_pos[1, rng.random(t) < 0.3] = -1  # empty rows
+    q_pos = np.max(kv_pos, axis=1, keepdims=True) - s + 1 + np.arange(s, dtype=np.int32)[None]
+    kw = dict(q_positions=q_pos, kv_positions=kv_pos, window=500, sinks=0)
+    rows = jnp.full((b,), t, jnp.int32)
+    got = jax.jit(lambda *a: decode_attention(*a, implementation="triton", **kw))(q, k, v, rows)
+    _close(got, decode_attention_reference(q, k, v, rows, **kw), 1e-2, "ring")

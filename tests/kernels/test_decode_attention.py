@@ -64,3 +64,23 @@ def test_decode_compiled_gpu():
     got = decode_attention(q, k, v, lengths, implementation="triton")
     want = decode_attention_reference(q, k, v, lengths)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-2, rtol=2e-2)
+
+
+def test_decode_ring_cache_row_map_matches_contiguous_cache():
+    """A shuffled ring cache with its row -> position map (empty rows = -1) gives the contiguous result."""
+    q, k, v, _ = _inputs(11, 2, 3, 70, 4, 2)
+    lengths = np.array([70, 50], np.int32)
+    perm = np.random.default_rng(12).permutation(70)  # row r holds position perm[r]
+    kr, vr = k[:, perm], v[:, perm]
+    kr[1, perm >= 50] = 1e3  # rows slot 1 never wrote: garbage that must not leak
+    kv_pos = np.stack([perm, np.where(perm < 50, perm, -1)]).astype(np.int32)
+    q_pos = lengths[:, None] - 3 + np.arange(3, dtype=np.int32)[None]
+    want = flash_attention_reference(q, k, v, window=20, sinks=2, q_positions=q_pos,
+                                     kv_positions=np.broadcast_to(np.arange(70, dtype=np.int32), (2, 70)),
+                                     kv_segment_ids=(np.arange(70)[None] >= lengths[:, None]).astype(np.int32),
+                                     q_segment_ids=np.zeros((2, 3), np.int32))
+    rows_in_use = np.full(2, 70, np.int32)
+    for impl in ("interpret", "reference"):
+        got = decode_attention(q, kr, vr, rows_in_use, q_positions=q_pos, kv_positions=kv_pos, window=20, sinks=2,
+                               **{**KW, "implementation": impl})
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)

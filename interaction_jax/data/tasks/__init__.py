@@ -8,6 +8,7 @@ tolerances.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -27,7 +28,9 @@ TASKS: dict[str, TaskFn] = {
     "others": others.generate,
     "delegation": delegation.generate,
 }
-TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # the tasks "mix" draws from
+# Curriculum variants: selectable by name, never drawn by "mix" (episode.task keeps the base name).
+TASKS["delegation_typed"] = functools.partial(delegation.generate, instruction_mode="typed")
 _MIX_SALT = 0x6D6978  # decorrelates the task choice from the task's own draws
 
 

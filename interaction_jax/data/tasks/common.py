@@ -39,6 +39,11 @@ VIDEO_PROB = 0.5
 VIDEO_SIZE = 160
 
 
+# How instructions reach the model: "mixed" (seeded, half typed), or all "typed" / all "spoken"
+# (curriculum variants such as the task "delegation_typed").
+INSTRUCTION_MODES = ("mixed", "typed", "spoken")
+
+
 def typed_read_s(text: str) -> float:
     """Seconds the model needs to read a typed message through the text slots."""
     return (len(text.encode("utf-8")) + 1) / TYPED_BYTES_PER_S
@@ -53,9 +58,12 @@ def number_word(n: int) -> str:
 class EpisodeBuilder:
     """Accumulates the streams of one episode; `finish` mixes, clips and returns the `Episode`."""
 
-    def __init__(self, task: str, seed: int, duration_s: float, renderer: SpeechRenderer):
+    def __init__(self, task: str, seed: int, duration_s: float, renderer: SpeechRenderer,
+                 instruction_mode: str = "mixed"):
         if duration_s <= 0:
             raise ValueError(f"tasks: duration_s must be > 0, got {duration_s}")
+        if instruction_mode not in INSTRUCTION_MODES:
+            raise ValueError(f"tasks: instruction_mode must be one of {INSTRUCTION_MODES}, got {instruction_mode!r}")
         self.task, self.seed, self.duration = task, int(seed), float(duration_s)
         self.renderer = renderer
         self.sr = renderer.sample_rate
@@ -74,7 +82,9 @@ class EpisodeBuilder:
         self.user_voice = USER_VOICE.jitter(self.rng)
         self.model_voice = MODEL_VOICE.jitter(self.rng)
         self.other_voice = OTHER_VOICE.jitter(self.rng)
-        self.typed = bool(self.rng.random() < 0.5)
+        self.typed = bool(self.rng.random() < 0.5)  # drawn in every mode: the seed's other draws stay put
+        if instruction_mode != "mixed":
+            self.typed = instruction_mode == "typed"
         self.metadata["instruction_mode"] = "typed" if self.typed else "spoken"
         self.metadata["voices"] = {
             "user": self.user_voice.espeak_name, "model": self.model_voice.espeak_name,

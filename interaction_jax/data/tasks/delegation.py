@@ -76,8 +76,10 @@ def _tool_question(rng) -> tuple[str, str]:
     return f"What is the population of {city}?", f"{city} has {{result}}."
 
 
-def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer) -> Episode:
-    b = EpisodeBuilder("delegation", seed, duration_s, renderer)
+def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+    """One delegation episode; `instruction_mode="typed"` types every question (the curriculum task
+    "delegation_typed": the request is then copied from text, not transcribed from speech)."""
+    b = EpisodeBuilder("delegation", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     t0 = float(rng.uniform(0.3, 0.8))
     if rng.random() >= DELEGATE_PROB:
