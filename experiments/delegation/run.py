@@ -14,7 +14,9 @@ Metrics (grading windows of `data/tasks/delegation.py`):
   false alarm  no_delegate windows [q_end, q_end + 3) holding a DELEGATE token
   exact match  the first request in a hit window equals the expected request (case/punctuation-free)
   delay        result arrival (session clock) -> start of the model's first word after it
+  result delay result arrival -> start of the result's own words (e.g. "6855" in "The answer is 6855.")
   spoken       the result text appears in the model's words after its arrival
+  talked       the model says a word between its DELEGATE and the result's arrival (keeps going)
 `--teacher_force` feeds the episode's own model text / audio instead of samples: an oracle that
 must score 1.0 on recall / precision / exact match (checks this pipeline, not a model).
 
@@ -78,13 +80,19 @@ def grade_episode(ep, log, words) -> dict:
         hits.append(first is not None)
         if first is not None:
             exact.append(normalise(first.request) == normalise(w.expected))
-    delays, spoken = [], []
+    delays, spoken, result_delays, talked = [], [], [], []
     for d in log:
         if d.status != "done" or d.result_time is None:
             continue
         after = [w for w in words if w.start >= d.result_time]
         delays.append(after[0].start - d.result_time if after else None)
         spoken.append(normalise(d.result) in normalise(" ".join(w.text for w in after)) if d.result else False)
+        # when the result's own words start (e.g. "6855" in "The answer is 6855.")
+        want, said = normalise(d.result).split(), [normalise(w.text) for w in after]
+        at = next((i for i in range(len(said)) if want and said[i : i + len(want)] == want), None)
+        result_delays.append(after[at].start - d.result_time if at is not None else None)
+        # keeps the conversation going: a word between the request and the result's arrival
+        talked.append(any(d.time <= w.start < d.result_time for w in words))
     meta = ep.metadata
     return {
         "episode_id": ep.episode_id,
@@ -103,6 +111,8 @@ def grade_episode(ep, log, words) -> dict:
         "exact_match": exact,
         "result_to_speech_s": delays,
         "result_spoken": spoken,
+        "result_words_delay_s": result_delays,
+        "talked_while_waiting": talked,
         "model_words": [{"text": w.text, "start": w.start, "end": w.end} for w in words],
     }
 
@@ -117,6 +127,8 @@ def summarise(records: list[dict]) -> dict:
     results = [x for r in records for x in r["result_to_speech_s"]]
     exact = [x for r in records for x in r["exact_match"]]
     spoken = [x for r in records for x in r["result_spoken"]]
+    result_delays = [x for r in records for x in r.get("result_words_delay_s", []) if x is not None]
+    talked = [x for r in records for x in r.get("talked_while_waiting", [])]
     ref = [r["reference_delay_s"] for r in records if r["reference_delay_s"] is not None]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
     return {
@@ -134,6 +146,9 @@ def summarise(records: list[dict]) -> dict:
         "results_never_followed_by_speech": sum(x is None for x in results),
         "result_spoken_rate": _ratio(sum(spoken), len(spoken)),
         "result_to_speech_s": {"median": pct(delays, 50), "p90": pct(delays, 90), "n": len(delays)},
+        "result_to_result_words_s": {"median": pct(result_delays, 50), "p90": pct(result_delays, 90),
+                                     "n": len(result_delays)},
+        "talked_while_waiting_rate": _ratio(sum(talked), len(talked)),
         "reference_result_to_speech_s": {"median": pct(ref, 50), "p90": pct(ref, 90), "n": len(ref)},
     }
 
@@ -143,6 +158,7 @@ def print_table(summary: dict, title: str) -> None:
         return "-" if x is None else format(x, spec)
 
     d, ref = summary["result_to_speech_s"], summary["reference_result_to_speech_s"]
+    rw = summary.get("result_to_result_words_s", {"median": None, "p90": None, "n": 0})
     rows = [
         ("episodes", str(summary["episodes"])),
         ("delegate / no_delegate windows", f"{summary['delegate_windows']} / {summary['no_delegate_windows']}"),
@@ -152,7 +168,10 @@ def print_table(summary: dict, title: str) -> None:
         ("false-alarm rate (no_delegate)", f(summary["false_alarm_rate"])),
         ("request exact match", f(summary["request_exact_match"])),
         ("results delivered", str(summary["results_delivered"])),
+        ("talked while the job ran", f(summary.get("talked_while_waiting_rate"))),
         ("result spoken after arrival", f(summary["result_spoken_rate"])),
+        ("result -> its own words, median / p90 (s)",
+         f"{f(rw['median'], '.2f')} / {f(rw['p90'], '.2f')} (n={rw['n']})"),
         ("result -> first word, median / p90 (s)", f"{f(d['median'], '.2f')} / {f(d['p90'], '.2f')} (n={d['n']})"),
         ("  training data, median / p90 (s)", f"{f(ref['median'], '.2f')} / {f(ref['p90'], '.2f')} (n={ref['n']})"),
     ]
