@@ -10,8 +10,10 @@ into the session it is; the cache content is irrelevant to timing), runs `--tick
 with all slots active and reports median / p99 step time and RTF = step / 200 ms. Side by side, for the
 shortest length, a naive loop that re-runs the whole prefix through the jitted training forward
 each micro-turn (the cost of a serving stack without a persistent cache), and the ratio.
-Hugging Face transformers (PyTorch) is measured only if `torch` and `transformers` are
-installed (optional benchmark dependency; not installed on the CPU dev box). Timings are never
+Hugging Face transformers (PyTorch, CPU) runs the same micro-turn call pattern with a Llama
+model of the backbone's dimensions and its own KV cache (`bench_hf`; no flow head) when `torch`
+and `transformers` are installed (optional benchmark dependency, not a runtime one; `--hf` /
+`--no-hf` force it). Timings are never
 asserted in tests; MoE configs stream with `model.moe.impl=gather` (gather + gemv).
 """
 
@@ -104,6 +106,62 @@ def bench_naive(config_name: str, sessions: int, seconds: float, ticks: int) -> 
                 p99_ms=float(np.percentile(times, 99)) * 1e3, rtf=med / 0.2)
 
 
+def bench_hf(config_name: str, sessions: int, seconds: float, ticks: int) -> dict:
+    """The engine's micro-turn call pattern through Hugging Face transformers (PyTorch, CPU).
+
+    A `LlamaForCausalLM` of the config's backbone dimensions (width, layers, GQA heads, head dim,
+    FFN, text vocabulary; random weights) with its own KV cache (`DynamicCache`): the cache is
+    prefilled to the same session position as the engine row, then each micro-turn makes the same
+    model calls as the engine (`engine.segments`: the input block, then one call per output
+    position, 7 for the default layout) on random input embeddings. It has no flow head, sampling
+    or dMel encoding, so it does *less* work per micro-turn than the engine.
+    """
+    import torch
+    import transformers
+
+    from interaction_jax.config_lib import load_config
+    from interaction_jax.inference.engine import segments
+    from interaction_jax.streams.layout import StreamLayout
+    from interaction_jax.streams.tokenizer import make_tokenizer
+
+    c = load_config(os.path.join(REPO, "configs", f"{config_name}.py"), EXTRA_OVERRIDES)
+    m = c.model
+    layout = StreamLayout.from_config(c)
+    segs = segments(layout)
+    P = layout.positions_per_turn
+    turn = max(int(round(seconds / layout.micro_turn_s)) - ticks - 1, 0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=make_tokenizer(c.text).vocab_size, hidden_size=m.d_model, intermediate_size=m.ffn_dim,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
+        head_dim=m.head_dim, max_position_embeddings=(turn + ticks + 2) * P, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    embeds = [torch.randn(sessions, z - a, m.d_model) for a, z in segs]
+    times = []
+    with torch.inference_mode():
+        cache = None
+        if turn:
+            cache = model(inputs_embeds=torch.randn(sessions, turn * P, m.d_model), use_cache=True).past_key_values
+        for _ in range(ticks + 1):  # the first micro-turn warms up
+            t0 = time.perf_counter()
+            for x in embeds:
+                cache = model(inputs_embeds=x, past_key_values=cache, use_cache=True).past_key_values
+            times.append(time.perf_counter() - t0)
+    times = times[1:]
+    med = float(np.median(times))
+    return dict(bench="hf_transformers", config=config_name, sessions=sessions, length_s=seconds,
+                median_ms=med * 1e3, p99_ms=float(np.percentile(times, 99)) * 1e3, rtf=med / layout.micro_turn_s,
+                torch=torch.__version__, transformers=transformers.__version__,
+                threads=torch.get_num_threads())
+
+
+def _hf_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(n) is not None for n in ("torch", "transformers"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="tiny,small,small_moe")
@@ -114,8 +172,11 @@ def main() -> None:
     ap.add_argument("--json", default=os.path.join(REPO, "experiments/perf/results/streaming.json"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every engine, e.g. --set inference.decode_attention=pallas")
+    ap.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
+                    help="Hugging Face transformers row (default: when torch and transformers are installed)")
     args = ap.parse_args()
     EXTRA_OVERRIDES[:] = args.set
+    hf = _hf_available() if args.hf is None else args.hf
     import jax
 
     rows = []
@@ -125,6 +186,14 @@ def main() -> None:
             for secs in lengths:
                 rows.append(bench_engine(cfg, n, secs, args.ticks))
                 print(json.dumps(rows[-1]), flush=True)
+                if hf:
+                    try:
+                        rows.append(bench_hf(cfg, n, secs, args.ticks))
+                        rows[-1]["engine_speedup"] = rows[-1]["median_ms"] / rows[-2]["median_ms"]
+                    except Exception as e:  # optional row: report and keep the others
+                        rows.append(dict(bench="hf_transformers", config=cfg, sessions=n, length_s=secs,
+                                         error=f"{type(e).__name__}: {e}"))
+                    print(json.dumps(rows[-1]), flush=True)
             if args.naive:
                 rows.append(bench_naive(cfg, n, lengths[0], args.ticks))
                 eng = next(r for r in rows if r["bench"] == "engine" and r["config"] == cfg and r["sessions"] == n
@@ -133,6 +202,9 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'bench':13} {'config':10} {'sess':>4} {'len s':>6} {'median ms':>10} {'p99 ms':>8} {'RTF':>6}  note")
     for r in rows:
+        if "error" in r:
+            print(f"{r['bench']:13} {r['config']:10} {r['sessions']:>4} {r['length_s']:>6.0f}  failed: {r['error']}")
+            continue
         note = f"engine x{r['engine_speedup']:.1f} faster" if "engine_speedup" in r else \
             f"KV {r.get('kv_mb_per_session', 0):.1f} MiB/session"
         print(f"{r['bench']:13} {r['config']:10} {r['sessions']:>4} {r['length_s']:>6.0f} {r['median_ms']:>10.1f} "
