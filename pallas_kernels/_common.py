@@ -6,7 +6,9 @@ Every op exposes `op(..., implementation=None)`. `implementation` is one of
                      pure-JAX reference on CPU (interpret mode is a debugging tool, not a fast path);
 * ``"reference"`` -- the pure-JAX reference;
 * ``"interpret"`` -- the Pallas kernel run by the Pallas interpreter (what the CPU tests use);
-* ``"triton"`` / ``"mosaic"`` -- the compiled kernel for GPU / TPU.
+* ``"triton"`` / ``"mosaic"`` -- the compiled kernel for GPU / TPU;
+* ``"mosaic_interpret"`` -- a Mosaic (TPU) kernel run by the TPU interpreter on CPU (tests);
+                     ops without a Mosaic variant use their reference for both Mosaic names.
 
 Keeping the choice in one function means every op agrees on the names and on the CPU fallback.
 """
@@ -16,7 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("reference", "interpret", "triton", "mosaic")
+IMPLEMENTATIONS = ("reference", "interpret", "triton", "mosaic", "mosaic_interpret")
+MOSAIC = ("mosaic", "mosaic_interpret")
 
 # Masked logits are set to this finite value (not -inf) so that max/exp never see inf - inf.
 NEG_INF = -1e30

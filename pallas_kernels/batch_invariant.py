@@ -38,7 +38,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import (
+    MOSAIC,
+    NEG_INF,
+    head_dim_block,
+    is_interpret,
+    pad_axis,
+    resolve_implementation,
+    round_up,
+)
 from pallas_kernels.flash_attention import flash_attention
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 64
@@ -90,7 +98,7 @@ def matmul(x, w, *, implementation: str | None = None, block_m: int = BLOCK_M, b
            block_k: int = BLOCK_K) -> jax.Array:
     """Batch-invariant x [..., K] @ w [K, N]; same fixed blocks for every batch shape."""
     impl = resolve_implementation(implementation)
-    if impl in ("reference", "mosaic"):
+    if impl in ("reference", *MOSAIC):
         return matmul_reference(x, w, block_m=block_m, block_k=block_k)
     x2 = _rows(x)
     m, k = x2.shape
@@ -127,7 +135,7 @@ def _rms_kernel(x_ref, s_ref, o_ref, *, eps: float, d: int):
 def rms_norm(x, scale, *, eps: float = 1e-6, implementation: str | None = None, block_m: int = BLOCK_M) -> jax.Array:
     """Batch-invariant RMSNorm: x [..., D] * rsqrt(mean(x^2) + eps) * scale [D]."""
     impl = resolve_implementation(implementation)
-    if impl in ("reference", "mosaic"):
+    if impl in ("reference", *MOSAIC):
         return rms_norm_reference(x, scale, eps=eps, block_m=block_m)
     x2 = _rows(x)
     m, d = x2.shape
@@ -152,7 +160,7 @@ def attention(q, k, v, *, implementation: str | None = None, **mask_kwargs) -> j
     blocks. `mask_kwargs` are flash_attention's (causal, window, sinks, positions, segment ids, mask).
     """
     impl = resolve_implementation(implementation)
-    if impl in ("reference", "mosaic"):
+    if impl in ("reference", *MOSAIC):
         impl = "interpret"
     return flash_attention(q, k, v, block_q=16, block_k=16, implementation=impl, **mask_kwargs)
 

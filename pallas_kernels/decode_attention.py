@@ -25,7 +25,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import (
+    MOSAIC,
+    NEG_INF,
+    head_dim_block,
+    is_interpret,
+    pad_axis,
+    resolve_implementation,
+    round_up,
+)
 
 
 def _visible(rows_pos, cols, kv_pos, length, window: int, sinks: int):
@@ -116,7 +124,9 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, kv_pos, *, window, sinks, 
     rows_p = max(16, pl.next_power_of_2(rows))  # fixed by (S, group) only, never by B or T
     # [B, S, KVH, G, hd] -> [B, KVH, S*G, hd]: one program serves every query head of a kv head.
     qr = q.reshape(b, s, kvh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, rows, hd)
-    hdp = head_dim_block(hd)  # zero head-dim columns: same q.k, zero output columns (sliced off)
+    mosaic = implementation in MOSAIC
+    # Zero head-dim columns: same q.k, zero output columns (sliced off). Mosaic tiles are 128 lanes wide.
+    hdp = round_up(hd, 128) if mosaic else head_dim_block(hd)
     qr = pad_axis(pad_axis(qr, 2, rows_p), 3, hdp)
     qpos = pad_axis(jnp.repeat(q_pos, g, axis=1), 1, rows_p, -1)  # padded rows see nothing
     tp = round_up(t, split_size)
@@ -124,6 +134,11 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, kv_pos, *, window, sinks, 
     vt = pad_axis(pad_axis(v_cache, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
     kvp = pad_axis(kv_pos, 1, tp, -1)  # padded rows hold no position
     n_splits = tp // split_size
+    if mosaic:
+        acc, m, den = _mosaic_call(qr, qpos, kvp, kt, vt, lengths, split_size=split_size, block_k=block_k,
+                                   scale=scale, window=window, sinks=sinks,
+                                   interpret=implementation == "mosaic_interpret")
+        return _combine(acc, m, den, n_splits, rows, hd, (b, s, kvh, g)).astype(q.dtype)
     params = None
     if implementation == "triton":
         from jax.experimental.pallas import triton as plgpu
@@ -152,7 +167,12 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, kv_pos, *, window, sinks, 
         compiler_params=params,
         name="decode_attention_split",
     )(lengths, qr, qpos, kvp, kt, vt)
-    # Fixed-order combine: the max is exact, the sums run split 0, 1, 2, ... one after another.
+    return _combine(acc, m, den, n_splits, rows, hd, (b, s, kvh, g)).astype(q.dtype)
+
+
+def _combine(acc, m, den, n_splits: int, rows: int, hd: int, dims) -> jax.Array:
+    """Fixed-order combine of the split partials: the max is exact, the sums run split 0, 1, 2, ..."""
+    b, s, kvh, g = dims
     m_all = jnp.max(m, axis=2)
     num = jnp.zeros(acc.shape[:2] + acc.shape[3:], jnp.float32)
     total = jnp.zeros(m_all.shape, jnp.float32)
@@ -161,8 +181,90 @@ def _kernel_call(q, k_cache, v_cache, lengths, q_pos, kv_pos, *, window, sinks, 
         num = num + acc[:, :, c] * w[..., None]
         total = total + den[:, :, c] * w
     out = jnp.where(total[..., None] > 0, num / jnp.where(total > 0, total, 1.0)[..., None], 0.0)
-    out = out[:, :, :rows, :hd].reshape(b, kvh, s, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, s, h, hd)
-    return out.astype(q.dtype)
+    out = out[:, :, :rows, :hd].reshape(b, kvh, s, g, hd).transpose(0, 2, 1, 3, 4)
+    return out.reshape(b, s, kvh * g, hd)
+
+
+def _mosaic_kernel(len_ref, q_ref, qpos_ref, kvpos_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, split_size: int,
+                   block_k: int, scale: float, window: int, sinks: int):
+    """The split kernel in Mosaic's terms: lengths in SMEM (scalar prefetch), 2-D [rows, 1] row
+    statistics (no 1-D vectors), and lane-dense [rows, 128] m / l outputs."""
+    length = len_ref[pl.program_id(0)]
+    start = pl.program_id(2) * split_size
+    rows = q_ref.shape[0]
+    lanes = m_ref.shape[-1]
+
+    @pl.when(start >= length)
+    def _empty():
+        acc_ref[...] = jnp.zeros(acc_ref.shape, acc_ref.dtype)
+        m_ref[...] = jnp.full(m_ref.shape, NEG_INF, m_ref.dtype)
+        l_ref[...] = jnp.zeros(l_ref.shape, l_ref.dtype)
+
+    @pl.when(start < length)
+    def _compute():
+        q = q_ref[...]
+        q_pos = qpos_ref[...]  # [rows, 1]
+
+        def body(j, carry):
+            m, den, acc = carry  # [rows, 1], [rows, 1], [rows, hd]
+            sub = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
+            cols = start + j * block_k + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
+            vis = _visible(q_pos, cols, kvpos_ref[:, sub], length, window, sinks)
+            k, v = k_ref[sub, :], v_ref[sub, :]
+            s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+            s = jnp.where(vis, s, NEG_INF)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
+            p = jnp.where(vis, jnp.exp(s - m_new), 0.0)
+            pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+            return m_new, jnp.exp(m - m_new) * den + jnp.sum(p, axis=-1, keepdims=True), acc * jnp.exp(m - m_new) + pv
+
+        init = (jnp.full((rows, 1), NEG_INF, jnp.float32), jnp.zeros((rows, 1), jnp.float32),
+                jnp.zeros(q.shape, jnp.float32))
+        m, den, acc = jax.lax.fori_loop(0, split_size // block_k, body, init)
+        acc_ref[...] = acc
+        m_ref[...] = jnp.broadcast_to(m, (rows, lanes))
+        l_ref[...] = jnp.broadcast_to(den, (rows, lanes))
+
+
+def _mosaic_call(qr, qpos, kvp, kt, vt, lengths, *, split_size, block_k, scale, window, sinks, interpret):
+    """qr [B,KVH,R,hd], qpos [B,R], kvp [B,Tp], kt/vt [B,KVH,Tp,hd] -> acc [B,KVH,C,R,hd], m/l [B,KVH,C,R]."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    b, kvh, rows_p, hdp = qr.shape
+    n_splits = kt.shape[2] // split_size
+    lanes = 128
+
+    def kv_block(i, j, c, lens):
+        # Splits past the slot's length re-use the last live block's index, so the pipeline
+        # issues no new copy for them (their compute is skipped by pl.when).
+        last = jnp.maximum(lens[i] - 1, 0) // split_size
+        return (i, j, jnp.minimum(c, last), 0)
+
+    stats = jax.ShapeDtypeStruct((b, kvh, n_splits, rows_p, lanes), jnp.float32)
+    acc, m, den = pl.pallas_call(
+        functools.partial(_mosaic_kernel, split_size=split_size, block_k=block_k, scale=scale, window=window,
+                          sinks=sinks),
+        out_shape=(jax.ShapeDtypeStruct((b, kvh, n_splits, rows_p, hdp), jnp.float32), stats, stats),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=1,
+            grid=(b, kvh, n_splits),
+            in_specs=[
+                pl.BlockSpec((None, None, rows_p, hdp), lambda i, j, c, lens: (i, j, 0, 0)),
+                pl.BlockSpec((None, rows_p, 1), lambda i, j, c, lens: (i, 0, 0)),
+                pl.BlockSpec((None, 1, split_size), lambda i, j, c, lens: (i, 0, kv_block(i, j, c, lens)[2])),
+                pl.BlockSpec((None, None, split_size, hdp), kv_block),
+                pl.BlockSpec((None, None, split_size, hdp), kv_block),
+            ],
+            out_specs=(
+                pl.BlockSpec((None, None, None, rows_p, hdp), lambda i, j, c, lens: (i, j, c, 0, 0)),
+                pl.BlockSpec((None, None, None, rows_p, lanes), lambda i, j, c, lens: (i, j, c, 0, 0)),
+                pl.BlockSpec((None, None, None, rows_p, lanes), lambda i, j, c, lens: (i, j, c, 0, 0)),
+            ),
+        ),
+        interpret=pltpu.InterpretParams() if interpret else False,
+        name="decode_attention_split_mosaic",
+    )(lengths, qr, qpos[..., None], kvp[:, None, :], kt, vt)
+    return acc, m[..., 0], den[..., 0]
 
 
 def decode_attention(q, k_cache, v_cache, lengths, *, q_positions=None, kv_positions=None, window: int = 0,
@@ -174,16 +276,15 @@ def decode_attention(q, k_cache, v_cache, lengths, *, q_positions=None, kv_posit
     row holds, -1 for an empty row: a ring-buffer cache passes its row map, and the causal /
     window / sinks rules then apply to positions, not rows; `lengths` still bounds the rows read.
     `split_size` (a multiple of `block_k`) is the fixed split-K chunk; keep it constant across calls
-    that must agree bitwise. `implementation`: None (by backend; CPU/TPU -> reference), "reference",
-    "interpret", "triton". Inference only (no VJP).
+    that must agree bitwise. `implementation`: None (by backend: GPU -> "triton", TPU -> "mosaic",
+    CPU -> reference), "reference", "interpret", "triton", "mosaic", "mosaic_interpret" (the TPU
+    kernel in the TPU interpreter). Inference only (no VJP).
     """
     if q.ndim != 4 or k_cache.ndim != 4 or k_cache.shape != v_cache.shape or q.shape[2] % k_cache.shape[2]:
         raise ValueError(f"decode_attention: bad shapes q {q.shape}, k {k_cache.shape}, v {v_cache.shape}")
     if split_size % block_k:
         raise ValueError(f"decode_attention: split_size={split_size} must be a multiple of block_k={block_k}")
     impl = resolve_implementation(implementation)
-    if impl == "mosaic":
-        impl = "reference"
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if impl == "reference":
         return decode_attention_reference(q, k_cache, v_cache, lengths, q_positions=q_positions,

@@ -36,7 +36,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import NEG_INF, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import (
+    MOSAIC,
+    NEG_INF,
+    head_dim_block,
+    is_interpret,
+    pad_axis,
+    resolve_implementation,
+    round_up,
+)
 
 # lse stored for rows with no visible key: exp(s - BIG) == 0, so they get no gradient.
 _EMPTY_LSE = 1e30
@@ -345,7 +353,7 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
     """
     _check_shapes(q, k, v)
     impl = resolve_implementation(implementation)
-    if impl == "mosaic":  # the Triton-style kernel is not written for Mosaic's layout rules
+    if impl in MOSAIC:  # the Triton-style kernel is not written for Mosaic's layout rules
         impl = "reference"
     if impl == "reference":
         return flash_attention_reference(q, k, v, causal=causal, window=window, sinks=sinks, q_positions=q_positions,

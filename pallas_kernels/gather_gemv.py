@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import MOSAIC, head_dim_block, is_interpret, pad_axis, resolve_implementation, round_up
 
 
 def gather_gemv_reference(x, expert_ids, combine_weights, w_gate, w_up, w_down) -> jax.Array:
@@ -142,7 +142,7 @@ def gather_gemv(x, expert_ids, combine_weights, w_gate, w_up, w_down, *, block_f
     if x.ndim != 2 or expert_ids.shape != combine_weights.shape or expert_ids.shape[0] != x.shape[0]:
         raise ValueError(f"gather_gemv: bad shapes x {x.shape}, ids {expert_ids.shape}, cw {combine_weights.shape}")
     impl = resolve_implementation(implementation)
-    if impl in ("reference", "mosaic"):
+    if impl in ("reference", *MOSAIC):
         return gather_gemv_reference(x, expert_ids, combine_weights, w_gate, w_up, w_down)
     opts = (("block_f", int(block_f)), ("block_d", int(block_d)), ("implementation", impl))
     return _gather_gemv(x, expert_ids, combine_weights, w_gate, w_up, w_down, opts)

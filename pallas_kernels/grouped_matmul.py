@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import is_interpret, pad_axis, resolve_implementation, round_up
+from pallas_kernels._common import MOSAIC, is_interpret, pad_axis, resolve_implementation, round_up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +176,7 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, block_m: int 
         raise ValueError(f"gmm: expected lhs [M,K], rhs [G,K,N], group_sizes [G]; got {lhs.shape}, {rhs.shape}, "
                          f"{group_sizes.shape}")
     impl = resolve_implementation(implementation)
-    if impl in ("reference", "mosaic"):
+    if impl in ("reference", *MOSAIC):
         return gmm_reference(lhs, rhs, group_sizes)
     m, k = lhs.shape
     n = rhs.shape[2]

@@ -84,3 +84,24 @@ def test_decode_ring_cache_row_map_matches_contiguous_cache():
         got = decode_attention(q, kr, vr, rows_in_use, q_positions=q_pos, kv_positions=kv_pos, window=20, sinks=2,
                                **{**KW, "implementation": impl})
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("window,sinks,hd", [(0, 0, 16), (30, 3, 80)])
+def test_decode_mosaic_kernel_in_tpu_interpreter(window, sinks, hd):
+    """The TPU (Mosaic) variant, run by the TPU interpreter: vs the reference, plus the ring row map and
+    bitwise independence of the other slots (its splits past a slot's length reuse the last block)."""
+    q, k, v, lengths = _inputs(21, 3, 2, 150, 4, 2, hd=hd)
+    lengths = np.array([150, 9, 77], np.int32)
+    kw = dict(window=window, sinks=sinks, split_size=64, block_k=32)
+    got = np.asarray(decode_attention(q, k, v, lengths, implementation="mosaic_interpret", **kw))
+    want = np.asarray(decode_attention_reference(q, k, v, lengths, window=window, sinks=sinks))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+    one = decode_attention(q[2:], k[2:], v[2:], lengths[2:], implementation="mosaic_interpret", **kw)
+    np.testing.assert_array_equal(np.asarray(one)[0], got[2])
+    perm = np.random.default_rng(3).permutation(150)
+    kv_pos = np.broadcast_to(perm, (3, 150)).astype(np.int32)
+    q_pos = lengths[:, None] - 2 + np.arange(2, dtype=np.int32)[None]
+    ring = decode_attention(q, k[:, perm], v[:, perm], np.full(3, 150, np.int32), q_positions=q_pos,
+                            kv_positions=np.where(kv_pos < lengths[:, None], kv_pos, -1),
+                            implementation="mosaic_interpret", **kw)
+    np.testing.assert_allclose(np.asarray(ring), want, atol=2e-5, rtol=2e-5)
