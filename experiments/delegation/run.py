@@ -49,6 +49,8 @@ flags.DEFINE_integer("slots", None, "Sessions run together (default: config.infe
 flags.DEFINE_integer("session_seed", 0, "Sampling seed of episode i's session is session_seed + i.")
 flags.DEFINE_bool("teacher_force", False, "Oracle: force the episode's own model output (must score 1.0).")
 flags.DEFINE_string("out", "experiments/delegation/results.json", "JSON results file.")
+flags.DEFINE_string("plot_dir", "", "If set: a timeline PNG for each of the first --num_plots delegate episodes.")
+flags.DEFINE_integer("num_plots", 3, "Timelines to draw with --plot_dir.")
 
 
 def normalise(text: str) -> str:
@@ -115,6 +117,46 @@ def grade_episode(ep, log, words) -> dict:
         "talked_while_waiting": talked,
         "model_words": [{"text": w.text, "start": w.start, "end": w.end} for w in words],
     }
+
+
+def plot_timeline(path: str, ep, record: dict) -> str:
+    """One episode: the user's typed / spoken words, the target model words, the model's words,
+    its DELEGATE requests (red) and the results' arrival (purple) on the session clock."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 2.8))
+    rows = {"user": 2, "target": 1, "model": 0}
+
+    def words(row, ws, color):
+        for start, end, text in ws:
+            ax.barh(rows[row], max(end - start, 0.03), left=start, height=0.6, color=color, alpha=0.4)
+            ax.text(start, rows[row], text, fontsize=6, va="center", parse_math=False)
+
+    words("user", [(w.start, w.end, w.text) for w in ep.user_words], "tab:blue")
+    for ev in ep.user_text:
+        ax.text(ev.time, rows["user"] + 0.35, f"typed: {ev.text}", fontsize=7, color="tab:blue", parse_math=False)
+    words("target", [(w.start, w.end, w.text) for w in ep.model_words], "tab:green")
+    words("model", [(w["start"], w["end"], w["text"]) for w in record["model_words"]], "tab:orange")
+    for d in record["delegations"]:
+        ax.axvline(d["time"], color="tab:red", lw=1)
+        ax.text(d["time"], -0.75, f"DELEGATE {d['request']!r} -> {d['status']}", fontsize=6, color="tab:red",
+                parse_math=False)
+        if d["result_time"] is not None:
+            ax.axvline(d["result_time"], color="tab:purple", lw=1, ls="--")
+            ax.text(d["result_time"], 2.6, f"result {d['result']!r}", fontsize=6, color="tab:purple",
+                    parse_math=False)
+    ax.set_yticks(list(rows.values()), list(rows))
+    ax.set_ylim(-1, 3)
+    ax.set_xlim(0, ep.duration)
+    ax.set_xlabel("session time (s)")
+    ax.set_title(f"{ep.episode_id}: expected request {record['expected_request']!r}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -238,6 +280,11 @@ def run(config) -> dict:
             records.append(grade_episode(ep, s.delegation_log(), s.transcript().words))
         print(f"[delegation] {len(records)}/{len(episodes)} episodes ({time.perf_counter() - t0:.1f} s)", flush=True)
     hub.runner.close()
+    if FLAGS.plot_dir:
+        os.makedirs(FLAGS.plot_dir, exist_ok=True)
+        chosen = [(ep, r) for ep, r in zip(episodes, records, strict=True) if r["variant"] == "delegate"]
+        for ep, r in chosen[: FLAGS.num_plots]:
+            print(f"[delegation] wrote {plot_timeline(os.path.join(FLAGS.plot_dir, ep.episode_id + '.png'), ep, r)}")
     summary = summarise(records)
     return {
         "summary": summary,
@@ -246,6 +293,7 @@ def run(config) -> dict:
             "workdir": FLAGS.workdir, "init": FLAGS.init, "num_examples": FLAGS.num_examples, "seed": FLAGS.seed,
             "episode_seconds": seconds, "sim_delay_s": delay, "teacher_force": FLAGS.teacher_force,
             "backend": config.background.backend, "temperature": float(config.inference.temperature),
+            "task": FLAGS.task,
         },
         "episodes": records,
     }

@@ -55,3 +55,15 @@ def test_silent_wait_and_unspoken_result(run_module):
     assert rec["talked_while_waiting"] == [False]  # nothing said between 2.9 and 4.5
     assert rec["result_spoken"] == [False] and rec["result_words_delay_s"] == [None]
     assert rec["result_to_speech_s"] == [pytest.approx(0.4)]
+
+
+def test_timeline_plot_is_written(run_module, tmp_path):
+    from interaction_jax.data.episode import TextEvent
+
+    ep = _episode()
+    ep.user_words, ep.user_text, ep.duration = [], [TextEvent("What is 12 times 34?", 0.3)], 8.0
+    ep.model_words = [Word("One", 2.0, 2.2), Word("408.", 5.4, 5.8)]
+    rec = run_module.grade_episode(ep, [_job(1.8, "what is 12 times 34", "408", 4.5)], ep.model_words)
+    path = run_module.plot_timeline(str(tmp_path / "t.png"), ep, rec)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
