@@ -13,8 +13,7 @@ grouped matmul tgmm(lhs, d_out) -> [G, K, N], a grid over (group, k-tile, n-tile
 row tiles of its group (an empty group writes zeros). group_sizes gets no gradient.
 
 Written for Pallas' Triton lowering and the interpreter (dynamic expert index into a full rhs ref);
-on TPU, Mosaic would want scalar-prefetched group metadata in the index maps (megablox-style), not
-written here, so TPU uses the reference (jax.lax.ragged_dot).
+on TPU the dispatcher uses `grouped_matmul_mosaic` (a visit list by scalar prefetch).
 """
 
 from __future__ import annotations
@@ -170,14 +169,20 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, block_m: int 
         block_k: int = 64, implementation: str | None = None) -> jax.Array:
     """Grouped matmul lhs [M, K] x rhs [G, K, N] by `group_sizes` [G] -> [M, N] (differentiable).
 
-    `implementation`: None (GPU -> "triton", CPU/TPU -> reference), "reference", "interpret", "triton".
+    `implementation`: None (GPU -> "triton", TPU -> "mosaic", CPU -> reference), "reference",
+    "interpret", "triton", "mosaic", "mosaic_interpret" (the TPU kernel in the TPU interpreter).
     """
     if lhs.ndim != 2 or rhs.ndim != 3 or lhs.shape[1] != rhs.shape[1] or group_sizes.shape != rhs.shape[:1]:
         raise ValueError(f"gmm: expected lhs [M,K], rhs [G,K,N], group_sizes [G]; got {lhs.shape}, {rhs.shape}, "
                          f"{group_sizes.shape}")
     impl = resolve_implementation(implementation)
-    if impl in ("reference", *MOSAIC):
+    if impl == "reference":
         return gmm_reference(lhs, rhs, group_sizes)
+    if impl in MOSAIC:  # TPU: its own kernel (visit list by scalar prefetch); 128-lane blocks
+        from pallas_kernels.grouped_matmul_mosaic import gmm_mosaic
+
+        return gmm_mosaic(lhs, rhs, group_sizes, block_m=round_up(block_m, 8), block_n=max(block_n, 128),
+                          block_k=max(block_k, 128), interpret=impl == "mosaic_interpret")
     m, k = lhs.shape
     n = rhs.shape[2]
     bm = _block(block_m, m)
