@@ -23,8 +23,8 @@ over q blocks) and one for dk/dv (grid over kv blocks, per query head; GQA group
 outside). Rows that see no key output 0 and get zero gradients.
 
 The kernel is written against Pallas' Triton lowering (full-length K/V refs sliced with `pl.ds`),
-which the interpreter also runs; a Mosaic/TPU build would want kv-block grid axes with VMEM scratch
-accumulators and lane-dense lse outputs, not written here (TPU falls back to the reference).
+which the interpreter also runs; TPU uses `flash_attention_mosaic` (kv-block grid axes, VMEM
+scratch accumulators, lane-dense statistics) with the same mask rules and configuration.
 """
 
 from __future__ import annotations
@@ -348,13 +348,12 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
                     block_q: int = 128, block_k: int = 128, implementation: str | None = None) -> jax.Array:
     """Attention q [B,S,H,hd], k/v [B,T,KVH,hd] -> [B,S,H,hd] (mask rules: module docstring).
 
-    `implementation`: None (by backend; CPU and TPU -> reference), "reference", "interpret", "triton".
-    Differentiable in q, k, v for every implementation.
+    `implementation`: None (by backend: GPU -> "triton", TPU -> "mosaic", CPU -> reference),
+    "reference", "interpret", "triton", "mosaic", "mosaic_interpret" (the TPU kernel in the TPU
+    interpreter). Differentiable in q, k, v for every implementation.
     """
     _check_shapes(q, k, v)
     impl = resolve_implementation(implementation)
-    if impl in MOSAIC:  # the Triton-style kernel is not written for Mosaic's layout rules
-        impl = "reference"
     if impl == "reference":
         return flash_attention_reference(q, k, v, causal=causal, window=window, sinks=sinks, q_positions=q_positions,
                                          kv_positions=kv_positions, q_segment_ids=q_segment_ids,
@@ -366,6 +365,8 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
         # requested of 227 KB), so float32 inputs use 64-blocks on GPU.
         block_q, block_k = min(block_q, 64), min(block_k, 64)
     bq, bk = _block(block_q, s), _block(block_k, t)
+    if impl in MOSAIC:  # Mosaic: key blocks span whole 128-lane vregs (the [bq, bk] scores and key rows)
+        bk = max(bk, 128)
     sp, tp = round_up(s, bq), round_up(t, bk)
     index_bounds = q_positions is None and kv_positions is None
     q_pos, kv_pos, q_seg, kv_seg = _defaults(q, k, q_positions, kv_positions, q_segment_ids, kv_segment_ids)
@@ -379,9 +380,14 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
                   index_bounds=index_bounds, has_mask=mask is not None, implementation=impl)
     # Triton blocks need power-of-two sides: zero head-dim columns change no q.k and give zero
     # output columns, which are sliced off (scale above uses the true head_dim).
-    hdp = head_dim_block(hd)
+    hdp = round_up(hd, 128) if impl in MOSAIC else head_dim_block(hd)
     qt = pad_axis(pad_axis(q, 1, sp), 3, hdp).transpose(0, 2, 1, 3)
     kt = pad_axis(pad_axis(k, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
     vt = pad_axis(pad_axis(v, 1, tp), 3, hdp).transpose(0, 2, 1, 3)
-    o = _flash(qt, kt, vt, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
+    if impl in MOSAIC:
+        from pallas_kernels.flash_attention_mosaic import flash_mosaic
+
+        o = flash_mosaic(qt, kt, vt, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
+    else:
+        o = _flash(qt, kt, vt, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
     return o.transpose(0, 2, 1, 3)[:, :s, :, :hd]
