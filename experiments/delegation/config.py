@@ -55,5 +55,5 @@ def get_config(arg=None):
     c.train.eval_every = 600
     c.train.checkpoint_every = 200
     c.inference.slots = 16
-    c.inference.temperature = 0.7
+    c.inference.temperature = 0.3  # picked among 0.7 / 0.3 / greedy on seeds 3,000,000..; reported on 3,100,000..
     return c
