@@ -273,23 +273,29 @@ def _backward(q, k, v, o, lse, do, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Con
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _flash(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Config):
-    return _forward(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)[0]
+def with_flash_vjp(forward, backward):
+    """The custom-VJP wrapper shared by the Triton and Mosaic builds: `forward(q, k, v, q_pos,
+    q_seg, kv_pos, kv_seg, mask, cfg) -> (o, lse)` and `backward(q, k, v, o, lse, do, ..., cfg) ->
+    (dq, dk, dv)`; positions, segments and the mask get no gradient."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+    def flash(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Config):
+        return forward(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)[0]
+
+    def fwd(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Config):
+        o, lse = forward(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
+        return o, (q, k, v, o, lse, q_pos, q_seg, kv_pos, kv_seg, mask)
+
+    def bwd(cfg: _Config, res, do):
+        q, k, v, o, lse, q_pos, q_seg, kv_pos, kv_seg, mask = res
+        dq, dk, dv = backward(q, k, v, o, lse, do, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
+        return dq, dk, dv, None, None, None, None, None
+
+    flash.defvjp(fwd, bwd)
+    return flash
 
 
-def _flash_fwd(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Config):
-    o, lse = _forward(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
-    return o, (q, k, v, o, lse, q_pos, q_seg, kv_pos, kv_seg, mask)
-
-
-def _flash_bwd(cfg: _Config, res, do):
-    q, k, v, o, lse, q_pos, q_seg, kv_pos, kv_seg, mask = res
-    dq, dk, dv = _backward(q, k, v, o, lse, do, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
-    return dq, dk, dv, None, None, None, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = with_flash_vjp(_forward, _backward)
 
 
 def _check_shapes(q, k, v):

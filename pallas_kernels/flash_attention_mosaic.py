@@ -22,7 +22,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels._common import NEG_INF
-from pallas_kernels.flash_attention import _EMPTY_LSE, _Config, _kv_block_range, _q_block_range, _visible
+from pallas_kernels.flash_attention import (
+    _EMPTY_LSE,
+    _Config,
+    _kv_block_range,
+    _q_block_range,
+    _visible,
+    with_flash_vjp,
+)
 
 LANES = 128
 
@@ -217,21 +224,5 @@ def _backward(q, k, v, o, lse, do, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Con
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def flash_mosaic(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Config):
-    """q [B,H,Sp,hd], k/v [B,KVH,Tp,hd] padded to the blocks (hd to 128 lanes) -> o [B,H,Sp,hd]."""
-    return _forward(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)[0]
-
-
-def _fwd(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg: _Config):
-    o, lse = _forward(q, k, v, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
-    return o, (q, k, v, o, lse, q_pos, q_seg, kv_pos, kv_seg, mask)
-
-
-def _bwd(cfg: _Config, res, do):
-    q, k, v, o, lse, q_pos, q_seg, kv_pos, kv_seg, mask = res
-    dq, dk, dv = _backward(q, k, v, o, lse, do, q_pos, q_seg, kv_pos, kv_seg, mask, cfg)
-    return dq, dk, dv, None, None, None, None, None
-
-
-flash_mosaic.defvjp(_fwd, _bwd)
+# q [B,H,Sp,hd], k/v [B,KVH,Tp,hd] padded to the blocks (hd to 128 lanes) -> o [B,H,Sp,hd].
+flash_mosaic = with_flash_vjp(_forward, _backward)
