@@ -42,6 +42,12 @@ def _dot_tn(a, b):
     return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
+def _block_visible(qpos_ref, qseg_ref, kvpos_ref, kvseg_ref, mask_ref, cfg: _Config):
+    """[bq, bk] visibility of the current (q block, kv block) pair: the mask rules plus the dense mask."""
+    vis = _visible(qpos_ref[...], qseg_ref[...], kvpos_ref[...], kvseg_ref[...], cfg)
+    return vis if mask_ref is None else vis & (mask_ref[...] != 0)
+
+
 def _fwd_kernel(q_ref, k_ref, v_ref, qpos_ref, qseg_ref, kvpos_ref, kvseg_ref, *refs, cfg: _Config):
     mask_ref = refs[0] if cfg.has_mask else None
     o_ref, lse_ref, m_sc, l_sc, acc_sc = refs[1:] if cfg.has_mask else refs
@@ -56,9 +62,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qpos_ref, qseg_ref, kvpos_ref, kvseg_ref, *
 
     @pl.when((j >= lo) & (j < hi))
     def _step():
-        vis = _visible(qpos_ref[...], qseg_ref[...], kvpos_ref[...], kvseg_ref[...], cfg)
-        if mask_ref is not None:
-            vis &= mask_ref[...] != 0
+        vis = _block_visible(qpos_ref, qseg_ref, kvpos_ref, kvseg_ref, mask_ref, cfg)
         s = jnp.where(vis, _dot_t(q_ref[...], k_ref[...]) * cfg.scale, NEG_INF)
         m_prev = m_sc[...][:, :1]
         m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
@@ -91,9 +95,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qpos_ref, qseg_r
 
     @pl.when((j >= lo) & (j < hi))
     def _step():
-        vis = _visible(qpos_ref[...], qseg_ref[...], kvpos_ref[...], kvseg_ref[...], cfg)
-        if mask_ref is not None:
-            vis &= mask_ref[...] != 0
+        vis = _block_visible(qpos_ref, qseg_ref, kvpos_ref, kvseg_ref, mask_ref, cfg)
         k = k_ref[...]
         p = jnp.where(vis, jnp.exp(_dot_t(q_ref[...], k) * cfg.scale - lse_ref[...]), 0.0)
         ds = p * (_dot_t(do_ref[...], v_ref[...]) - delta_ref[...])
@@ -118,9 +120,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qpos_ref, qseg_
 
     @pl.when((i >= lo) & (i < hi))
     def _step():
-        vis = _visible(qpos_ref[...], qseg_ref[...], kvpos_ref[...], kvseg_ref[...], cfg)
-        if mask_ref is not None:
-            vis &= mask_ref[...] != 0
+        vis = _block_visible(qpos_ref, qseg_ref, kvpos_ref, kvseg_ref, mask_ref, cfg)
         q, do = q_ref[...], do_ref[...]
         p = jnp.where(vis, jnp.exp(_dot_t(q, k_ref[...]) * cfg.scale - lse_ref[...]), 0.0)
         ds = p * (_dot_t(do, v_ref[...]) - delta_ref[...])

@@ -27,7 +27,8 @@ from pallas_kernels._common import pad_axis, round_up
 
 
 def visit_list(group_sizes: jax.Array, num_tiles: int, block_m: int):
-    """(tile ids, group ids, valid) [V] with V = num_tiles + G: the (row tile, group) pairs in tile order."""
+    """(tile ids, group ids, valid) [V] with V = num_tiles + G -- the (row tile, group) pairs in tile
+    order -- and the group offsets [G + 1]."""
     g = group_sizes.shape[0]
     offs = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(group_sizes.astype(jnp.int32))])
     tile_start = jnp.arange(num_tiles, dtype=jnp.int32) * block_m

@@ -34,6 +34,11 @@ sys.path.insert(0, REPO)
 EXTRA_OVERRIDES: list[str] = []  # --set key=value, applied to every config
 
 
+def start_turn(seconds: float, ticks: int, micro_turn_s: float) -> int:
+    """Micro-turn to start timing at so that the `ticks` timed turns are the last of the session."""
+    return max(int(round(seconds / micro_turn_s)) - ticks - 1, 0)
+
+
 def _engine(config_name: str, sessions: int, seconds: float):
     from flax import nnx
 
@@ -59,7 +64,7 @@ def bench_engine(config_name: str, sessions: int, seconds: float, ticks: int) ->
     c, model, engine = _engine(config_name, sessions, seconds)
     for s in range(sessions):
         engine.reset(s, seed=s)
-    turn = max(int(round(seconds / engine.layout.micro_turn_s)) - ticks - 1, 0)  # the last ticks of the session
+    turn = start_turn(seconds, ticks, engine.layout.micro_turn_s)
     engine.state = engine.state._replace(
         length=jnp.full((sessions,), turn * engine.layout.positions_per_turn, jnp.int32),
         turn=jnp.full((sessions,), turn, jnp.int32))
@@ -129,7 +134,7 @@ def bench_hf(config_name: str, sessions: int, seconds: float, ticks: int) -> dic
     layout = StreamLayout.from_config(c)
     segs = segments(layout)
     P = layout.positions_per_turn
-    turn = max(int(round(seconds / layout.micro_turn_s)) - ticks - 1, 0)
+    turn = start_turn(seconds, ticks, layout.micro_turn_s)
     cfg = transformers.LlamaConfig(
         vocab_size=make_tokenizer(c.text).vocab_size, hidden_size=m.d_model, intermediate_size=m.ffn_dim,
         num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,

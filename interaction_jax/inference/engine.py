@@ -86,6 +86,12 @@ LIVE_BLOCK = 256  # positions per key chunk of `live_window_attention`
 DECODE_ATTENTION_IMPLS = ("live_window", "pallas", "pallas_interpret")
 
 
+def check_decode_attention(name: str) -> str:
+    if name not in DECODE_ATTENTION_IMPLS:
+        raise ValueError(f"inference.decode_attention={name!r}; expected one of {DECODE_ATTENTION_IMPLS}")
+    return name
+
+
 def live_window_attention(
     q: jax.Array,
     q_positions: jax.Array,
@@ -163,8 +169,7 @@ def cached_forward(
     Pallas kernel (`pallas_kernels.decode_attention`) over the ring cache with its row -> position
     map, reading rows up to the last one in use (GPU: Triton; CPU: its dense reference).
     """
-    if decode_attention not in DECODE_ATTENTION_IMPLS:
-        raise ValueError(f"inference.decode_attention={decode_attention!r}; expected one of {DECODE_ATTENTION_IMPLS}")
+    check_decode_attention(decode_attention)
     invariant = bool(getattr(model, "batch_invariant", False))
     if invariant and policy is None:
         raise ValueError("cached_forward: a batch-invariant model needs the ContextPolicy (policy=...)")
@@ -358,10 +363,7 @@ class StreamEngine:
             temperature=float(inf.temperature),
             top_p=float(inf.top_p),
         )
-        decode_attention = str(inf.get("decode_attention", "live_window"))
-        if decode_attention not in DECODE_ATTENTION_IMPLS:
-            raise ValueError(f"inference.decode_attention={decode_attention!r}; expected one of "
-                             f"{DECODE_ATTENTION_IMPLS}")
+        decode_attention = check_decode_attention(str(inf.get("decode_attention", "live_window")))
         step = make_stream_step(self.graphdef, self.layout, self.policy, self.feature_params,
                                 debug_outputs=debug_outputs, decode_attention=decode_attention)
         self._step = jax.jit(step, donate_argnums=(1,))
