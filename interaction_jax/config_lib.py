@@ -166,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Engine attention over the cache: "live_window" (pure JAX, visits only live key chunks) or
     # "pallas" (split-K decode kernel; GPU: Triton, CPU: its reference) / "pallas_interpret" (tests).
     c.inference.decode_attention = "live_window"
+    # Layers at decode time: "unrolled" (per-layer weights sliced out of the training stack once;
+    # fastest step, see inference/layer_params.py) | "scan" (the stacked weights; faster compile).
+    c.inference.layer_loop = "unrolled"
     return c
 
 

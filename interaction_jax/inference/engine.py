@@ -32,6 +32,13 @@ from flax import nnx
 from interaction_jax.features.mel import FeatureParams
 from interaction_jax.inference import sampling
 from interaction_jax.inference.cache import ContextPolicy, EngineState, init_state, reset_slot
+from interaction_jax.inference.layer_params import (
+    EngineGraph,
+    EngineParams,
+    check_layer_loop,
+    merge_engine_params,
+    split_engine_params,
+)
 from interaction_jax.model.attention import NEG_INF, attention, make_mask
 from interaction_jax.model.interaction_model import InteractionModel
 from interaction_jax.streams.layout import Kind, StreamLayout
@@ -54,12 +61,14 @@ def invariant_cache_attention(
     q: jax.Array,
     q_positions: jax.Array,
     valid: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+    k_all: jax.Array,
+    v_all: jax.Array,
+    layer: int | jax.Array,
     kv_positions: jax.Array,
     policy: ContextPolicy,
 ) -> jax.Array:
-    """Batch-invariant attention of q [B, S, H, hd] over one layer's ring cache k/v [B, rows, ...].
+    """Batch-invariant attention of q [B, S, H, hd] over layer `layer` of the ring cache
+    k_all / v_all [layers, B, rows, ...].
 
     Keys are gathered chunk by chunk in absolute-position order (chunk c = positions
     [c*BLOCK_KV, (c+1)*BLOCK_KV), each mapped to its ring row; a row that does not hold that
@@ -74,14 +83,15 @@ def invariant_cache_attention(
     def chunk(c, b):
         p = c * block + jnp.arange(block, dtype=jnp.int32)
         r = policy.position_rows(p)
-        return k[b, r], v[b, r], jnp.where(kv_positions[b, r] == p, p, -1)
+        kc, vc = k_all[layer, b, r].astype(q.dtype), v_all[layer, b, r].astype(q.dtype)
+        return kc, vc, jnp.where(kv_positions[b, r] == p, p, -1)
 
     ranges = functools.partial(bi.live_chunk_ranges, window=policy.window, sinks=policy.sinks, block_kv=block)
     return bi.chunked_attention(q, q_positions, chunk, ranges, window=policy.window, sinks=policy.sinks,
                                 q_valid=valid)
 
 
-LIVE_BLOCK = 256  # positions per key chunk of `live_window_attention`
+LIVE_BLOCK = 512  # cache rows per key chunk of `live_window_attention`
 # `inference.decode_attention`: how the engine attends over its cache (see `cached_forward`).
 DECODE_ATTENTION_IMPLS = ("live_window", "pallas", "pallas_interpret")
 
@@ -92,38 +102,61 @@ def check_decode_attention(name: str) -> str:
     return name
 
 
+def live_row_ranges(q_positions: jax.Array, valid: jax.Array, kv_positions: jax.Array, policy: ContextPolicy,
+                    block: int) -> list[tuple]:
+    """[(lo, hi), ...] of the `block`-row chunks of the cache that can hold a visible key.
+
+    "hard" never wraps (row == position), so the rows are the sink and window chunks of the
+    valid queries' positions (`live_chunk_ranges`). A ring ("sliding") holds about one window,
+    so every row written so far is visited: chunks [0, last row in use].
+    """
+    from pallas_kernels.batch_invariant import live_chunk_ranges
+
+    if policy.max_turns is not None:
+        return live_chunk_ranges(q_positions, valid, window=policy.window, sinks=policy.sinks, block_kv=block)
+    used = jnp.max(jnp.where(kv_positions >= 0, jnp.arange(1, kv_positions.shape[1] + 1, dtype=jnp.int32)[None], 0))
+    return [(0, (used + block - 1) // block)]
+
+
 def live_window_attention(
     q: jax.Array,
     q_positions: jax.Array,
     valid: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+    k_all: jax.Array,
+    v_all: jax.Array,
+    layer: int | jax.Array,
     kv_positions: jax.Array,
     policy: ContextPolicy,
     block: int = LIVE_BLOCK,
 ) -> jax.Array:
-    """Attention of q [B, S, H, hd] over only the *live* rows of one layer's ring cache.
+    """Attention of q [B, S, H, hd] over only the *live* rows of layer `layer` of the ring cache
+    k_all / v_all [layers, B, rows, kv_heads, hd].
 
-    The cache has rows for a whole window (plus sinks and scratch), but a session shorter than
-    the window has written only a few of them: keys are gathered in chunks of `block` absolute
-    positions (mapped to their ring rows), and a `fori_loop` with traced bounds visits only the
-    sink chunks and the chunks of the valid queries' window (online softmax in float32), so the
-    cost follows the live context, not the cache size. Same mask and result as full-cache
-    attention (to float rounding).
+    The cache has rows for a whole window or session (plus sinks and scratch), but a session
+    shorter than that has written only a few of them: a `fori_loop` with traced bounds visits
+    only the chunks of `block` contiguous rows that can hold a visible key (`live_row_ranges`),
+    each read with one dynamic slice of the stacked cache (no gather, and no per-layer slice,
+    which XLA would copy whole on every call), online softmax in float32. The mask is on the
+    absolute position each row holds (`kv_positions`), so visiting rows in ring order is exact.
+    A last chunk that would run past the cache is moved back (the slice is clamped) and its
+    rows already visited are masked. Same result as full-cache attention (to float rounding).
     """
-    from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
+    from pallas_kernels.batch_invariant import loop_ranges
 
     b, s, h, hd = q.shape
-    kvh = k.shape[2]
+    rows, kvh = k_all.shape[2], k_all.shape[3]
+    block = min(block, rows)
     g = h // kvh
     qg = q.reshape(b, s, kvh, g, hd)
 
     def body(c, carry):
         m, den, acc = carry  # [B, KVH, G, S], same, [B, KVH, G, S, hd]
-        p = c * block + jnp.arange(block, dtype=jnp.int32)
-        r = policy.position_rows(p)
-        kc, vc = jnp.take(k, r, axis=1), jnp.take(v, r, axis=1)
-        pos = jnp.where(jnp.take(kv_positions, r, axis=1) == p[None], p[None], -1)
+        r0 = jnp.minimum(c * block, rows - block)  # what dynamic_slice would clamp to, made explicit
+        kc = jax.lax.dynamic_slice(k_all, (layer, 0, r0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
+        vc = jax.lax.dynamic_slice(v_all, (layer, 0, r0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
+        fresh = r0 + jnp.arange(block, dtype=jnp.int32) >= c * block  # rows not seen in an earlier chunk
+        pos = jax.lax.dynamic_slice_in_dim(kv_positions, r0, block, axis=1)
+        pos = jnp.where(fresh[None], pos, -1)
         logits = jnp.einsum("bskgd,bckd->bkgsc", qg, kc, preferred_element_type=jnp.float32) * (hd**-0.5)
         mask = make_mask(q_positions, pos, window=policy.window, sinks=policy.sinks, kv_valid=pos >= 0)
         mask = mask[:, None, None]
@@ -136,7 +169,7 @@ def live_window_attention(
 
     init = (jnp.full((b, kvh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kvh, g, s), jnp.float32),
             jnp.zeros((b, kvh, g, s, hd), jnp.float32))
-    ranges = live_chunk_ranges(q_positions, valid, window=policy.window, sinks=policy.sinks, block_kv=block)
+    ranges = live_row_ranges(q_positions, valid, kv_positions, policy, block)
     _, den, acc = loop_ranges(ranges, body, init)
     out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd).astype(q.dtype)
@@ -154,6 +187,7 @@ def cached_forward(
     sinks: int,
     policy: ContextPolicy | None = None,
     decode_attention: str = "live_window",
+    groups: list | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """A block of S positions against the ring cache with the model's own sub-modules.
 
@@ -168,6 +202,8 @@ def cached_forward(
     `decode_attention="pallas"` (or "pallas_interpret", for CPU tests) instead runs the split-K
     Pallas kernel (`pallas_kernels.decode_attention`) over the ring cache with its row -> position
     map, reading rows up to the last one in use (GPU: Triton; CPU: its dense reference).
+    `groups` (the layer-group modules, unstacked: `layer_params.py`) runs the layers in an
+    unrolled loop over per-layer weights instead of scanning the model's stacked ones.
     """
     check_decode_attention(decode_attention)
     invariant = bool(getattr(model, "batch_invariant", False))
@@ -176,7 +212,6 @@ def cached_forward(
     backbone = model.backbone
     positions = block["positions"]
     x = model.embed(block).astype(backbone.dtype)
-    graphdef, gstate = nnx.split(backbone.groups)
     per_group = len(backbone.pattern)
     b_idx = jnp.arange(rows.shape[0])[:, None]
     kv_valid = kv_positions >= 0
@@ -191,10 +226,7 @@ def cached_forward(
         rows_in_use = jnp.max(jnp.where(kv_valid, jnp.arange(1, t + 1, dtype=jnp.int32)[None], 0), axis=1)
         kernel_impl = "interpret" if decode_attention == "pallas_interpret" else None
 
-    def body(carry, xs):
-        x, k_all, v_all = carry
-        gstate_g, g = xs
-        group = nnx.merge(graphdef, gstate_g)
+    def run_group(group, g, x, k_all, v_all):
         for i, blk in enumerate(group.blocks):
             layer = g * per_group + i
             attn = blk.attn
@@ -202,15 +234,15 @@ def cached_forward(
             k_all = k_all.at[layer, b_idx, rows].set(k.astype(k_all.dtype))
             v_all = v_all.at[layer, b_idx, rows].set(v.astype(v_all.dtype))
             if invariant:
-                o = invariant_cache_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
-                                              v_all[layer].astype(attn.dtype), kv_positions, policy)
+                o = invariant_cache_attention(q.astype(attn.dtype), positions, q_valid, k_all, v_all, layer,
+                                              kv_positions, policy)
             elif kernel:
                 o = decode_kernel(q, k_all[layer].astype(attn.dtype), v_all[layer].astype(attn.dtype), rows_in_use,
                                   q_positions=positions, kv_positions=kv_positions, window=policy.window,
                                   sinks=policy.sinks, implementation=kernel_impl)
             elif policy is not None and attn.impl == "xla":
-                o = live_window_attention(q, positions, q_valid, k_all[layer].astype(attn.dtype),
-                                          v_all[layer].astype(attn.dtype), kv_positions, policy)
+                o = live_window_attention(q.astype(attn.dtype), positions, q_valid, k_all, v_all, layer,
+                                          kv_positions, policy)
             else:
                 o = attention(
                     q,
@@ -225,17 +257,29 @@ def cached_forward(
                 )
             x = x + attn._out(o).astype(x.dtype)
             x, _ = blk._ffn(x, mask)
-        return (x, k_all, v_all), None
+        return x, k_all, v_all
 
-    xs = (gstate, jnp.arange(backbone.num_groups, dtype=jnp.int32))
-    (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), xs)
+    if groups is not None:
+        for g, group in enumerate(groups):
+            x, k_all, v_all = run_group(group, g, x, k_all, v_all)
+    else:
+        graphdef, gstate = nnx.split(backbone.groups)
+
+        def body(carry, xs):
+            gstate_g, g = xs
+            return run_group(nnx.merge(graphdef, gstate_g), g, *carry), None
+
+        xs = (gstate, jnp.arange(backbone.num_groups, dtype=jnp.int32))
+        (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), xs)
     hidden = backbone.final_norm(x)
     return hidden, model._logits(hidden), k_all, v_all
 
 
-def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: ContextPolicy, feature_params, *,
+def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPolicy, feature_params, *,
                      debug_outputs: bool = False, decode_attention: str = "live_window"):
     """Builds the pure `stream_step(params, state, inputs) -> (state, outputs)` (see the module docstring).
+
+    `graph` / `params` (an `EngineParams`) come from `layer_params.split_engine_params`.
 
     outputs: text_tokens [B, text_slots] int32 (sampled), mel [B, A, F, M] f32, codes [B, A, F, M]
     uint8, turn [B] (micro-turn each row belongs to); with `debug_outputs` also text_logits
@@ -247,8 +291,8 @@ def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: Conte
     text_sl, audio_sl = layout.block_slice(Kind.MODEL_TEXT), layout.block_slice(Kind.MODEL_AUDIO)
     window, sinks = policy.window, policy.sinks
 
-    def stream_step(params, state: EngineState, inputs: dict):
-        model = nnx.merge(graphdef, *params)
+    def stream_step(params: EngineParams, state: EngineState, inputs: dict):
+        model, groups = merge_engine_params(graph, params)
         active = inputs["active"].astype(bool)
         forced = inputs["forced"].astype(bool)
         tok_in = inputs["token_ids"].astype(jnp.int32)
@@ -281,7 +325,7 @@ def make_stream_step(graphdef: nnx.GraphDef, layout: StreamLayout, policy: Conte
             kv_pos = policy.row_positions(jnp.where(active, base + z, base))
             hidden, logits, k_all, v_all = cached_forward(
                 model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks, policy=policy,
-                decode_attention=decode_attention,
+                decode_attention=decode_attention, groups=groups,
             )
             for p in range(a, z):
                 if text_sl.start <= p < text_sl.stop:
@@ -345,13 +389,15 @@ class StreamEngine:
             raise ValueError(f"inference.slots must be >= 1, got {self.slots}")
         model = model if model is not None else InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        self.params = (params, rest)
+        inf = config.inference
+        self.layer_loop = check_layer_loop(str(inf.get("layer_loop", "unrolled")))
+        self.graph, self.params = split_engine_params(self.graphdef, params, rest, self.layer_loop)
+        self._rest = rest
         self.vocab_size, self.d_model = model.vocab_size, model.d_model
         self.segments = segments(self.layout)
         max_block = max(z - a for a, z in self.segments)
         self.policy = ContextPolicy.from_config(config, self.layout, max_block)
         self.feature_params = FeatureParams.from_config(config.features)
-        inf = config.inference
         self.state = init_state(
             num_layers=model.backbone.num_layers,
             slots=self.slots,
@@ -364,14 +410,17 @@ class StreamEngine:
             top_p=float(inf.top_p),
         )
         decode_attention = check_decode_attention(str(inf.get("decode_attention", "live_window")))
-        step = make_stream_step(self.graphdef, self.layout, self.policy, self.feature_params,
+        step = make_stream_step(self.graph, self.layout, self.policy, self.feature_params,
                                 debug_outputs=debug_outputs, decode_attention=decode_attention)
         self._step = jax.jit(step, donate_argnums=(1,))
         self._reset = jax.jit(reset_slot, donate_argnums=(0,))
 
     def load_params(self, params, rest=None) -> None:
         """Replaces the parameters (e.g. restored from a checkpoint); same structure as `nnx.split`."""
-        self.params = (params, self.params[1] if rest is None else rest)
+        self._rest = self._rest if rest is None else rest
+        graph, self.params = split_engine_params(self.graphdef, params, self._rest, self.layer_loop)
+        if graph != self.graph:
+            raise ValueError("load_params: the parameters do not fit this engine's model (module structure differs)")
 
     def reset(self, slot: int, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
         inf = self.config.inference

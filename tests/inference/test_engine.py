@@ -149,3 +149,19 @@ def test_unknown_decode_attention_is_a_clear_error(tiny_config):
     c.inference.decode_attention = "flash"
     with pytest.raises(ValueError, match="inference.decode_attention='flash'"):
         StreamEngine(c, slots=1)
+
+
+def test_scan_layer_loop_equals_forward():
+    """`inference.layer_loop=scan` (stacked weights, scanned) replays the training forward too
+    (the default, "unrolled" per-layer weights, is what every other test here runs)."""
+    c, model, engine, layout, grid, ref = _setup(["inference.layer_loop=scan"], slots=1)
+    assert engine.params.groups == ()
+    outs = _replay(engine, grid, slot=0)
+    _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
+
+
+def test_unknown_layer_loop_is_a_clear_error(tiny_config):
+    c = tiny_config.copy_and_resolve_references()
+    c.inference.layer_loop = "vmap"
+    with pytest.raises(ValueError, match="inference.layer_loop='vmap'"):
+        StreamEngine(c, slots=1)
