@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.moe.top_k = 2
     c.model.moe.expert_ffn_dim = 512
     c.model.moe.router = "softmax"  # "softmax" | "sigmoid" (bias-balanced)
+    c.model.moe.router_bias_rate = 1e-3  # sigmoid router: per-step bias update (DeepSeek-V3's gamma); 0 = off
     c.model.moe.shared_expert = False
     c.model.moe.impl = "ragged_dot"  # "ragged_dot" | "gather" | (kernels) "pallas_gmm" | "gather_gemv"
     c.model.moe.load_balance_weight = 0.01

@@ -191,6 +191,8 @@ def forward(
         metrics["user_text_loss"] = u_loss
     if "expert_counts" in aux:
         metrics["expert_counts"] = aux["expert_counts"]
+        metrics["expert_counts_per_layer"] = aux["expert_counts_per_layer"]
+        metrics["moe/dropped_fraction"] = aux["dropped_fraction"]
     return loss, metrics
 
 

@@ -144,7 +144,7 @@ class LayerGroup(nnx.Module):
 
     def __call__(self, x, positions, kv=None, lengths=None, mask=None):
         """kv=None or (k, v) each [P, B, T, KVH, hd]. Returns (x, aux, new kv or None)."""
-        lb, z, counts, n_moe = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), None, 0
+        lb, z, counts, dropped = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), [], []
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             cache = None if kv is None else (kv[0][i], kv[1][i], lengths)
@@ -153,14 +153,14 @@ class LayerGroup(nnx.Module):
                 new_k.append(new[0])
                 new_v.append(new[1])
             if aux:
-                n_moe += 1
                 lb = lb + aux["load_balance_loss"].astype(jnp.float32)
                 z = z + aux["z_loss"].astype(jnp.float32)
-                c = aux["expert_counts"]
-                counts = c if counts is None else counts + c
+                counts.append(aux["expert_counts"])
+                dropped.append(aux["dropped_fraction"].astype(jnp.float32))
         out_aux = {"load_balance_loss": lb, "z_loss": z}
-        if counts is not None:
-            out_aux["expert_counts"] = counts
+        if counts:  # per MoE block of the group, in pattern order: [n_moe_in_group, E]
+            out_aux["expert_counts"] = jnp.stack(counts)
+            out_aux["dropped_fraction"] = jnp.stack(dropped)
         new_kv = None if kv is None else (jnp.stack(new_k), jnp.stack(new_v))
         return x, out_aux, new_kv
 
@@ -218,14 +218,17 @@ class Transformer(nnx.Module):
                 x, out = body(x, xs)
                 outs.append(out)
             aux, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        # aux leaves are stacked over groups: mean the losses over MoE layers, sum the counts.
+        # aux leaves are stacked over groups: mean the losses over MoE layers, sum the counts; the
+        # per-layer counts [groups, n_moe_in_group, E] feed the sigmoid router's bias update.
         denom = max(self.num_moe, 1)
         out_aux = {
             "load_balance_loss": jnp.sum(aux["load_balance_loss"]) / denom,
             "z_loss": jnp.sum(aux["z_loss"]) / denom,
         }
         if "expert_counts" in aux:
-            out_aux["expert_counts"] = jnp.sum(aux["expert_counts"], axis=0)
+            out_aux["expert_counts"] = jnp.sum(aux["expert_counts"], axis=(0, 1))
+            out_aux["expert_counts_per_layer"] = aux["expert_counts"]
+            out_aux["dropped_fraction"] = jnp.mean(aux["dropped_fraction"])
         return self.final_norm(x), out_aux, new_kv
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, dict]:

@@ -34,11 +34,28 @@ def _pairs(layout: StreamLayout, batch: dict, weights: dict):
     return user_text_pairs(layout, batch["kinds"].shape[1] // layout.positions_per_turn)
 
 
+def _router_bias_step(graphdef, params, rest, counts, rate: float, finite):
+    """`rest` with every sigmoid router's bias moved against its own layer's load this step
+    (`moe.apply_router_bias_updates`); unchanged where the step was skipped as non-finite."""
+    from flax import nnx
+
+    from interaction_jax.model.moe import apply_router_bias_updates
+
+    model = nnx.merge(graphdef, params, rest)
+    if not apply_router_bias_updates(model, counts, rate):
+        return rest
+    _, _, new_rest = nnx.split(model, nnx.Param, ...)
+    if finite is not None:
+        new_rest = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_rest, rest)
+    return new_rest
+
+
 def make_train_step(config, setup: TrainSetup) -> Callable:
     """`train_step(state, batch) -> (state, metrics)`, jitted with donated state and explicit shardings."""
     weights = loss_weights(config)
     skip_nonfinite = str(config.train.on_nonfinite) == "skip"
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
+    bias_rate = float(config.model.moe.get("router_bias_rate", 0.0))
 
     layout = StreamLayout.from_config(config)
 
@@ -57,14 +74,18 @@ def make_train_step(config, setup: TrainSetup) -> Callable:
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
             params = keep(params, state["params"])
             opt_state = keep(opt_state, state["opt_state"])
+        metrics = dict(metrics)
+        rest = state["rest"]
+        counts = metrics.pop("expert_counts_per_layer", None)
+        if counts is not None and bias_rate > 0:
+            rest = _router_bias_step(graphdef, params, rest, counts, bias_rate, finite if skip_nonfinite else None)
         new_state = {
             "step": state["step"] + 1,
             "params": params,
-            "rest": state["rest"],
+            "rest": rest,
             "opt_state": opt_state,
             "rng": rng,
         }
-        metrics = dict(metrics)
         metrics["grad_norm"] = _global_norm(grads)
         metrics["param_norm"] = _global_norm(params)
         metrics["learning_rate"] = schedule(state["step"])

@@ -13,7 +13,7 @@ from interaction_jax.model.moe.experts import (
     ragged_dot_experts,
     register_expert_impl,
 )
-from interaction_jax.model.moe.layer import MoEFeedForward, RouterBias, set_expert_mesh
+from interaction_jax.model.moe.layer import MoEFeedForward, RouterBias, apply_router_bias_updates, set_expert_mesh
 from interaction_jax.model.moe.router import (
     Routing,
     expert_counts,
@@ -39,6 +39,7 @@ __all__ = [
     "ragged_dot_experts",
     "register_expert_impl",
     "route",
+    "apply_router_bias_updates",
     "set_expert_mesh",
     "update_router_bias",
     "z_loss",

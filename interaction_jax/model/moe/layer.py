@@ -130,3 +130,27 @@ def set_expert_mesh(model: nnx.Module, mesh: Mesh | None, capacity_factor: float
                 module.capacity_factor = capacity_factor
             count += 1
     return count
+
+
+def apply_router_bias_updates(model: nnx.Module, counts_per_layer: jax.Array, rate: float) -> int:
+    """One aux-loss-free balancing step for every sigmoid router of `model` (in place).
+
+    counts_per_layer [groups, n_moe_in_group, E]: `forward`'s `expert_counts_per_layer`, the j-th
+    MoE block of the layer pattern at [:, j]. Each layer's `RouterBias` [groups, E] moves against
+    its *own* load (`update_router_bias`). Returns how many bias variables were updated (0 for
+    softmax routers). Works inside jit on a merged model; split it again to read the new state.
+    """
+    from interaction_jax.model.moe.router import update_router_bias
+
+    backbone = model.backbone
+    moe_blocks = [i for i, kind in enumerate(backbone.pattern) if kind == "moe"]
+    if counts_per_layer.shape[:2] != (backbone.num_groups, len(moe_blocks)):
+        raise ValueError(f"apply_router_bias_updates: counts {counts_per_layer.shape} do not match "
+                         f"{backbone.num_groups} groups x {len(moe_blocks)} MoE blocks per group")
+    updated = 0
+    for j, i in enumerate(moe_blocks):
+        ffn = backbone.groups.blocks[i].ffn
+        if ffn.router_bias is not None:
+            ffn.router_bias.value = update_router_bias(ffn.router_bias.value, counts_per_layer[:, j], rate)
+            updated += 1
+    return updated

@@ -93,8 +93,9 @@ def z_loss(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 def update_router_bias(bias: jax.Array, counts: jax.Array, rate: float) -> jax.Array:
     """Aux-loss-free balancing step (DeepSeek-V3): b_e += rate * sign(mean(counts) - counts_e).
 
-    Overloaded experts are pushed down, underloaded ones up. Pure: the trainer calls it after a
-    step with the summed `expert_counts` and writes the result back into the `RouterBias` variable.
+    Overloaded experts are pushed down, underloaded ones up. bias / counts [..., E]: one layer's,
+    or layers stacked in front (each layer balanced against its own mean). Pure: the train step
+    applies it to every `RouterBias` with that layer's counts (`apply_router_bias_updates`).
     """
     counts = counts.astype(jnp.float32)
-    return (bias + rate * jnp.sign(jnp.mean(counts) - counts)).astype(bias.dtype)
+    return (bias + rate * jnp.sign(jnp.mean(counts, axis=-1, keepdims=True) - counts)).astype(bias.dtype)
