@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
 import numpy as np
@@ -54,8 +53,10 @@ flags.DEFINE_integer("num_plots", 3, "Timelines to draw with --plot_dir.")
 
 
 def normalise(text: str) -> str:
-    """Case, punctuation and spacing free: the request as the tool reads it."""
-    return " ".join(re.sub(r"[?!.,']", " ", text.lower()).split())
+    """Case, punctuation and spacing free (the benchmarks' `grading.normalise` word tokens, joined)."""
+    from interaction_jax.eval.grading import normalise as words
+
+    return " ".join(words(text))
 
 
 def episode_chunks(ep, layout, grid=None) -> list:

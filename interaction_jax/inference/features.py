@@ -21,7 +21,7 @@ import numpy as np
 from interaction_jax.features import mel as mel_lib
 from interaction_jax.features.audio import ensure_audio
 from interaction_jax.streams.layout import StreamLayout
-from interaction_jax.streams.pack import SILENCE_LOGMEL, causal_frame_delay
+from interaction_jax.streams.pack import causal_frame_delay
 
 
 class StreamingFeatures:
@@ -73,7 +73,7 @@ class StreamingFeatures:
         t = self.turn
         k0, k1 = N * t - self.delay, N * t + N - self.delay  # frames of this turn
         first = max(k0, 0)
-        logmel = np.full((k1 - k0, p.n_mels), SILENCE_LOGMEL, np.float32)
+        logmel = np.full((k1 - k0, p.n_mels), p.dmel_min, np.float32)
         if k1 > first:
             logmel[first - k0 :] = self._frames(first, k1)
         self.turn += 1

@@ -30,8 +30,6 @@ from interaction_jax.streams import text_streams
 from interaction_jax.streams.layout import Kind, StreamLayout
 from interaction_jax.streams.tokenizer import NUM_CONTROL, Control
 
-SILENCE_LOGMEL = -7.0  # the dMel clamp floor; encodes to dMel code 0
-
 
 def causal_frame_delay(win_length: int, hop_length: int) -> int:
     """Frames of analysis look-ahead removed so each frame is complete inside its micro-turn."""
@@ -89,7 +87,7 @@ class EpisodeGrid:
         n_frames_true = 1 + episode.num_samples // params.hop_length
 
         def padded(x: np.ndarray, total: int, shift: int) -> np.ndarray:
-            out = np.full((total, M), SILENCE_LOGMEL, np.float32)
+            out = np.full((total, M), params.dmel_min, np.float32)
             src = np.asarray(x, np.float32)[: max(0, total - shift)]
             lo = max(0, -shift)
             out[shift + lo : shift + len(src)] = src[lo:]
