@@ -126,7 +126,7 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
 
         runs["turn-based baseline"] = run_baseline(all_eps)
     if oracle:
-        runs["oracle (targets)"] = [ground_truth_run(ep) for ep in all_eps]
+        runs["oracle (targets)"] = [ground_truth_run(ep, config=config) for ep in all_eps]
     results: dict = {"metrics": {s: {} for s in runs}, "examples": {}}
     masks = bm.gradable(all_eps)  # the targets are packed and graded once per episode
     for b in benchmarks:

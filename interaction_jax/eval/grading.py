@@ -115,11 +115,12 @@ def grade_episode(episode: Episode, run: EpisodeRun) -> list[WindowResult]:
     return [grade_window(run, w) for w in episode.grading]
 
 
-def ground_truth_run(episode: Episode, tokenizer=None) -> EpisodeRun:
+def ground_truth_run(episode: Episode, tokenizer=None, config=None) -> EpisodeRun:
     """The episode's own target behaviour as an `EpisodeRun` (an oracle; grading it checks the graders).
 
-    Words go through the same packing + unpacking as model output, so their times carry the same
-    text-stream quantisation as a model's.
+    Words go through the same packing + unpacking as model output (with `config`'s layout and
+    text settings; default: the base config), so their times carry the same text-stream
+    quantisation as a model's.
     """
     import numpy as np
 
@@ -128,7 +129,7 @@ def ground_truth_run(episode: Episode, tokenizer=None) -> EpisodeRun:
     from interaction_jax.streams.layout import StreamLayout
     from interaction_jax.streams.tokenizer import make_tokenizer
 
-    config = base_config()
+    config = base_config() if config is None else config
     layout = StreamLayout.from_config(config)
     tokenizer = tokenizer or make_tokenizer(config.text)
     grid = pack.EpisodeGrid.from_episode(episode, layout, tokenizer)

@@ -129,3 +129,17 @@ def test_unknown_benchmark_and_missing_run():
         bm.score("nope", eps, _mute(eps))
     with pytest.raises(ValueError, match="no run for episode"):
         bm.score("timespeak", eps, [])
+
+
+def test_ground_truth_run_follows_the_configs_layout():
+    """The oracle packs with the run's layout: with one model-text slot per micro-turn the words
+    need more micro-turns, so their unpacked times come later than with the default four."""
+    from interaction_jax.config_lib import base_config
+    from interaction_jax.data import tasks
+
+    ep = tasks.generate("delegation_typed", 5, duration_s=10.0)
+    c = base_config()
+    c.layout.model_text_slots = 1
+    default, one_slot = ground_truth_run(ep), ground_truth_run(ep, config=c)
+    assert [w.text for w in default.words][:2] == [w.text for w in one_slot.words][:2]
+    assert one_slot.words[-1].start > default.words[-1].start
