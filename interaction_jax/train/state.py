@@ -55,6 +55,10 @@ def abstract_state_on(config, mesh: Mesh) -> tuple[TrainSetup, dict]:
     """
     tx, schedule = make_optimizer(config.train)
     abs_model = nnx.eval_shape(lambda: InteractionModel(config, rngs=nnx.Rngs(params=0)))
+    if int(dict(mesh.shape).get("expert", 1)) > 1:  # MoE layers dispatch over the expert axis (all-to-all)
+        from interaction_jax.model.moe import set_expert_mesh
+
+        set_expert_mesh(abs_model, mesh)
     graphdef, abs_params, abs_rest = _split(abs_model)
     replicated = NamedSharding(mesh, PartitionSpec())
     p_shard = param_shardings(abs_params, mesh)

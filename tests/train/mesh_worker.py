@@ -26,6 +26,17 @@ SHAPES = [
 ]
 
 
+def ep_layers(setup, state) -> int:
+    """MoE layers of the train step's model that take the expert-parallel (all-to-all) path."""
+    from flax import nnx
+
+    from interaction_jax.model.moe import MoEFeedForward
+    from interaction_jax.model.moe.expert_parallel import expert_parallel_active
+
+    model = nnx.merge(setup.graphdef, state["params"], state["rest"])
+    return sum(isinstance(m, MoEFeedForward) and expert_parallel_active(m.mesh) for _, m in nnx.iter_modules(model))
+
+
 def losses_on(config, mesh, batch, steps=2):
     setup, state = create_train_state(config, mesh)
     step = make_train_step(config, setup)
@@ -33,7 +44,7 @@ def losses_on(config, mesh, batch, steps=2):
     for _ in range(steps):
         state, m = step(state, to_global_batch(batch, setup))
         out.append(float(m["loss"]))
-    return out, state
+    return out, state, ep_layers(setup, state)
 
 
 def main(config_path, workdir):
@@ -43,16 +54,20 @@ def main(config_path, workdir):
         [
             "model.layer_pattern=dense,moe",
             "model.moe.impl=ragged_dot",
+            # the expert mesh runs expert parallelism (all-to-all dispatch); a capacity that holds
+            # every token-slot (>= E / k) keeps it dropless, so its loss equals one device's
+            "model.moe.capacity_factor=8.0",
             "train.warmup_steps=1",
             "train.async_checkpointing=False",
         ],
     )
     batch = {k: np.asarray(v) for k, v in dummy_batch(config, 8, 3, seed=1).items()}
-    ref, _ = losses_on(config, make_mesh({"data": 1}, devices=jax.devices()[:1]), batch)
-    result = {"reference": ref, "meshes": {}}
+    ref, _, _ = losses_on(config, make_mesh({"data": 1}, devices=jax.devices()[:1]), batch)
+    result = {"reference": ref, "meshes": {}, "ep_layers": {}}
     for shape in SHAPES:
-        got, state = losses_on(config, make_mesh(shape), batch)
+        got, state, n_ep = losses_on(config, make_mesh(shape), batch)
         result["meshes"][json.dumps(shape)] = got
+        result["ep_layers"][json.dumps(shape)] = n_ep
         if shape == {"fsdp": 8}:
             saved_params = jax.device_get(state["params"])
             mgr = ckpt.make_manager(workdir, config.train)

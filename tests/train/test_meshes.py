@@ -1,4 +1,5 @@
-"""8-device CPU mesh: same loss on every mesh shape; restore onto a different mesh shape."""
+"""8-device CPU mesh: same loss on every mesh shape (an expert axis runs expert parallelism);
+restore onto a different mesh shape."""
 
 import json
 import os
@@ -23,4 +24,7 @@ def test_every_mesh_shape_matches_one_device_and_restores_across_meshes(tmp_path
     ref = np.array(result["reference"])
     for shape, losses in result["meshes"].items():
         np.testing.assert_allclose(losses, ref, rtol=2e-5, err_msg=shape)
+        # the trainer turns expert parallelism on exactly where the mesh has an expert axis
+        want_ep = 1 if '"expert"' in shape else 0  # tiny: 2 layers "dense,moe" = 1 MoE layer
+        assert result["ep_layers"][shape] == want_ep, (shape, result["ep_layers"])
     assert result["restore"] == {"step": 2, "identical": True, "on_new_mesh": True}
