@@ -16,8 +16,8 @@ Why these choices:
 * Width 128, 4 layers, 4 heads of 32 (2 KV heads): enough heads for copy (induction) circuits;
   small enough for a CPU budget of about an hour. Video off (the task does not use it).
 
-    python -m interaction_jax.data.prepare --task=delegation_typed --num_episodes=4000 --seed=0 \
-        --episode_seconds=10 --out=runs/delegation/data/train4k
+    python -m interaction_jax.data.prepare --task=delegation_typed --num_episodes=1000 --seed=0 \
+        --episode_seconds=10 --out=runs/delegation/data/train
     python -m interaction_jax.train --config=experiments/delegation/config.py --workdir=runs/delegation/run
     python experiments/delegation/run.py --config=experiments/delegation/config.py \
         --workdir=runs/delegation/run --task=delegation_typed --num_examples=64
@@ -31,8 +31,8 @@ def get_config(arg=None):
     c = base_config()
     c.layout.video_patches = 0
     c.data.task = "delegation_typed"
-    c.data.data_dir = "runs/delegation/data/train4k"
-    c.data.num_episodes = 4000
+    c.data.data_dir = "runs/delegation/data/train"
+    c.data.num_episodes = 1000
     c.data.eval_num_episodes = 16
     c.data.episode_seconds = 10.0
     c.data.window_micro_turns = 50  # the whole episode
@@ -47,7 +47,7 @@ def get_config(arg=None):
     c.model.flow.hidden_dim = 128
     c.model.flow.num_layers = 2
     c.model.flow.ode_steps = 4
-    c.train.num_steps = 3800
+    c.train.num_steps = 1800
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 50
     c.train.weight_decay = 0.05
