@@ -144,10 +144,11 @@ def test_sliding_ring_buffer_equals_windowed_forward(decode_attention):
     _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
 
 
-def test_unknown_decode_attention_is_a_clear_error(tiny_config):
+@pytest.mark.parametrize("key, value", [("decode_attention", "flash"), ("layer_loop", "vmap")])
+def test_unknown_engine_option_is_a_clear_error(tiny_config, key, value):
     c = tiny_config.copy_and_resolve_references()
-    c.inference.decode_attention = "flash"
-    with pytest.raises(ValueError, match="inference.decode_attention='flash'"):
+    c.inference[key] = value
+    with pytest.raises(ValueError, match=f"inference.{key}='{value}'"):
         StreamEngine(c, slots=1)
 
 
@@ -158,10 +159,3 @@ def test_scan_layer_loop_equals_forward():
     assert engine.params.groups == ()
     outs = _replay(engine, grid, slot=0)
     _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
-
-
-def test_unknown_layer_loop_is_a_clear_error(tiny_config):
-    c = tiny_config.copy_and_resolve_references()
-    c.inference.layer_loop = "vmap"
-    with pytest.raises(ValueError, match="inference.layer_loop='vmap'"):
-        StreamEngine(c, slots=1)
