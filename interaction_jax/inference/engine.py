@@ -102,6 +102,12 @@ def check_decode_attention(name: str) -> str:
     return name
 
 
+def rows_in_use(kv_positions: jax.Array) -> jax.Array:
+    """[B] int32: one past the last cache row holding a position (rows after it are all empty)."""
+    t = kv_positions.shape[1]
+    return jnp.max(jnp.where(kv_positions >= 0, jnp.arange(1, t + 1, dtype=jnp.int32)[None], 0), axis=1)
+
+
 def live_row_ranges(q_positions: jax.Array, valid: jax.Array, kv_positions: jax.Array, policy: ContextPolicy,
                     block: int) -> list[tuple]:
     """[(lo, hi), ...] of the `block`-row chunks of the cache that can hold a visible key.
@@ -114,7 +120,7 @@ def live_row_ranges(q_positions: jax.Array, valid: jax.Array, kv_positions: jax.
 
     if policy.max_turns is not None:
         return live_chunk_ranges(q_positions, valid, window=policy.window, sinks=policy.sinks, block_kv=block)
-    used = jnp.max(jnp.where(kv_positions >= 0, jnp.arange(1, kv_positions.shape[1] + 1, dtype=jnp.int32)[None], 0))
+    used = jnp.max(rows_in_use(kv_positions))
     return [(0, (used + block - 1) // block)]
 
 
@@ -222,8 +228,7 @@ def cached_forward(
     if kernel:
         from pallas_kernels.decode_attention import decode_attention as decode_kernel
 
-        t = kv_positions.shape[1]  # rows in use per slot: the split-K kernel skips the splits past them
-        rows_in_use = jnp.max(jnp.where(kv_valid, jnp.arange(1, t + 1, dtype=jnp.int32)[None], 0), axis=1)
+        used_rows = rows_in_use(kv_positions)  # the split-K kernel skips the splits past them
         kernel_impl = "interpret" if decode_attention == "pallas_interpret" else None
 
     def run_group(group, g, x, k_all, v_all):
@@ -237,7 +242,7 @@ def cached_forward(
                 o = invariant_cache_attention(q.astype(attn.dtype), positions, q_valid, k_all, v_all, layer,
                                               kv_positions, policy)
             elif kernel:
-                o = decode_kernel(q, k_all[layer].astype(attn.dtype), v_all[layer].astype(attn.dtype), rows_in_use,
+                o = decode_kernel(q, k_all[layer].astype(attn.dtype), v_all[layer].astype(attn.dtype), used_rows,
                                   q_positions=positions, kv_positions=kv_positions, window=policy.window,
                                   sinks=policy.sinks, implementation=kernel_impl)
             elif policy is not None and attn.impl == "xla":
@@ -372,6 +377,12 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
     return stream_step
 
 
+def _spec(tree) -> tuple:
+    """Tree structure plus each leaf's shape and dtype (what a compiled step depends on)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(a), np.dtype(a.dtype)) for a in leaves)
+
+
 class StreamEngine:
     """Owns the split model, the donated device state and the compiled step; slots are dumb.
 
@@ -392,7 +403,7 @@ class StreamEngine:
         inf = config.inference
         self.layer_loop = check_layer_loop(str(inf.get("layer_loop", "unrolled")))
         self.graph, self.params = split_engine_params(self.graphdef, params, rest, self.layer_loop)
-        self._rest = rest
+        self._rest, self._spec = rest, _spec((params, rest))
         self.vocab_size, self.d_model = model.vocab_size, model.d_model
         self.segments = segments(self.layout)
         max_block = max(z - a for a, z in self.segments)
@@ -417,10 +428,12 @@ class StreamEngine:
 
     def load_params(self, params, rest=None) -> None:
         """Replaces the parameters (e.g. restored from a checkpoint); same structure as `nnx.split`."""
-        self._rest = self._rest if rest is None else rest
-        graph, self.params = split_engine_params(self.graphdef, params, self._rest, self.layer_loop)
-        if graph != self.graph:
-            raise ValueError("load_params: the parameters do not fit this engine's model (module structure differs)")
+        new_rest = self._rest if rest is None else rest
+        if _spec((params, new_rest)) != self._spec:
+            raise ValueError("load_params: the parameters do not fit this engine's model (tree structure, array "
+                             "shapes or dtypes differ; was the checkpoint written for another config?)")
+        _, new = split_engine_params(self.graphdef, params, new_rest, self.layer_loop)
+        self._rest, self.params = new_rest, new
 
     def reset(self, slot: int, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
         inf = self.config.inference

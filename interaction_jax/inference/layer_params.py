@@ -2,8 +2,9 @@
 
 Training keeps the groups' parameters stacked along a leading "layers" axis and scans over it.
 At decode time (a few positions per call) that is slow on CPU: XLA slices each weight out of
-the stack with a copy before every matmul (the dot needs a contiguous operand), which doubled
-to tripled the small config's micro-turn on the 2-core VM (`experiments/perf/streaming.py`).
+the stack with a copy before every matmul (the dot needs a contiguous operand); in a profile of
+the small config's micro-turn those copies outweighed the matmuls of a 1-position call (numbers:
+`experiments/perf/README.md`, "Per-layer weights and row-chunk attention").
 The engine therefore holds `EngineParams`: the model without its layer groups, plus one
 (params, rest) pair per group sliced out of the stack once, when the parameters are loaded; the
 step merges each group into its own module and runs them in an unrolled loop, so every matmul
