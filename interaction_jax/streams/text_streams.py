@@ -97,18 +97,20 @@ def model_text_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list
     A word starting at time s is produced by micro-turn `layout.output_turn(s)` (the output
     block that plays during [s - s mod T, ...)). SPEECH_END is produced with the turn that
     covers the utterance's end. A delegation request at time s is DELEGATE, request text,
-    DELEGATE_END, produced by `output_turn(s)`.
+    DELEGATE_END, produced by `output_turn(s)`; it is written before any words that start at
+    the same moment (a filler said while the job is handed off follows the whole request, so the
+    request is one unbroken copy of what was asked rather than split by the filler's first word).
     """
     out: list[TimedToken] = []
+    for ev in sorted(episode.background, key=lambda e: e.time):
+        if ev.kind != "request":
+            continue
+        ids = [int(Control.DELEGATE)] + tokenizer.encode(ev.text) + [int(Control.DELEGATE_END)]
+        out += _event_tokens(layout.output_turn(ev.time), ev.time, ids, len(out))
     for utt in _words_to_utterances(episode.model_words):
         first, last = utt[0], utt[-1]
         out += _event_tokens(layout.output_turn(first.start), first.start, [int(Control.SPEECH_START)], len(out))
         for w in utt:
             out += _event_tokens(layout.output_turn(w.start), w.start, tokenizer.encode(w.text + " "), len(out))
         out += _event_tokens(layout.output_turn(last.end), last.end, [int(Control.SPEECH_END)], len(out))
-    for ev in sorted(episode.background, key=lambda e: e.time):
-        if ev.kind != "request":
-            continue
-        ids = [int(Control.DELEGATE)] + tokenizer.encode(ev.text) + [int(Control.DELEGATE_END)]
-        out += _event_tokens(layout.output_turn(ev.time), ev.time, ids, len(out))
     return out

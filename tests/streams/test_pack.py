@@ -206,3 +206,20 @@ def test_window_in_the_middle_matches_the_full_packing():
     P = LAYOUT.positions_per_turn
     for key in ("token_ids", "dmel", "text_targets", "mel_targets", "kinds", "micro_turn"):
         np.testing.assert_array_equal(part[key], full[key][3 * P : 7 * P], err_msg=key)
+
+
+def test_a_request_is_written_whole_before_a_filler_starting_with_it():
+    """A delegation and the filler that starts at the same moment: the model text holds
+    SPEECH_START only after DELEGATE request DELEGATE_END, never the filler's first word inside."""
+    request = "what is 4676 plus 2179"
+    ep = Episode(
+        "d", 3.0,
+        model_words=[Word("Let", 1.0, 1.2), Word("me", 1.25, 1.4), Word("check.", 1.45, 1.8)],
+        background=[BackgroundEvent("request", 1.0, request, 1)],
+    )  # fmt: skip
+    grid = _grid(ep)
+    stream = [int(x) for x in grid.model_text.reshape(-1) if int(x) != int(Control.NOTHING)]
+    d, e = stream.index(int(Control.DELEGATE)), stream.index(int(Control.DELEGATE_END))
+    assert TOK.decode(stream[d + 1 : e]) == request
+    assert stream.index(int(Control.SPEECH_START)) == e + 1
+    assert TOK.decode(stream[e + 2 : e + 2 + len("Let me check.")]) == "Let me check."
