@@ -128,7 +128,7 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
     if oracle:
         runs["oracle (targets)"] = [ground_truth_run(ep, config=config) for ep in all_eps]
     results: dict = {"metrics": {s: {} for s in runs}, "examples": {}}
-    masks = bm.gradable(all_eps)  # the targets are packed and graded once per episode
+    masks = bm.gradable(all_eps, config=config)  # the targets are packed and graded once per episode
     for b in benchmarks:
         eps = [ep for t in bm.BENCHMARK_TASKS[b] for ep in episodes[t]]
         rows = []

@@ -52,9 +52,14 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if len(xs) else None
 
 
-def gradable(episodes: Sequence[Episode]) -> dict[str, list[bool]]:
-    """{episode id: per window, whether the episode's own target passes it} (computed once per episode)."""
-    return {ep.episode_id: [r.passed for r in grade_episode(ep, ground_truth_run(ep))] for ep in episodes}
+def gradable(episodes: Sequence[Episode], config=None) -> dict[str, list[bool]]:
+    """{episode id: per window, whether the episode's own target passes it} (computed once per episode).
+
+    The targets are packed with `config`'s layout and text settings (default: the base config),
+    the same quantisation the evaluated model's output goes through.
+    """
+    return {ep.episode_id: [r.passed for r in grade_episode(ep, ground_truth_run(ep, config=config))]
+            for ep in episodes}
 
 
 def graded(episodes: Sequence[Episode], runs: Sequence[EpisodeRun],

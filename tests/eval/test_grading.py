@@ -143,3 +143,18 @@ def test_ground_truth_run_follows_the_configs_layout():
     default, one_slot = ground_truth_run(ep), ground_truth_run(ep, config=c)
     assert [w.text for w in default.words][:2] == [w.text for w in one_slot.words][:2]
     assert one_slot.words[-1].start > default.words[-1].start
+
+
+def test_gradable_masks_follow_the_configs_layout():
+    """A window the default layout's targets meet can be out of reach with one model-text slot
+    per micro-turn (the words arrive later); `gradable(config=...)` must see that."""
+    from interaction_jax.config_lib import base_config
+    from interaction_jax.data import tasks
+
+    c = base_config()
+    c.layout.model_text_slots = 1
+    eps = [tasks.generate("delegation_typed", s, duration_s=10.0) for s in range(6)]
+    default, one_slot = bm.gradable(eps), bm.gradable(eps, config=c)
+    n_default = sum(sum(m) for m in default.values())
+    n_one = sum(sum(m) for m in one_slot.values())
+    assert n_one < n_default  # e.g. a 22-byte request at 5 bytes/s misses its 1.5 s window
