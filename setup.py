@@ -31,5 +31,7 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "hypothesis>=6.100"],
         "dev": ["ruff>=0.6"],
+        # experiments/perf/streaming.py's Hugging Face row only (a benchmark, never a runtime dependency)
+        "hf": ["torch>=2.4", "transformers>=4.46"],
     },
 )

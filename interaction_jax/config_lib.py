@@ -170,6 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Layers at decode time: "unrolled" (per-layer weights sliced out of the training stack once;
     # fastest step, see inference/layer_params.py) | "scan" (the stacked weights; faster compile).
     c.inference.layer_loop = "unrolled"
+    # MoE expert backend when streaming: "auto" (gather the routed experts' matrices when there are
+    # fewer token-slots than experts, else all experts densely on CPU / ragged_dot elsewhere), any
+    # model.moe.impl name, or "model" (keep model.moe.impl).
+    c.inference.moe_impl = "auto"
     return c
 
 

@@ -14,7 +14,10 @@ Hugging Face transformers (PyTorch, CPU) runs the same micro-turn call pattern w
 model of the backbone's dimensions and its own KV cache (`bench_hf`; no flow head) when `torch`
 and `transformers` are installed (optional benchmark dependency, not a runtime one; `--hf` /
 `--no-hf` force it). Timings are never
-asserted in tests; MoE configs stream with `model.moe.impl=gather` (gather + gemv).
+asserted in tests; MoE configs stream with the engine's default expert backend
+(`inference.moe_impl=auto`: the routed experts gathered for decode calls, all experts densely
+for the input block on CPU; `moe_backends.py`), the naive loop with the training backend, and
+the Hugging Face row is a Mixtral of the same experts.
 """
 
 from __future__ import annotations
@@ -48,8 +51,6 @@ def _engine(config_name: str, sessions: int, seconds: float):
 
     overrides = ["inference.context_policy=hard", f"inference.max_session_seconds={seconds}",
                  f"inference.slots={sessions}"]
-    if "moe" in config_name:
-        overrides.append("model.moe.impl=gather")
     overrides += EXTRA_OVERRIDES
     c = load_config(os.path.join(REPO, "configs", f"{config_name}.py"), overrides)
     model = InteractionModel(c, rngs=nnx.Rngs(0))
@@ -114,8 +115,9 @@ def bench_naive(config_name: str, sessions: int, seconds: float, ticks: int) -> 
 def bench_hf(config_name: str, sessions: int, seconds: float, ticks: int) -> dict:
     """The engine's micro-turn call pattern through Hugging Face transformers (PyTorch, CPU).
 
-    A `LlamaForCausalLM` of the config's backbone dimensions (width, layers, GQA heads, head dim,
-    FFN, text vocabulary; random weights) with its own KV cache (`DynamicCache`): the cache is
+    A `LlamaForCausalLM` (dense) or `MixtralForCausalLM` (MoE: same experts, width, top-k) of the
+    config's backbone dimensions (width, layers, GQA heads, head dim, FFN, text vocabulary; random
+    weights) with its own KV cache (`DynamicCache`): the cache is
     prefilled to the same session position as the engine row, then each micro-turn makes the same
     model calls as the engine (`engine.segments`: the input block, then one call per output
     position, 7 for the default layout) on random input embeddings. It has no flow head, sampling
@@ -135,13 +137,20 @@ def bench_hf(config_name: str, sessions: int, seconds: float, ticks: int) -> dic
     segs = segments(layout)
     P = layout.positions_per_turn
     turn = start_turn(seconds, ticks, layout.micro_turn_s)
-    cfg = transformers.LlamaConfig(
-        vocab_size=make_tokenizer(c.text).vocab_size, hidden_size=m.d_model, intermediate_size=m.ffn_dim,
+    dims = dict(
+        vocab_size=make_tokenizer(c.text).vocab_size, hidden_size=m.d_model,
         num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
         head_dim=m.head_dim, max_position_embeddings=(turn + ticks + 2) * P, tie_word_embeddings=False)
     torch.manual_seed(0)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    if str(m.layer_pattern) == "moe":  # every layer MoE: a Mixtral with the same experts and top-k
+        cfg = transformers.MixtralConfig(intermediate_size=m.moe.expert_ffn_dim, num_local_experts=m.moe.num_experts,
+                                         num_experts_per_tok=m.moe.top_k, **dims)
+        model = transformers.MixtralForCausalLM(cfg).eval()
+    elif str(m.layer_pattern) == "dense":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(intermediate_size=m.ffn_dim, **dims)).eval()
+    else:
+        raise ValueError(f"bench_hf: no Hugging Face model for layer_pattern={m.layer_pattern!r} (dense or moe)")
     embeds = [torch.randn(sessions, z - a, m.d_model) for a, z in segs]
     times = []
     with torch.inference_mode():

@@ -41,6 +41,8 @@ from interaction_jax.inference.layer_params import (
 )
 from interaction_jax.model.attention import NEG_INF, attention, make_mask
 from interaction_jax.model.interaction_model import InteractionModel
+from interaction_jax.model.moe.experts import available_impls, check_expert_impl
+from interaction_jax.model.moe.layer import expert_impl
 from interaction_jax.streams.layout import Kind, StreamLayout
 
 
@@ -399,8 +401,16 @@ class StreamEngine:
         if self.slots < 1:
             raise ValueError(f"inference.slots must be >= 1, got {self.slots}")
         model = model if model is not None else InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
-        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         inf = config.inference
+        moe_impl = str(inf.get("moe_impl", "auto"))  # "model" keeps the model's own backend
+        if moe_impl != "model":
+            try:
+                check_expert_impl(moe_impl)
+            except ValueError:
+                raise ValueError(f"inference.moe_impl={moe_impl!r}; expected 'model' or one of "
+                                 f"{available_impls()}") from None
+        with expert_impl(model, None if moe_impl == "model" else moe_impl):
+            self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.layer_loop = check_layer_loop(str(inf.get("layer_loop", "unrolled")))
         self.graph, self.params = split_engine_params(self.graphdef, params, rest, self.layer_loop)
         self._rest, self._spec = rest, _spec((params, rest))

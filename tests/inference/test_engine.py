@@ -12,6 +12,7 @@ from interaction_jax.config_lib import load_config
 from interaction_jax.inference import sampling
 from interaction_jax.inference.engine import StreamEngine, segments
 from interaction_jax.model.interaction_model import InteractionModel
+from interaction_jax.model.moe import MoEFeedForward
 from interaction_jax.streams.layout import Kind
 
 
@@ -125,8 +126,18 @@ def test_sessions_do_not_see_each_other_bitwise(dense):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_moe_teacher_forced_equals_forward():
-    c, model, engine, layout, grid, ref = _setup(["model.layer_pattern=dense,moe", "model.moe.impl=gather"], slots=2)
+@pytest.mark.parametrize("moe_impl", ["auto", "model"])
+def test_moe_teacher_forced_equals_forward(moe_impl):
+    """The engine serves MoE layers with its own backend ("auto": the routed experts gathered for
+    the 1-position decode calls, all experts densely for the prefill block) or the model's, and
+    either way replays the training forward; the caller's model keeps its backend."""
+    c, model, engine, layout, grid, ref = _setup(
+        ["model.layer_pattern=dense,moe", "model.moe.impl=gather", f"inference.moe_impl={moe_impl}"], slots=2)
+    def impls(m):
+        return {x.impl for _, x in nnx.iter_modules(m) if isinstance(x, MoEFeedForward)}
+
+    served = nnx.merge(engine.graphdef, *nnx.split(model, nnx.Param, ...)[1:])
+    assert impls(served) == {"gather" if moe_impl == "model" else moe_impl} and impls(model) == {"gather"}
     outs = _replay(engine, grid, slot=0, others=(1,))
     _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
 
@@ -144,7 +155,7 @@ def test_sliding_ring_buffer_equals_windowed_forward(decode_attention):
     _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
 
 
-@pytest.mark.parametrize("key, value", [("decode_attention", "flash"), ("layer_loop", "vmap")])
+@pytest.mark.parametrize("key, value", [("decode_attention", "flash"), ("layer_loop", "vmap"), ("moe_impl", "sparse")])
 def test_unknown_engine_option_is_a_clear_error(tiny_config, key, value):
     c = tiny_config.copy_and_resolve_references()
     c.inference[key] = value

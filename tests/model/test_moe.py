@@ -45,7 +45,7 @@ def _loop_reference(x, ids, wts, w):
     return out
 
 
-@pytest.mark.parametrize("impl", ["ragged_dot", "gather"])
+@pytest.mark.parametrize("impl", ["ragged_dot", "gather", "dense", "auto"])
 def test_dropless_backends_match_loop(impl):
     x = jax.random.normal(jax.random.key(1), (7, D))
     # expert 2 receives no token at all
@@ -53,6 +53,16 @@ def test_dropless_backends_match_loop(impl):
     wts = jax.random.uniform(jax.random.key(2), ids.shape)
     routing = Routing(ids, wts, None)
     y = jax.jit(expert_compute, static_argnums=3)(x, routing, _weights(), impl)
+    np.testing.assert_allclose(np.asarray(y), _loop_reference(x, ids, wts, _weights()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2, 3])
+def test_auto_backend_at_decode_sizes_matches_loop(num_tokens):
+    """"auto" gathers while T x k < E (here T = 1) and switches to all experts from there on."""
+    x = jax.random.normal(jax.random.key(3), (num_tokens, D))
+    ids = jnp.array([[2, 0], [1, 3], [3, 2]], jnp.int32)[:num_tokens]
+    wts = jax.random.uniform(jax.random.key(4), ids.shape)
+    y = jax.jit(expert_compute, static_argnums=3)(x, Routing(ids, wts, None), _weights(), "auto")
     np.testing.assert_allclose(np.asarray(y), _loop_reference(x, ids, wts, _weights()), rtol=1e-4, atol=1e-5)
 
 

@@ -10,6 +10,10 @@ themselves with `register_expert_impl` without the layer changing.
 - "gather": gathers each token-slot's expert matrices (`w[expert_ids]`) and does per-token
   matvecs. The decode path: at a handful of tokens it touches only the routed experts, whereas
   ragged_dot on CPU computes densely over all experts.
+- "dense": every expert on every token, weighted by the routing (zeros off the routed experts);
+  the cheapest static-shape form on CPU for a short prefill block.
+- "auto": "gather" when T x k < E, else "dense" on CPU and "ragged_dot" elsewhere (the choice is
+  static: T is known at trace time). Streaming defaults to it (`inference.moe_impl`).
 """
 
 from __future__ import annotations
@@ -46,15 +50,20 @@ def available_impls() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def expert_compute(
-    x: jax.Array, routing: Routing, weights: ExpertWeights, impl: str = "ragged_dot"
-) -> jax.Array:
-    """Routed-expert output [T, D] for tokens `x` [T, D] with the backend named `impl`."""
+def check_expert_impl(impl: str) -> str:
+    """`impl` if it names a registered backend (registering the Pallas ones on first use), else a clear error."""
     if impl not in _REGISTRY and impl.startswith(("pallas", "gather_gemv")):
         import pallas_kernels.register  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
     if impl not in _REGISTRY:
         raise ValueError(f"unknown MoE impl {impl!r}; available: {available_impls()}")
-    return _REGISTRY[impl](x, routing, weights)
+    return impl
+
+
+def expert_compute(
+    x: jax.Array, routing: Routing, weights: ExpertWeights, impl: str = "ragged_dot"
+) -> jax.Array:
+    """Routed-expert output [T, D] for tokens `x` [T, D] with the backend named `impl`."""
+    return _REGISTRY[check_expert_impl(impl)](x, routing, weights)
 
 
 def _combine(slot_out: jax.Array, routing: Routing, dtype) -> jax.Array:
@@ -91,6 +100,38 @@ def gather_experts(x: jax.Array, routing: Routing, weights: ExpertWeights) -> ja
     return _combine(slot_out, routing, x.dtype)
 
 
+def dense_experts(x: jax.Array, routing: Routing, weights: ExpertWeights) -> jax.Array:
+    """Every expert on every token, combined with the routing weights (zero off the routed experts).
+
+    Reads each expert's matrices once and does T x E rows of work: for a short block of tokens
+    (a streaming prefill) that is less than gathering T x k expert matrices, and, on backends where
+    `ragged_dot` is computed densely over experts for every token-slot (XLA:CPU), half its work.
+    """
+    dt = x.dtype
+    num_tokens, num_experts = x.shape[0], weights.w_gate.shape[0]
+    gate = jnp.einsum("td,edf->tef", x, weights.w_gate.astype(dt))
+    up = jnp.einsum("td,edf->tef", x, weights.w_up.astype(dt))
+    y = jnp.einsum("tef,efd->ted", jax.nn.silu(gate) * up, weights.w_down.astype(dt))  # [T, E, D]
+    comb = jnp.zeros((num_tokens, num_experts), jnp.float32)
+    comb = comb.at[jnp.arange(num_tokens)[:, None], routing.expert_ids].add(routing.weights.astype(jnp.float32))
+    return jnp.einsum("ted,te->td", y.astype(jnp.float32), comb).astype(dt)
+
+
+def auto_experts(x: jax.Array, routing: Routing, weights: ExpertWeights) -> jax.Array:
+    """Picks the backend from the (static) token count: the inference default.
+
+    With fewer routed token-slots than experts (T x k < E, a decode step) gathering only the
+    routed matrices reads the least; otherwise every expert's matrices are read anyway, and on
+    CPU `dense_experts` is the cheaper way to use them, elsewhere the grouped `ragged_dot`.
+    """
+    num_tokens, top_k = routing.expert_ids.shape
+    if num_tokens * top_k < weights.w_gate.shape[0]:
+        return gather_experts(x, routing, weights)
+    if jax.default_backend() == "cpu":
+        return dense_experts(x, routing, weights)
+    return ragged_dot_experts(x, routing, weights)
+
+
 def batched_swiglu(xb: jax.Array, weights: ExpertWeights) -> jax.Array:
     """Dense per-expert SwiGLU over a capacity buffer xb [E, C, D] -> [E, C, D] (EP local compute)."""
     dt = xb.dtype
@@ -101,3 +142,5 @@ def batched_swiglu(xb: jax.Array, weights: ExpertWeights) -> jax.Array:
 
 register_expert_impl("ragged_dot", ragged_dot_experts)
 register_expert_impl("gather", gather_experts)
+register_expert_impl("dense", dense_experts)
+register_expert_impl("auto", auto_experts)

@@ -6,13 +6,16 @@ size > 1 is passed, the expert-parallel path (`expert_parallel.py`) is used inst
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
 from interaction_jax.model.moe.expert_parallel import expert_parallel_active, expert_parallel_compute
-from interaction_jax.model.moe.experts import ExpertWeights, expert_compute
+from interaction_jax.model.moe.experts import ExpertWeights, check_expert_impl, expert_compute
 from interaction_jax.model.moe.router import expert_counts, load_balance_loss, route, z_loss
 
 
@@ -130,6 +133,27 @@ def set_expert_mesh(model: nnx.Module, mesh: Mesh | None, capacity_factor: float
                 module.capacity_factor = capacity_factor
             count += 1
     return count
+
+
+@contextlib.contextmanager
+def expert_impl(model: nnx.Module, impl: str | None) -> Iterator[int]:
+    """Temporarily switches every `MoEFeedForward` of `model` to the backend `impl` (None: no change).
+
+    The backend is a static attribute, so `nnx.split` inside the block captures it in the graphdef
+    (how the streaming engine serves with its own backend without touching the caller's model).
+    Yields how many MoE layers were switched.
+    """
+    layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, MoEFeedForward)] if impl else []
+    if impl:
+        check_expert_impl(impl)
+    before = [m.impl for m in layers]
+    try:
+        for m in layers:
+            m.impl = impl
+        yield len(layers)
+    finally:
+        for m, old in zip(layers, before, strict=True):
+            m.impl = old
 
 
 def apply_router_bias_updates(model: nnx.Module, counts_per_layer: jax.Array, rate: float) -> int:
