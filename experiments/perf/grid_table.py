@@ -32,11 +32,10 @@ def load(paths: list[str]) -> dict:
         engines = {(r["config"], int(r["sessions"]), float(r["length_s"])): r for r in rows if r["bench"] == "engine"}
         for r in rows:
             key = (r["config"], int(r["sessions"]), float(r["length_s"]))
-            cell = cells.setdefault((*key, policy), {})
             if r["bench"] == "engine":
-                cell["engine"] = r
+                cells.setdefault((*key, policy), {})["engine"] = r
             elif key in engines:  # a comparison row counts only beside an engine row of its own run
-                cell[r["bench"]] = (r, engines[key])
+                cells.setdefault((*key, policy), {})[r["bench"]] = (r, engines[key])
     return cells
 
 
