@@ -19,6 +19,8 @@ Metrics (grading windows of `data/tasks/delegation.py`):
   talked       the model says a word between its DELEGATE and the result's arrival (keeps going)
 `--teacher_force` feeds the episode's own model text / audio instead of samples: an oracle that
 must score 1.0 on recall / precision / exact match (checks this pipeline, not a model).
+`--force_audio` feeds only the episode's own model *speech* as the model's audio input (its text
+is sampled): does the text go wrong because the model hears its own generated voice?
 
     python experiments/delegation/run.py --config=experiments/interaction_small/config.py \\
         --workdir=runs/interaction_small/run --num_examples=100 --out=experiments/delegation/results.json
@@ -47,6 +49,8 @@ flags.DEFINE_float("sim_delay_s", None, "Session s from request to result (defau
 flags.DEFINE_integer("slots", None, "Sessions run together (default: config.inference.slots).")
 flags.DEFINE_integer("session_seed", 0, "Sampling seed of episode i's session is session_seed + i.")
 flags.DEFINE_bool("teacher_force", False, "Oracle: force the episode's own model output (must score 1.0).")
+flags.DEFINE_bool("force_audio", False, "Diagnostic: the model hears the episode's own model speech as its "
+                  "audio input (instead of its generated audio); its text is sampled as usual.")
 flags.DEFINE_string("out", "experiments/delegation/results.json", "JSON results file.")
 flags.DEFINE_string("plot_dir", "", "If set: a timeline PNG for each of the first --num_plots delegate episodes.")
 flags.DEFINE_integer("num_plots", 3, "Timelines to draw with --plot_dir.")
@@ -59,9 +63,10 @@ def normalise(text: str) -> str:
     return " ".join(words(text))
 
 
-def episode_chunks(ep, layout, grid=None) -> list:
+def episode_chunks(ep, layout, grid=None, audio_only: bool = False) -> list:
     """The live client's chunks (`eval.episodes.episode_chunks`; results come from the hub, not the
-    episode's script), each forcing the episode's own output block when `grid` is given (oracle)."""
+    episode's script), each forcing the episode's own output block when `grid` is given (oracle),
+    or only its model audio with `audio_only` (the model's text runs free)."""
     from interaction_jax.eval.episodes import episode_chunks as live_chunks
     from interaction_jax.streams.pack import pack_window
 
@@ -69,6 +74,7 @@ def episode_chunks(ep, layout, grid=None) -> list:
     if grid is not None:
         for t, c in enumerate(chunks):
             c.force = pack_window(grid, t, 1)
+            c.force_audio_only = audio_only
     return chunks
 
 
@@ -271,8 +277,9 @@ def run(config) -> dict:
         for i, ep in enumerate(batch):
             s = sched.open_session(seed=FLAGS.session_seed + b + i, session_id=ep.episode_id,
                                    metadata={"task": ep.task, "episode_id": ep.episode_id})
-            grid = EpisodeGrid.from_episode(ep, layout, tokenizer, params) if FLAGS.teacher_force else None
-            for chunk in episode_chunks(ep, layout, grid):
+            forcing = FLAGS.teacher_force or FLAGS.force_audio
+            grid = EpisodeGrid.from_episode(ep, layout, tokenizer, params) if forcing else None
+            for chunk in episode_chunks(ep, layout, grid, audio_only=FLAGS.force_audio and not FLAGS.teacher_force):
                 s.push(chunk)
             sessions.append(s)
         sched.drain()
@@ -293,7 +300,8 @@ def run(config) -> dict:
             "config": config_flags.get_config_filename(FLAGS["config"]),
             "workdir": FLAGS.workdir, "init": FLAGS.init, "num_examples": FLAGS.num_examples, "seed": FLAGS.seed,
             "episode_seconds": seconds, "sim_delay_s": delay, "teacher_force": FLAGS.teacher_force,
-            "backend": config.background.backend, "temperature": float(config.inference.temperature),
+            "force_audio": FLAGS.force_audio, "backend": config.background.backend,
+            "temperature": float(config.inference.temperature),
             "task": FLAGS.task,
         },
         "episodes": records,
@@ -306,6 +314,7 @@ def main(argv):
     s = result["settings"]
     source = s["workdir"] if s["init"] == "checkpoint" else "random init"
     source = "teacher-forced oracle" if s["teacher_force"] else source
+    source += ", model audio input forced to the target speech" if s["force_audio"] and not s["teacher_force"] else ""
     print_table(result["summary"], f"delegation, {source}, sim_delay_s={s['sim_delay_s']:g}")
     if os.path.dirname(FLAGS.out):
         os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)

@@ -17,7 +17,9 @@ Segments come from `StreamLayout` (kinds and block slices), never from hard-code
 (token_ids [B, P], dmel [B, P, F, M], patches [B, 1, V, ps, ps, 3], video_present [B, 1]) plus
 `active` [B] (slot takes part in this tick) and `forced` [B] (teacher forcing: output positions
 take the given inputs instead of the samples — `pack_window(grid, t, 1)` of an episode makes the
-engine replay exactly the training sequence). Idle slots' state is left untouched.
+engine replay exactly the training sequence); optional `forced_audio` [B] forces only the
+model-audio positions (the model hears the given speech while its text is sampled). Idle slots'
+state is left untouched.
 """
 
 from __future__ import annotations
@@ -302,6 +304,8 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
         model, groups = merge_engine_params(graph, params)
         active = inputs["active"].astype(bool)
         forced = inputs["forced"].astype(bool)
+        # audio-only forcing (a diagnostic: the model hears the target speech, its text runs free)
+        forced_audio = forced | inputs["forced_audio"].astype(bool) if "forced_audio" in inputs else forced
         tok_in = inputs["token_ids"].astype(jnp.int32)
         dmel_in = inputs["dmel"].astype(jnp.uint8)
         B = active.shape[0]
@@ -317,7 +321,7 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
                 if p >= text_sl.start and p < text_sl.stop:
                     tok = tok.at[:, p - a].set(jnp.where(forced, tok_in[:, p], text_feed))
                 if p >= audio_sl.start and p < audio_sl.stop:
-                    dm = dm.at[:, p - a].set(jnp.where(forced[:, None, None], dmel_in[:, p], codes_feed))
+                    dm = dm.at[:, p - a].set(jnp.where(forced_audio[:, None, None], dmel_in[:, p], codes_feed))
             block = {
                 "token_ids": tok,
                 "dmel": dm,
@@ -462,6 +466,7 @@ class StreamEngine:
                if k in ("token_ids", "dmel", "patches", "video_present")}
         out["active"] = np.zeros(self.slots, bool)
         out["forced"] = np.zeros(self.slots, bool)
+        out["forced_audio"] = np.zeros(self.slots, bool)
         return out
 
     def step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

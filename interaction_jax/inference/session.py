@@ -33,6 +33,8 @@ Teacher forcing (`Chunk.force`, tests and oracle evaluation): one packed micro-t
 episode (`pack_window(grid, t, 1)`) whose *output* block (model text and model audio) the engine
 is fed instead of its own samples; the input block still comes from the chunk and the hub. The
 session then treats the forced model text as what the model said (it is what its context holds).
+`Chunk.force_audio_only` forces only the model-audio positions: the model hears the episode's
+own speech as its voice while its text is sampled (a diagnostic for the audio feedback loop).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Chunk:
     background: Sequence = ()  # DelegationEvents polled during this micro-turn (with a hub: into its queue)
     transcript: Sequence[Word] = ()  # user words heard so far in this chunk, session times (ASR / ground truth)
     force: Mapping[str, np.ndarray] | None = None  # teacher forcing: pack_window(grid, t, 1) (module docstring)
+    force_audio_only: bool = False  # with `force`: force only the model-audio inputs, sample the text
 
 
 @dataclasses.dataclass
@@ -222,9 +225,12 @@ class Session:
             inputs["patches"][row, 0] = frame_to_patches(chunk.video, lay.video_frame_size, lay.patch_size)
             inputs["video_present"][row, 0] = True
         inputs["active"][row] = True
-        inputs["forced"][row] = chunk.force is not None
+        text_forced = chunk.force is not None and not chunk.force_audio_only
+        inputs["forced"][row] = text_forced
+        if "forced_audio" in inputs:
+            inputs["forced_audio"][row] = chunk.force is not None
         if chunk.force is not None:
-            for kind in (Kind.MODEL_TEXT, Kind.MODEL_AUDIO):
+            for kind in (Kind.MODEL_TEXT, Kind.MODEL_AUDIO) if text_forced else (Kind.MODEL_AUDIO,):
                 sl = lay.block_slice(kind)
                 tok[sl] = np.asarray(chunk.force["token_ids"])[sl]
                 inputs["dmel"][row][sl] = np.asarray(chunk.force["dmel"])[sl]
@@ -371,9 +377,10 @@ class Scheduler:
         text_sl = self.engine.layout.block_slice(Kind.MODEL_TEXT)
         for s, chunk in zip(ready, chunks, strict=True):
             text = out["text_tokens"][s.slot]
-            if chunk.force is not None:
+            text_forced = chunk.force is not None and not chunk.force_audio_only
+            if text_forced:
                 text = np.asarray(chunk.force["text_targets"])[text_sl].astype(np.int32)
-            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=chunk.force is not None)
+            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=text_forced)
             s.record_output(o)
             result[s.id] = o
         return result

@@ -13,7 +13,9 @@ from interaction_jax.inference.cache import ContextPolicy, SessionLimitError
 from interaction_jax.inference.engine import StreamEngine
 from interaction_jax.inference.session import Chunk, NoCapacityError, Scheduler
 from interaction_jax.model.interaction_model import InteractionModel
+from interaction_jax.streams.layout import Kind
 from interaction_jax.streams.pack import pack_window
+from interaction_jax.streams.tokenizer import Control
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,40 @@ def test_ring_rows_match_a_brute_force_simulation(sinks, ring):
         for r, p in held.items():
             want[r] = p
         np.testing.assert_array_equal(np.asarray(policy.row_positions(np.array([length])))[0], want)
+
+
+def test_audio_only_forcing_is_full_forcing_with_the_models_own_text(engine):
+    """`Chunk.force_audio_only`: the model hears the episode's model audio while its text is
+    sampled. Replaying that run fully forced — the same audio, and as text inputs the samples it
+    drew (slot i is fed slot i-1's sample) — must give the same mel output every micro-turn."""
+    ep = episode(1.2, seed=7)
+    layout, grid, _ = grid_and_window(engine.config, ep)
+    text_sl = layout.block_slice(Kind.MODEL_TEXT)
+
+    def run(force_for_turn, audio_only):
+        sched = Scheduler(engine)
+        s = sched.open_session(seed=3)
+        for t, chunk in enumerate(_chunks(ep, layout)):
+            chunk.force, chunk.force_audio_only = force_for_turn(t), audio_only
+            s.push(chunk)
+        sched.drain()
+        outs = list(s.outputs)
+        s.close()
+        return outs
+
+    heard = run(lambda t: pack_window(grid, t, 1), True)
+    assert not any(o.forced for o in heard)
+    targets = [pack_window(grid, t, 1)["text_targets"][text_sl] for t in range(len(heard))]
+    assert any(not np.array_equal(o.text_tokens, tgt) for o, tgt in zip(heard, targets))  # text ran free
+
+    def replay_force(t):
+        one = {k: np.array(v) for k, v in pack_window(grid, t, 1).items()}
+        prev = heard[t - 1].text_tokens[-1] if t else int(Control.NOTHING)
+        one["token_ids"][text_sl] = np.concatenate([[prev], heard[t].text_tokens[:-1]])
+        return one
+
+    replay = run(replay_force, False)
+    generated = run(lambda t: None, False)
+    for t, (a, b) in enumerate(zip(heard, replay, strict=True)):
+        np.testing.assert_allclose(a.mel, b.mel, rtol=0, atol=1e-6, err_msg=f"turn {t}")
+    assert any(not np.allclose(a.mel, g.mel) for a, g in zip(heard, generated))  # the forced audio mattered
