@@ -129,6 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_last = 3  # keep the newest N checkpoints ...
     c.train.keep_every = 0  # ... plus every K-th step forever (0 = off)
     c.train.async_checkpointing = True
+    # Probability that a training window's model-audio *inputs* (the model hearing itself) are
+    # silence: robustness to its own generated voice when serving (train/augment.py).
+    c.train.self_audio_dropout = 0.0
     c.train.on_nonfinite = "stop"  # "stop" | "skip" (skip the update, keep going)
 
     # --- Mesh (interaction_jax/parallel). Product must equal the device count; -1 = the rest. ---
@@ -174,6 +177,9 @@ def base_config() -> ml_collections.ConfigDict:
     # fewer token-slots than experts, else all experts densely on CPU / ragged_dot elsewhere), any
     # model.moe.impl name, or "model" (keep model.moe.impl).
     c.inference.moe_impl = "auto"
+    # What the model hears of its own voice when free-running: "generated" (its sampled mel,
+    # dMel-encoded) or "silence" (the muted condition of train.self_audio_dropout).
+    c.inference.self_audio = "generated"
     return c
 
 

@@ -284,9 +284,16 @@ def cached_forward(
     return hidden, model._logits(hidden), k_all, v_all
 
 
+SELF_AUDIO = ("generated", "silence")
+
+
 def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPolicy, feature_params, *,
-                     debug_outputs: bool = False, decode_attention: str = "live_window"):
+                     debug_outputs: bool = False, decode_attention: str = "live_window",
+                     self_audio: str = "generated"):
     """Builds the pure `stream_step(params, state, inputs) -> (state, outputs)` (see the module docstring).
+
+    `self_audio="silence"` feeds silence (dMel code 0) instead of the model's generated frames at
+    its own audio inputs (`inference.self_audio`; forced slots still get the forced frames).
 
     `graph` / `params` (an `EngineParams`) come from `layer_params.split_engine_params`.
 
@@ -299,6 +306,9 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
     P = layout.positions_per_turn
     text_sl, audio_sl = layout.block_slice(Kind.MODEL_TEXT), layout.block_slice(Kind.MODEL_AUDIO)
     window, sinks = policy.window, policy.sinks
+    if self_audio not in SELF_AUDIO:
+        raise ValueError(f"inference.self_audio={self_audio!r}; expected one of {SELF_AUDIO}")
+    mute_self = self_audio == "silence"
 
     def stream_step(params: EngineParams, state: EngineState, inputs: dict):
         model, groups = merge_engine_params(graph, params)
@@ -321,7 +331,8 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
                 if p >= text_sl.start and p < text_sl.stop:
                     tok = tok.at[:, p - a].set(jnp.where(forced, tok_in[:, p], text_feed))
                 if p >= audio_sl.start and p < audio_sl.stop:
-                    dm = dm.at[:, p - a].set(jnp.where(forced_audio[:, None, None], dmel_in[:, p], codes_feed))
+                    heard = jnp.zeros_like(codes_feed) if mute_self else codes_feed  # silence = code 0
+                    dm = dm.at[:, p - a].set(jnp.where(forced_audio[:, None, None], dmel_in[:, p], heard))
             block = {
                 "token_ids": tok,
                 "dmel": dm,
@@ -436,7 +447,8 @@ class StreamEngine:
         )
         decode_attention = check_decode_attention(str(inf.get("decode_attention", "live_window")))
         step = make_stream_step(self.graph, self.layout, self.policy, self.feature_params,
-                                debug_outputs=debug_outputs, decode_attention=decode_attention)
+                                debug_outputs=debug_outputs, decode_attention=decode_attention,
+                                self_audio=str(inf.get("self_audio", "generated")))
         self._step = jax.jit(step, donate_argnums=(1,))
         self._reset = jax.jit(reset_slot, donate_argnums=(0,))
 

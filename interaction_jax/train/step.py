@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from interaction_jax.model.interaction_model import forward, loss_weights, user_text_pairs
 from interaction_jax.streams.layout import StreamLayout
+from interaction_jax.train.augment import mute_self_audio
 from interaction_jax.train.state import TrainSetup
 
 
@@ -59,9 +60,16 @@ def make_train_step(config, setup: TrainSetup) -> Callable:
 
     layout = StreamLayout.from_config(config)
 
+    mute_prob = float(config.train.get("self_audio_dropout", 0.0))
+    if not 0.0 <= mute_prob <= 1.0:
+        raise ValueError(f"train.self_audio_dropout must be in [0, 1], got {mute_prob}")
+
     def step_fn(state, batch):
         rng, sub = jax.random.split(state["rng"])
         pairs = _pairs(layout, batch, weights)
+        if mute_prob > 0.0:
+            sub, mute_rng = jax.random.split(sub)
+            batch = mute_self_audio(batch, mute_rng, mute_prob)
 
         def loss_fn(params):
             return forward(graphdef, params, batch, sub, state["rest"], weights=weights, user_text_pairs=pairs)

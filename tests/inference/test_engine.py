@@ -155,7 +155,8 @@ def test_sliding_ring_buffer_equals_windowed_forward(decode_attention):
     _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
 
 
-@pytest.mark.parametrize("key, value", [("decode_attention", "flash"), ("layer_loop", "vmap"), ("moe_impl", "sparse")])
+@pytest.mark.parametrize("key, value", [("decode_attention", "flash"), ("layer_loop", "vmap"), ("moe_impl", "sparse"),
+                                        ("self_audio", "loud")])
 def test_unknown_engine_option_is_a_clear_error(tiny_config, key, value):
     c = tiny_config.copy_and_resolve_references()
     c.inference[key] = value

@@ -157,3 +157,38 @@ def test_audio_only_forcing_is_full_forcing_with_the_models_own_text(engine):
     for t, (a, b) in enumerate(zip(heard, replay, strict=True)):
         np.testing.assert_allclose(a.mel, b.mel, rtol=0, atol=1e-6, err_msg=f"turn {t}")
     assert any(not np.allclose(a.mel, g.mel) for a, g in zip(heard, generated))  # the forced audio mattered
+
+
+def test_self_audio_silence_is_forcing_silence_with_the_models_own_text():
+    """`inference.self_audio=silence`: the model hears silence (dMel code 0) where its own voice
+    would be. Replaying the run fully forced — silence at the model-audio inputs, its own samples
+    as text inputs — gives the same mel output every micro-turn."""
+    c = load_config(config_path("tiny.py"), ["inference.slots=1", "inference.self_audio=silence"])
+    muted_engine = StreamEngine(c, InteractionModel(c, rngs=nnx.Rngs(0)))
+    ep = episode(1.0, seed=9)
+    layout, grid, _ = grid_and_window(c, ep)
+    text_sl, audio_sl = layout.block_slice(Kind.MODEL_TEXT), layout.block_slice(Kind.MODEL_AUDIO)
+
+    def run(force_for_turn):
+        sched = Scheduler(muted_engine)
+        s = sched.open_session(seed=4)
+        for t, chunk in enumerate(_chunks(ep, layout)):
+            chunk.force = force_for_turn(t)
+            s.push(chunk)
+        sched.drain()
+        outs = list(s.outputs)
+        s.close()
+        return outs
+
+    free = run(lambda t: None)
+
+    def replay_force(t):
+        one = {k: np.array(v) for k, v in pack_window(grid, t, 1).items()}
+        prev = free[t - 1].text_tokens[-1] if t else int(Control.NOTHING)
+        one["token_ids"][text_sl] = np.concatenate([[prev], free[t].text_tokens[:-1]])
+        one["dmel"][audio_sl] = 0
+        return one
+
+    replay = run(replay_force)
+    for t, (a, b) in enumerate(zip(free, replay, strict=True)):
+        np.testing.assert_allclose(a.mel, b.mel, rtol=0, atol=1e-6, err_msg=f"turn {t}")
