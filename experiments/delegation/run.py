@@ -302,6 +302,7 @@ def run(config) -> dict:
             "episode_seconds": seconds, "sim_delay_s": delay, "teacher_force": FLAGS.teacher_force,
             "force_audio": FLAGS.force_audio, "backend": config.background.backend,
             "temperature": float(config.inference.temperature),
+            "self_audio": str(config.inference.get("self_audio", "generated")),
             "task": FLAGS.task,
         },
         "episodes": records,
@@ -315,6 +316,7 @@ def main(argv):
     source = s["workdir"] if s["init"] == "checkpoint" else "random init"
     source = "teacher-forced oracle" if s["teacher_force"] else source
     source += ", model audio input forced to the target speech" if s["force_audio"] and not s["teacher_force"] else ""
+    source += f", hears its own voice as: {s['self_audio']}"
     print_table(result["summary"], f"delegation, {source}, sim_delay_s={s['sim_delay_s']:g}")
     if os.path.dirname(FLAGS.out):
         os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
