@@ -133,6 +133,9 @@ def log_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.nd
     return out
 
 
+DMEL_SILENCE_CODE = 0  # the bin of dmel_min: what silence (and anything quieter) encodes to
+
+
 def dmel_encode(logmel: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
     """Nearest-bin-centre codes (uint8 in [0, dmel_bins)) after clamping to [dmel_min, dmel_max]; any shape.
 

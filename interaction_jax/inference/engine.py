@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from interaction_jax.features.mel import FeatureParams
+from interaction_jax.features.mel import DMEL_SILENCE_CODE, FeatureParams
 from interaction_jax.inference import sampling
 from interaction_jax.inference.cache import ContextPolicy, EngineState, init_state, reset_slot
 from interaction_jax.inference.layer_params import (
@@ -331,7 +331,7 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
                 if p >= text_sl.start and p < text_sl.stop:
                     tok = tok.at[:, p - a].set(jnp.where(forced, tok_in[:, p], text_feed))
                 if p >= audio_sl.start and p < audio_sl.stop:
-                    heard = jnp.zeros_like(codes_feed) if mute_self else codes_feed  # silence = code 0
+                    heard = jnp.full_like(codes_feed, DMEL_SILENCE_CODE) if mute_self else codes_feed
                     dm = dm.at[:, p - a].set(jnp.where(forced_audio[:, None, None], dmel_in[:, p], heard))
             block = {
                 "token_ids": tok,

@@ -83,6 +83,11 @@ class Chunk:
     force: Mapping[str, np.ndarray] | None = None  # teacher forcing: pack_window(grid, t, 1) (module docstring)
     force_audio_only: bool = False  # with `force`: force only the model-audio inputs, sample the text
 
+    @property
+    def text_forced(self) -> bool:
+        """The model text of this micro-turn is the forced one, not sampled."""
+        return self.force is not None and not self.force_audio_only
+
 
 @dataclasses.dataclass
 class TurnOutput:
@@ -225,7 +230,7 @@ class Session:
             inputs["patches"][row, 0] = frame_to_patches(chunk.video, lay.video_frame_size, lay.patch_size)
             inputs["video_present"][row, 0] = True
         inputs["active"][row] = True
-        text_forced = chunk.force is not None and not chunk.force_audio_only
+        text_forced = chunk.text_forced
         inputs["forced"][row] = text_forced
         if "forced_audio" in inputs:
             inputs["forced_audio"][row] = chunk.force is not None
@@ -377,10 +382,9 @@ class Scheduler:
         text_sl = self.engine.layout.block_slice(Kind.MODEL_TEXT)
         for s, chunk in zip(ready, chunks, strict=True):
             text = out["text_tokens"][s.slot]
-            text_forced = chunk.force is not None and not chunk.force_audio_only
-            if text_forced:
+            if chunk.text_forced:
                 text = np.asarray(chunk.force["text_targets"])[text_sl].astype(np.int32)
-            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=text_forced)
+            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=chunk.text_forced)
             s.record_output(o)
             result[s.id] = o
         return result

@@ -14,9 +14,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from interaction_jax.features.mel import DMEL_SILENCE_CODE as SILENCE_CODE
 from interaction_jax.streams.layout import Kind
 
-SILENCE_CODE = 0  # dMel bin of features.dmel_min: what silence encodes to
+
+def check_self_audio_dropout(prob: float) -> float:
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"train.self_audio_dropout must be in [0, 1], got {prob}")
+    return prob
 
 
 def mute_self_audio(batch: dict, rng: jax.Array, prob: float) -> dict:
@@ -25,10 +30,8 @@ def mute_self_audio(batch: dict, rng: jax.Array, prob: float) -> dict:
     Whole windows are muted (not single positions), so "never hears itself" — what serving with
     `inference.self_audio=silence` feeds — is a condition seen in training. Targets are untouched.
     """
-    if prob <= 0.0:
+    if check_self_audio_dropout(prob) == 0.0:
         return batch
-    if not 0.0 < prob <= 1.0:
-        raise ValueError(f"train.self_audio_dropout must be in [0, 1], got {prob}")
     drop = jax.random.bernoulli(rng, prob, (batch["dmel"].shape[0],))
     mask = drop[:, None] & (batch["kinds"] == int(Kind.MODEL_AUDIO))
     dmel = jnp.where(mask[:, :, None, None], jnp.asarray(SILENCE_CODE, batch["dmel"].dtype), batch["dmel"])

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from interaction_jax.model.interaction_model import forward, loss_weights, user_text_pairs
 from interaction_jax.streams.layout import StreamLayout
-from interaction_jax.train.augment import mute_self_audio
+from interaction_jax.train.augment import check_self_audio_dropout, mute_self_audio
 from interaction_jax.train.state import TrainSetup
 
 
@@ -60,9 +60,7 @@ def make_train_step(config, setup: TrainSetup) -> Callable:
 
     layout = StreamLayout.from_config(config)
 
-    mute_prob = float(config.train.get("self_audio_dropout", 0.0))
-    if not 0.0 <= mute_prob <= 1.0:
-        raise ValueError(f"train.self_audio_dropout must be in [0, 1], got {mute_prob}")
+    mute_prob = check_self_audio_dropout(float(config.train.get("self_audio_dropout", 0.0)))
 
     def step_fn(state, batch):
         rng, sub = jax.random.split(state["rng"])
