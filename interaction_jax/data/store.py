@@ -9,7 +9,11 @@ Crash safety: `write_store` builds everything in a sibling `out_dir.tmp-<pid>`, 
 files and the directory, and only then renames it to `out_dir`. A directory without
 `manifest.json` is never treated as a store, so an interrupted write can never be mistaken
 for a finished one, and an existing store is only replaced with `overwrite=True` (old one
-renamed away, new one renamed in, old one deleted).
+renamed away, new one renamed in, old one deleted). Even with `overwrite=True` only an empty
+folder or a complete store of this project (its manifest and listed shards, nothing else) is
+replaced: anything else at `out_dir` is an error naming what is there, so a wrong `--out` never
+deletes unrelated files. Temporary folders left by writers that died (`out_dir.tmp-<pid>` whose
+pid is no longer running) are removed by the next write; a live writer's folder is never touched.
 
 `EpisodeStore` is a Grain `RandomAccessDataSource` (len + getitem). It pickles without
 its open readers (they are reopened lazily in each worker process).
@@ -136,16 +140,20 @@ def write_store(
         records_per_shard = max(1, math.ceil(len(episodes) / num_shards))
     if records_per_shard <= 0:
         raise ValueError(f"records_per_shard must be > 0, got {records_per_shard}")
-    if os.path.exists(out_dir) and not overwrite:
-        if is_complete_store(out_dir):
-            raise FileExistsError(f"{out_dir} already holds an episode store; "
-                                  "pass overwrite=True to replace it")
-        if not os.path.isdir(out_dir) or os.listdir(out_dir):
-            raise FileExistsError(f"{out_dir} exists and is not an episode store (no {MANIFEST}); "
-                                  "remove it or pass overwrite=True")
+    if os.path.lexists(out_dir):
+        if not overwrite:
+            if is_complete_store(out_dir):
+                raise FileExistsError(f"{out_dir} already holds an episode store; "
+                                      "pass overwrite=True to replace it")
+            if not os.path.isdir(out_dir) or os.listdir(out_dir):
+                raise FileExistsError(f"{out_dir} exists and is not an episode store (no {MANIFEST}); "
+                                      "remove it or pass overwrite=True")
+        else:
+            _check_replaceable(out_dir)
     manifest_meta = json.loads(json.dumps(metadata or {}, default=str))  # fail early, not after hours
     every = 100 if progress is True else int(progress or 0)
 
+    remove_stale_temporaries(out_dir)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from an earlier crash with this pid
     os.makedirs(tmp)
@@ -177,10 +185,87 @@ def write_store(
     return out_dir
 
 
+def _store_entries(path: str) -> set[str] | None:
+    """The files a complete store of this project consists of, or None if `path` is not one."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("format") != STORE_FORMAT or not isinstance(m.get("shards"), list):
+        return None
+    return {MANIFEST} | {s["file"] for s in m["shards"] if isinstance(s, dict) and isinstance(s.get("file"), str)}
+
+
+def _describe(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_replaceable(out_dir: str) -> None:
+    """Raises unless `out_dir` is an empty folder or a complete episode store with nothing else in it.
+
+    `overwrite=True` means "replace my earlier store", never "delete whatever is at this path"."""
+    if os.path.islink(out_dir) or not os.path.isdir(out_dir):
+        kind = "a symlink" if os.path.islink(out_dir) else "a file"
+        raise FileExistsError(f"{out_dir} is {kind}, not an episode store; refusing to replace it "
+                              "(expected an empty folder or a store written by write_store)")
+    names = os.listdir(out_dir)
+    if not names:
+        return
+    entries = _store_entries(out_dir)
+    if entries is None:
+        raise FileExistsError(f"{out_dir} is not an episode store (no valid {MANIFEST}) and holds "
+                              f"{len(names)} entries ({_describe(names)}); refusing to overwrite it "
+                              "(expected an empty folder or a store written by write_store)")
+    foreign = [n for n in names if n not in entries]
+    if foreign:
+        raise FileExistsError(f"{out_dir} holds an episode store plus {len(foreign)} other entries "
+                              f"({_describe(foreign)}); refusing to overwrite it (move them away first)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True  # unknown: assume alive, never delete a live writer's files
+    return True
+
+
+def remove_stale_temporaries(out_dir: str) -> list[str]:
+    """Deletes `out_dir.tmp-<pid>` folders whose writer process is gone; returns what it removed.
+
+    A writer killed mid-write (SIGKILL, power loss) cannot clean up after itself; the next write
+    does. Folders of live processes (and of our own pid, handled by the caller) are kept."""
+    parent, base = os.path.split(os.path.normpath(os.path.abspath(out_dir)))
+    removed = []
+    try:
+        names = os.listdir(parent or ".")
+    except OSError:
+        return removed
+    prefix = base + ".tmp-"
+    for name in names:
+        pid = name[len(prefix):]
+        if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        path = os.path.join(parent, name)
+        if os.path.isdir(path) and not os.path.islink(path) and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"write_store: removed {path} (left by writer {pid}, which is no longer running)",
+                  file=sys.stderr, flush=True)
+            removed.append(path)
+    return removed
+
+
 def _install(tmp: str, out_dir: str) -> None:
     """Renames the finished `tmp` to `out_dir`, moving any existing `out_dir` away first."""
     old = None
     if os.path.lexists(out_dir):
+        _check_replaceable(out_dir)  # again: something may have appeared there while we wrote
         old = f"{out_dir}.old-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(out_dir, old)

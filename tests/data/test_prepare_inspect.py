@@ -37,6 +37,15 @@ def test_prepare_refuses_to_overwrite_and_keeps_the_old_store(prepared):
     assert open_store(prepared).raw(0) == before
 
 
+def test_prepare_overwrite_refuses_a_folder_that_is_not_a_store(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "precious.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="precious.txt"):
+        prepare(str(d), task="timespeak", num_episodes=1, episode_seconds=2.0, overwrite=True)
+    assert (d / "precious.txt").read_text() == "precious" and os.listdir(d) == ["precious.txt"]
+
+
 def test_inspect_cli_prints_stats_and_renders_png(prepared, tmp_path):
     png = tmp_path / "w.png"
     r = subprocess.run(

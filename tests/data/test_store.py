@@ -177,3 +177,46 @@ def test_pickle_and_grain_source(written, episodes):
 def test_empty_store(tmp_path):
     s = open_store(write_store(str(tmp_path / "e"), [], progress=False))
     assert len(s) == 0
+
+
+def test_overwrite_never_deletes_what_is_not_a_store(tmp_path, episodes):
+    """`overwrite=True` replaces an empty folder or a store, and refuses (naming it) anything else."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "precious.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="precious.txt"):
+        write_store(str(d), episodes[:1], overwrite=True, progress=False)
+    assert (d / "precious.txt").read_text() == "precious"
+    f = tmp_path / "file"
+    f.write_text("keep")
+    with pytest.raises(FileExistsError, match="is a file"):
+        write_store(str(f), episodes[:1], overwrite=True, progress=False)
+    assert f.read_text() == "keep"
+    s = tmp_path / "s"
+    write_store(str(s), episodes[:2], progress=False)
+    (s / "notes.txt").write_text("mine")  # a store with something else in it is not replaced either
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        write_store(str(s), episodes[:1], overwrite=True, progress=False)
+    assert len(open_store(str(s))) == 2 and (s / "notes.txt").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_store(str(empty), episodes[:1], overwrite=True, progress=False)
+    assert len(open_store(str(empty))) == 1
+    assert sorted(os.listdir(tmp_path)) == ["d", "empty", "file", "s"]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path, episodes):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "s"
+    stale = tmp_path / f"s.tmp-{dead.pid}"
+    live = tmp_path / f"s.tmp-{os.getppid()}"  # our parent is running
+    for t in (stale, live):
+        t.mkdir()
+        (t / "shard-00000.array_record").write_bytes(b"partial")
+    write_store(str(out), episodes[:1], progress=False)
+    assert not stale.exists() and live.exists()
+    assert sorted(os.listdir(tmp_path)) == ["s", live.name]
