@@ -10,10 +10,14 @@ Every op exposes `op(..., implementation=None)`. `implementation` is one of
 * ``"mosaic_interpret"`` -- a Mosaic (TPU) kernel run by the TPU interpreter on CPU (tests);
                      ops without a Mosaic variant use their reference for both Mosaic names.
 
-Keeping the choice in one function means every op agrees on the names and on the CPU fallback.
+Keeping the choice in one function means every op agrees on the names and on the CPU fallback,
+and that fallback is announced once per op (`KernelFallbackWarning`) rather than taken silently.
 """
 
 from __future__ import annotations
+
+import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +29,46 @@ MOSAIC = ("mosaic", "mosaic_interpret")
 NEG_INF = -1e30
 
 
-def resolve_implementation(implementation: str | None) -> str:
-    """Maps `implementation` (or the default backend when None) to one of IMPLEMENTATIONS."""
+class KernelFallbackWarning(UserWarning):
+    """A Pallas kernel was asked for (implementation=None) but the backend has none: the reference ran."""
+
+
+_WARNED: set[str] = set()
+
+# Ops whose implementation=None on a backend without kernels runs the kernel in the Pallas
+# interpreter (not the reference); they resolve through here but never fall back to the reference.
+_INTERPRET_ON_CPU = frozenset({"batch_invariant.attention"})
+
+
+def _caller_op(depth: int = 2) -> str:
+    """`module.function` of the op calling `resolve_implementation` (e.g. "flash_attention.flash_attention")."""
+    frame = sys._getframe(depth)
+    module = frame.f_globals.get("__name__", "?").removeprefix("pallas_kernels.")
+    return f"{module}.{frame.f_code.co_name}"
+
+
+def resolve_implementation(implementation: str | None, op: str | None = None) -> str:
+    """Maps `implementation` (or the default backend when None) to one of IMPLEMENTATIONS.
+
+    A kernel requested by default (None) on a backend without one (CPU) runs the reference; that
+    is announced once per op (`KernelFallbackWarning`), so a benchmark or training run that meant
+    to use a kernel never measures the reference silently. `op` defaults to the calling function.
+    """
     if implementation is None:
         backend = jax.default_backend()
-        return {"gpu": "triton", "cuda": "triton", "rocm": "triton", "tpu": "mosaic"}.get(backend, "reference")
+        impl = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "tpu": "mosaic"}.get(backend, "reference")
+        if impl == "reference":
+            op = op or _caller_op()
+            if op not in _WARNED and op not in _INTERPRET_ON_CPU:
+                _WARNED.add(op)
+                warnings.warn(
+                    f"pallas_kernels.{op}: no Pallas kernel for the {backend!r} backend; implementation=None ran "
+                    "the pure-JAX reference instead (pass implementation='interpret' to run the kernel in the "
+                    "Pallas interpreter, or 'reference' to choose the reference without this warning)",
+                    KernelFallbackWarning,
+                    stacklevel=3,
+                )
+        return impl
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; expected None or one of {IMPLEMENTATIONS}")
     return implementation

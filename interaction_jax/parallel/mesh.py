@@ -7,6 +7,7 @@ maps each parameter's logical names (nnx partition metadata) to a `NamedSharding
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -83,39 +84,71 @@ def logical_sharding(
     return NamedSharding(mesh, logical_to_spec(logical_names, rules))
 
 
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """Drops mesh axes from dims they do not divide (tiny test models on big meshes replicate instead)."""
+def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, dropped: list | None = None) -> PartitionSpec:
+    """Drops mesh axes from dims they do not divide (tiny test models on big meshes replicate instead).
+
+    Each dropped (dim, size, mesh axis, axis size) is appended to `dropped` when given."""
     sizes = dict(mesh.shape)
     out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for i, (dim, entry) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
         kept, prod = [], 1
         for a in axes:
             if dim % (prod * sizes[a]) == 0:
                 kept.append(a)
                 prod *= sizes[a]
+            elif dropped is not None and sizes[a] > 1:
+                dropped.append((i, dim, a, sizes[a]))
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     while out and out[-1] is None:
         out.pop()
     return PartitionSpec(*out)
 
 
+class ReplicatedParamWarning(UserWarning):
+    """param_shardings(strict=False) replicated a dimension the mesh axis its rule names does not divide."""
+
+
+def _path_name(path) -> str:
+    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return "/".join(keys[:-1] if keys and keys[-1] == "value" else keys)  # nnx.Param leaves end in `value`
+
+
 def param_shardings(state, mesh: Mesh, rules=LOGICAL_RULES, *, strict: bool = False):
     """Tree of NamedShardings matching `state` (an nnx.State, real or abstract), from its partition metadata.
 
-    With strict=False a mesh axis that does not divide a dimension is dropped for that dimension.
+    With strict=False a mesh axis that does not divide a dimension is dropped for that dimension
+    (that dimension is replicated, costing memory on every device); the parameters affected are
+    named with their shapes in one `ReplicatedParamWarning`, so a mis-sized model is never
+    replicated silently. strict=True leaves the spec as the rules give it (jit then rejects it).
     """
     is_spec = lambda x: isinstance(x, PartitionSpec)
     logical = nnx.get_partition_spec(state)
+    replicated: list[str] = []
 
-    def one(spec: PartitionSpec, value) -> NamedSharding:
+    def one(path, spec: PartitionSpec, value) -> NamedSharding:
         names = tuple(n if n is None or isinstance(n, str) else _single(n) for n in spec)
         mesh_spec = logical_to_spec(names, rules)
         if not strict:
-            mesh_spec = _fit_spec(mesh_spec, tuple(np.shape(value)), mesh)
+            dropped: list = []
+            shape = tuple(np.shape(value))
+            mesh_spec = _fit_spec(mesh_spec, shape, mesh, dropped)
+            if dropped:
+                why = ", ".join(f"dim {i} of size {d} not divisible by {a}={n}" for i, d, a, n in dropped)
+                replicated.append(f"{_path_name(path)} {shape} ({why})")
         return NamedSharding(mesh, mesh_spec)
 
-    return jax.tree.map(one, logical, state, is_leaf=is_spec)
+    out = jax.tree_util.tree_map_with_path(one, logical, state, is_leaf=is_spec)
+    if replicated:
+        shown = "; ".join(replicated[:20]) + (f"; and {len(replicated) - 20} more" if len(replicated) > 20 else "")
+        warnings.warn(
+            f"param_shardings: {len(replicated)} parameter(s) replicated along mesh axes that do not divide "
+            f"their shape (mesh {dict(mesh.shape)}): {shown}. Choose sizes divisible by the mesh axes, or "
+            "pass strict=True to make this an error",
+            ReplicatedParamWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 def _single(names) -> str:

@@ -76,3 +76,23 @@ def test_param_shardings_map_metadata_through_rules():
     assert shardings["b"].get_value().spec == P()
     placed = shard_params(state, mesh)
     assert placed["w"].get_value().sharding.spec == P("expert", "fsdp", "tensor")
+
+
+def test_param_shardings_warn_naming_what_they_replicate():
+    """strict=False replicates a dim the mesh does not divide, and says so (name, shape, axis)."""
+    import warnings
+
+    from jax.sharding import AbstractMesh, AxisType
+
+    from interaction_jax.parallel.mesh import ReplicatedParamWarning
+
+    mesh = AbstractMesh((1, 3, 1, 1), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))  # fsdp=3
+    state = nnx.state(_Tiny(nnx.Rngs(0)))  # w (4, 8, 6): embed=8 is not divisible by fsdp=3
+    expected = r"1 parameter\(s\) .*: w \(4, 8, 6\) \(dim 1 of size 8 not divisible by fsdp=3\)"
+    with pytest.warns(ReplicatedParamWarning, match=expected):
+        shardings = param_shardings(state, mesh)
+    assert shardings["w"].get_value().spec == P("expert", None, "tensor")
+    divisible = AbstractMesh((1, 2, 1, 1), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert param_shardings(state, divisible)["w"].get_value().spec == P("expert", "fsdp", "tensor")
