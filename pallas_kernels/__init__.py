@@ -1,4 +1,4 @@
-"""Pallas kernels with pure-JAX references and backend dispatchers (see DESIGN.md, "Pallas kernels").
+"""Pallas kernels with pure-JAX references and backend dispatchers (see docs/kernels.md).
 
 One module per op; each exposes `op(..., implementation=None)` and `op_reference(...)`.
 `pallas_kernels.register` plugs the kernels into the model's attention / expert registries.

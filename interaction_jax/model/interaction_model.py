@@ -5,7 +5,7 @@
       -> Transformer (pre-norm GQA + dense/MoE blocks, scanned)
       -> hidden [B, L, D] -> TextHead (text logits)   and   FlowHead (mel frames, via loss/sampling)
 
-Used functionally (DESIGN.md): the trainer splits the module once and calls
+Used functionally (docs/design.md): the trainer splits the module once and calls
 `forward(graphdef, state, batch, rng)` under `jax.jit`/`jax.grad`. Streaming: `init_cache`
 allocates the explicit KV cache, and `step(block, cache)` runs any contiguous block of packed
 positions (a micro-turn's input block, one output position, a whole turn ...) against it;
