@@ -41,6 +41,10 @@ def _define_flags() -> None:
     flags.DEFINE_bool("plot", False, "Timelines of the best and worst examples per benchmark.")
     flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval or eval_out).")
     flags.DEFINE_integer("seed", 0, "Base seed of the sessions' sampling keys.")
+    flags.DEFINE_enum("split", "test", ["test", "validation"], "Benchmark seed range: report on 'test', choose "
+                      "decoding settings on 'validation' (disjoint).")
+    flags.DEFINE_enum("instruction_mode", "mixed", ["mixed", "typed", "spoken"], "How instructions reach the "
+                      "model: the tasks' own mix of typed and spoken, or every one typed / spoken.")
     flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).")
     flags.DEFINE_string("asr", None, "Also grade the model's audio through this transcriber, "
                         "'package.module:function' (audio, sample_rate) -> timed words (eval/spoken.py).")
@@ -72,7 +76,7 @@ def hardware() -> dict:
             "devices": [str(d) for d in jax.devices()]}
 
 
-def make_engine(config, workdir: str | None, init: str, slots: int = 0):
+def make_engine(config, workdir: str | None, init: str, slots: int = 0, step: int | None = None):
     from flax import nnx
 
     from interaction_jax.inference.engine import StreamEngine
@@ -84,14 +88,21 @@ def make_engine(config, workdir: str | None, init: str, slots: int = 0):
     model = InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
     engine = StreamEngine(config, model, slots=slots or None)
     if init == "checkpoint":
-        engine.load_params(*load_params(config, workdir, log_prefix="[eval]"))
+        engine.load_params(*load_params(config, workdir, log_prefix="[eval]", step=step))
     return engine
 
 
 def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], num_examples: int, out_dir: str,
              baseline: bool = False, oracle: bool = False, plot: bool = False, seed: int = 0, slots: int = 0,
-             episode_seconds: float = 0.0, asr: str | None = None) -> dict:
-    """Runs the benchmarks; returns (and writes) the results dict."""
+             episode_seconds: float = 0.0, asr: str | None = None, split: str = "test",
+             instruction_mode: str | dict[str, str] = "mixed", step: int | None = None) -> dict:
+    """Runs the benchmarks; returns (and writes) the results dict.
+
+    `instruction_mode` applies to every task, or per task as {task: mode} (others "mixed");
+    `split` picks the benchmark seed range; `step` a checkpoint other than the newest. Where a
+    benchmark's episodes carry both typed and spoken instructions, `metrics_by_mode` holds the
+    metrics of each kind apart.
+    """
     from interaction_jax.eval import benchmarks as bm
     from interaction_jax.eval.episodes import benchmark_episodes
     from interaction_jax.eval.grading import ground_truth_run
@@ -104,14 +115,16 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
         raise EvaluateError(f"--num_examples must be >= 1, got {num_examples}")
     seconds = float(episode_seconds or config.data.episode_seconds)
     tasks = sorted({t for b in benchmarks for t in bm.BENCHMARK_TASKS[b]})
-    episodes = {t: benchmark_episodes(t, num_examples, seconds) for t in tasks}
+    modes = instruction_mode if isinstance(instruction_mode, dict) else dict.fromkeys(tasks, instruction_mode)
+    episodes = {t: benchmark_episodes(t, num_examples, seconds, split=split, instruction_mode=modes.get(t, "mixed"))
+                for t in tasks}
     all_eps = [ep for t in tasks for ep in episodes[t]]
     transcriber = None
     if asr:
         from interaction_jax.eval.spoken import load_transcriber
 
         transcriber = load_transcriber(asr)  # a bad spec fails before anything runs
-    engine = make_engine(config, workdir, init, slots)
+    engine = make_engine(config, workdir, init, slots, step=step)
     t0 = time.perf_counter()
     runs = {"model": run_episodes(engine, all_eps, seed=seed)}
     model_s = time.perf_counter() - t0
@@ -127,7 +140,7 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
         runs["turn-based baseline"] = run_baseline(all_eps)
     if oracle:
         runs["oracle (targets)"] = [ground_truth_run(ep, config=config) for ep in all_eps]
-    results: dict = {"metrics": {s: {} for s in runs}, "examples": {}}
+    results: dict = {"metrics": {s: {} for s in runs}, "metrics_by_mode": {s: {} for s in runs}, "examples": {}}
     masks = bm.gradable(all_eps, config=config)  # the targets are packed and graded once per episode
     for b in benchmarks:
         eps = [ep for t in bm.BENCHMARK_TASKS[b] for ep in episodes[t]]
@@ -136,13 +149,23 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
             by_id = {r.episode_id: r for r in system_runs}
             items = bm.graded(eps, [by_id[ep.episode_id] for ep in eps], masks)
             results["metrics"][system][b] = bm.score_items(b, items)
+            by_mode: dict[str, list] = {}
+            for it in items:
+                by_mode.setdefault(it[0].metadata.get("instruction_mode", "none"), []).append(it)
+            if len({"typed", "spoken"} & set(by_mode)) == 2:
+                results["metrics_by_mode"][system][b] = {
+                    m: bm.score_items(b, [*its, *by_mode.get("none", [])]) for m, its in by_mode.items() if m != "none"
+                }  # episodes without instructions (talking to others) count in both
             for ep, run, wr in items:
                 rows.append({"system": system, "episode_id": ep.episode_id, "task": ep.task,
+                             "instruction_mode": ep.metadata.get("instruction_mode"),
                              "score": sum(r.passed for _, r in wr) / len(wr) if wr else None,
                              "windows": [r.to_json() for _, r in wr], "output": run.to_json()})
         results["examples"][b] = rows
     results.update(
         benchmarks=benchmarks, num_examples=num_examples, episode_seconds=seconds, workdir=workdir, init=init,
+        split=split, instruction_mode=modes, temperature=float(config.inference.temperature),
+        top_p=float(config.inference.top_p), self_audio=str(config.inference.self_audio),
         commit=commit(), hardware=hardware(), model_seconds=model_s, slots=engine.slots,
         table=bm.table(results["metrics"]),
     )  # fmt: skip
@@ -194,7 +217,7 @@ def main(argv):
         evaluate(config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
                  num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,
                  plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds,
-                 asr=FLAGS.asr)
+                 asr=FLAGS.asr, split=FLAGS.split, instruction_mode=FLAGS.instruction_mode)
     except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError, ConfigError, ASRError) as e:
         raise app.UsageError(str(e)) from e
 
@@ -206,4 +229,6 @@ if __name__ == "__main__":
 
     _define_flags()
     check_cli_overrides(sys.argv)
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

@@ -237,4 +237,6 @@ if __name__ == "__main__":
 
     _define_flags()
     check_cli_overrides(sys.argv)
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

@@ -91,8 +91,9 @@ if __name__ == "__main__":
     from interaction_jax.config_lib import check_cli_overrides
 
     check_cli_overrides(sys.argv)
-    from absl import app
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

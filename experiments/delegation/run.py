@@ -41,8 +41,8 @@ config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", loc
 flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
 flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
 flags.DEFINE_integer("num_examples", 100, "Held-out delegation episodes.")
-flags.DEFINE_enum("task", "delegation", ["delegation", "delegation_typed"],
-                  "Episode generator: questions typed or spoken (delegation) or all typed (delegation_typed).")
+flags.DEFINE_enum("task", "delegation", ["delegation", "delegation_typed", "delegation_spoken"],
+                  "Episode generator: questions typed or spoken (delegation), all typed or all spoken.")
 flags.DEFINE_integer("seed", 3_000_000, "Episode i uses seed + i (disjoint from data.seed / data.eval_seed ranges).")
 flags.DEFINE_float("episode_seconds", None, "Episode length (default: config.data.episode_seconds).")
 flags.DEFINE_float("sim_delay_s", None, "Session s from request to result (default: config.background.sim_delay_s).")
@@ -54,6 +54,13 @@ flags.DEFINE_bool("force_audio", False, "Diagnostic: the model hears the episode
 flags.DEFINE_string("out", "experiments/delegation/results.json", "JSON results file.")
 flags.DEFINE_string("plot_dir", "", "If set: a timeline PNG for each of the first --num_plots delegate episodes.")
 flags.DEFINE_integer("num_plots", 3, "Timelines to draw with --plot_dir.")
+
+
+def is_computed(request: str) -> bool:
+    """A calculator request (its result is computed, never one the model could recite from a table)."""
+    from interaction_jax.data.tasks.delegation import _ARITH, _normalise
+
+    return bool(_ARITH.match(_normalise(request or "")))
 
 
 def normalise(text: str) -> str:
@@ -89,13 +96,14 @@ def grade_episode(ep, log, words) -> dict:
         hits.append(first is not None)
         if first is not None:
             exact.append(normalise(first.request) == normalise(w.expected))
-    delays, spoken, result_delays, talked = [], [], [], []
+    delays, spoken, computed, result_delays, talked = [], [], [], [], []
     for d in log:
         if d.status != "done" or d.result_time is None:
             continue
         after = [w for w in words if w.start >= d.result_time]
         delays.append(after[0].start - d.result_time if after else None)
         spoken.append(normalise(d.result) in normalise(" ".join(w.text for w in after)) if d.result else False)
+        computed.append(is_computed(d.request))
         # when the result's own words start (e.g. "6855" in "The answer is 6855.")
         want, said = normalise(d.result).split(), [normalise(w.text) for w in after]
         at = next((i for i in range(len(said)) if want and said[i : i + len(want)] == want), None)
@@ -120,6 +128,7 @@ def grade_episode(ep, log, words) -> dict:
         "exact_match": exact,
         "result_to_speech_s": delays,
         "result_spoken": spoken,
+        "result_computed": computed,
         "result_words_delay_s": result_delays,
         "talked_while_waiting": talked,
         "model_words": [{"text": w.text, "start": w.start, "end": w.end} for w in words],
@@ -176,6 +185,8 @@ def summarise(records: list[dict]) -> dict:
     results = [x for r in records for x in r["result_to_speech_s"]]
     exact = [x for r in records for x in r["exact_match"]]
     spoken = [x for r in records for x in r["result_spoken"]]
+    computed_spoken = [x for r in records for x, c in zip(r["result_spoken"], r.get("result_computed", []))
+                       if c]
     result_delays = [x for r in records for x in r.get("result_words_delay_s", []) if x is not None]
     talked = [x for r in records for x in r.get("talked_while_waiting", [])]
     ref = [r["reference_delay_s"] for r in records if r["reference_delay_s"] is not None]
@@ -194,6 +205,9 @@ def summarise(records: list[dict]) -> dict:
         "results_delivered": len(results),
         "results_never_followed_by_speech": sum(x is None for x in results),
         "result_spoken_rate": _ratio(sum(spoken), len(spoken)),
+        # calculator results only: a lookup answer comes from a fixed table the model could recite
+        "computed_results_delivered": len(computed_spoken),
+        "computed_result_spoken_rate": _ratio(sum(computed_spoken), len(computed_spoken)),
         "result_to_speech_s": {"median": pct(delays, 50), "p90": pct(delays, 90), "n": len(delays)},
         "result_to_result_words_s": {"median": pct(result_delays, 50), "p90": pct(result_delays, 90),
                                      "n": len(result_delays)},
@@ -219,6 +233,8 @@ def print_table(summary: dict, title: str) -> None:
         ("results delivered", str(summary["results_delivered"])),
         ("talked while the job ran", f(summary.get("talked_while_waiting_rate"))),
         ("result spoken after arrival", f(summary["result_spoken_rate"])),
+        ("  computed (calculator) results spoken",
+         f"{f(summary.get('computed_result_spoken_rate'))} (n={summary.get('computed_results_delivered', 0)})"),
         ("result -> its own words, median / p90 (s)",
          f"{f(rw['median'], '.2f')} / {f(rw['p90'], '.2f')} (n={rw['n']})"),
         ("result -> first word, median / p90 (s)", f"{f(d['median'], '.2f')} / {f(d['p90'], '.2f')} (n={d['n']})"),
@@ -326,4 +342,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

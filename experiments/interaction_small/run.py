@@ -1,18 +1,31 @@
-"""The reproduction experiment end to end: prepare -> train -> evaluate (model, baseline, targets) -> results.md.
+"""The reproduction experiment end to end: one model on the task mix, evaluated through live sessions.
 
-    python experiments/interaction_small/run.py [--workdir=runs/interaction_small] [--num_examples=20]
-        [--stages=prepare,train,evaluate,report] [--config.train.num_steps=...]
+    make reproduce      # = python experiments/interaction_small/run.py --workdir=runs/interaction_small
+    python experiments/interaction_small/run.py --workdir=runs/interaction_small \
+        [--stages=prepare,train,select,evaluate,curve,report] [--num_examples=50] [--config.train.num_steps=...]
 
-Every stage is resumable and skips work that is already done (a prepared store, a finished
-run, existing evaluation results): re-running after an interruption continues where it
-stopped. `report` writes `results.md` beside this file from the evaluation JSON and the
-TensorBoard logs (table, loss curves, timelines, command, commit, hardware, wall times).
+Stages (each resumable: re-running skips what is done, pass --redo=STAGE to redo one):
+
+1. prepare: renders the training mix and a held-out-loss set (`data.prepare`, all cores).
+2. train: `config.py` (the recipe is in its docstring).
+3. select: decoding settings (`--temperatures`, top-p 0.95) tried on the *validation* seed range;
+   the best by the mean of the headline rates is used for every later stage.
+4. evaluate: the *test* seed range, `--num_examples` episodes per task, through the streaming
+   `Scheduler` (200 ms chunks, the model hearing its own generated voice): TimeSpeak, CueSpeak
+   and delegation with typed instructions (the headline) and with spoken ones, FD-style tasks
+   (interruption/backchannel, talking to others/background speech, turn-taking) with the tasks'
+   own mix of typed and spoken instructions, each with the turn-based cascade and the oracle
+   beside it; delegation again with a live background hub (`experiments/delegation/run.py`: the
+   calculator computes each result from the model's own request).
+5. curve: every `--curve_every` steps' checkpoint on the validation range (`--curve_examples`).
+6. report: `results.json` (committed) and `results.md` + `figures/` generated from it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -20,30 +33,52 @@ from absl import app, flags
 from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import report as report_lib  # noqa: E402  (experiments/interaction_small/report.py)
+
+STAGES = ("prepare", "train", "select", "evaluate", "curve", "report")
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(HERE, "config.py"), "Experiment config.", lock_config=True)
 flags.DEFINE_string("workdir", "runs/interaction_small", "Data, run and evaluation outputs.")
-flags.DEFINE_list("stages", ["prepare", "train", "evaluate", "report"], "Stages to run, in order.")
-flags.DEFINE_integer("num_examples", 20, "Held-out episodes per benchmark task.")
-flags.DEFINE_bool("reevaluate", False, "Redo the evaluation even if results exist.")
-flags.DEFINE_string("results", os.path.join(HERE, "results.md"), "Where the report goes.")
+flags.DEFINE_list("stages", list(STAGES), "Stages to run, in order.")
+flags.DEFINE_list("redo", [], "Stages whose saved outputs are recomputed.")
+flags.DEFINE_integer("num_examples", 50, "Test episodes per benchmark task.")
+flags.DEFINE_integer("select_examples", 12, "Validation episodes per task for choosing the decoding settings.")
+flags.DEFINE_list("temperatures", ["0.3", "0.7"], "Sampling temperatures tried on the validation range.")
+flags.DEFINE_integer("curve_every", 500, "Learning curve: evaluate every N steps' checkpoint (0 = off).")
+flags.DEFINE_integer("curve_examples", 8, "Learning curve: validation episodes per task and checkpoint.")
+flags.DEFINE_string("results", os.path.join(HERE, "results.json"), "Where the results JSON goes (results.md beside).")
+
+# Instructions typed where content must be copied (the headline), spoken for the same episodes.
+CONTENT_TASKS = ("timespeak", "cuespeak", "delegation")
+DELEGATION_TEST_SEED, DELEGATION_VALIDATION_SEED = 3_100_000, 3_000_000
 
 
-def _timings(workdir: str) -> dict:
-    path = os.path.join(workdir, "timings.json")
-    return json.load(open(path)) if os.path.exists(path) else {}
+def _json(path: str) -> dict | None:
+    return json.load(open(path)) if os.path.exists(path) else None
 
 
-def _save_timing(workdir: str, stage: str, seconds: float) -> None:
-    t = _timings(workdir)
-    wall = train_wall_seconds(os.path.join(workdir, "run", "tb"))
-    if wall is not None:
-        t["train (first to last logged step)"] = round(wall, 1)
-    t[stage] = round(seconds, 1)
-    tmp = os.path.join(workdir, "timings.json.tmp")
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(t, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, "timings.json"))
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _done(path: str, stage: str) -> bool:
+    if os.path.exists(path) and stage not in FLAGS.redo:
+        print(f"[experiment] {path} exists (pass --redo={stage} to recompute it)")
+        return True
+    return False
+
+
+def _with_temperature(config, temperature: float):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.inference.temperature = float(temperature)
+    return c
 
 
 def stage_prepare(config, workdir: str) -> None:
@@ -55,7 +90,8 @@ def stage_prepare(config, workdir: str) -> None:
             print(f"[experiment] data set {path} exists")
             continue
         print(f"[experiment] rendering {n} '{d.task}' episodes of {d.episode_seconds:.0f} s (seed {seed}) -> {path}")
-        prep.prepare(path, task=d.task, num_episodes=n, seed=seed, episode_seconds=d.episode_seconds)
+        prep.prepare(path, task=d.task, num_episodes=n, seed=seed, episode_seconds=d.episode_seconds,
+                     workers=min(8, os.cpu_count() or 1))
 
 
 def stage_train(config, workdir: str) -> None:
@@ -65,124 +101,135 @@ def stage_train(config, workdir: str) -> None:
     print(f"[experiment] training finished at step {result.step}")
 
 
-def stage_evaluate(config, workdir: str, num_examples: int) -> None:
+def run_benchmarks(config, workdir: str, out_dir: str, *, split: str, num: int, typed_content: bool = True,
+                   spoken_content: bool = True, cascade: bool = True, step: int | None = None) -> dict:
+    """The evaluate passes of one checkpoint: content tasks typed and/or spoken, FD-style tasks mixed."""
     from interaction_jax.evaluate import evaluate
 
-    if os.path.exists(os.path.join(workdir, "eval", "results.json")) and not FLAGS.reevaluate:
-        print(f"[experiment] {workdir}/eval/results.json exists (pass --reevaluate to redo it)")
-        return
-    evaluate(config, workdir=os.path.join(workdir, "run"), init="checkpoint",
-             benchmarks=["timespeak", "cuespeak", "fd", "delegation"], num_examples=num_examples,
-             out_dir=os.path.join(workdir, "eval"), baseline=True, oracle=True, plot=True)
-
-
-def train_wall_seconds(tb: str) -> float | None:
-    """Seconds between the first and last training summary (from the TensorBoard event times)."""
-    import glob
-
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    times = [ev.wall_time for path in sorted(glob.glob(f"{tb}/events.out.tfevents.*"))
-             for ev in EventFileLoader(path).Load() if any(v.tag == "loss" for v in ev.summary.value)]
-    return max(times) - min(times) if len(times) > 1 else None
-
-
-def _loss_plot(tb: str, path: str) -> str | None:
-    from interaction_jax.train.metrics import read_scalars
-
-    s = read_scalars(tb)
-    if "loss" not in s:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for tag, style in (("text_loss", "-"), ("audio_loss", "-"), ("eval/text_loss", "o--"), ("eval/audio_loss", "o--")):
-        if tag in s:
-            steps, vals = zip(*s[tag], strict=True)
-            ax.plot(steps, vals, style, label=tag, ms=4)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def stage_report(config, workdir: str, out: str) -> str:
-    """Writes results.md (and its PNGs beside it) from the evaluation results and training logs."""
-    from interaction_jax.eval import benchmarks as bm
-    from interaction_jax.eval.plots import plot_best_worst
-    from interaction_jax.summary import count_params
-    from interaction_jax.train.metrics import read_scalars
-
-    res_path = os.path.join(workdir, "eval", "results.json")
-    if not os.path.exists(res_path):
-        raise FileNotFoundError(f"{res_path}: run the evaluate stage first")
-    res = json.load(open(res_path))
-    fig_dir = os.path.join(os.path.dirname(out), "figures")
-    os.makedirs(fig_dir, exist_ok=True)
-    loss_png = _loss_plot(os.path.join(workdir, "run", "tb"), os.path.join(fig_dir, "loss.png"))
-    figs = [os.path.basename(p) for p in plot_best_worst(res, fig_dir)]
-    s = read_scalars(os.path.join(workdir, "run", "tb"))
-    last = {k: v[-1] for k, v in s.items() if v}
-    total, active = count_params(config)
-    t = _timings(workdir)
-    wall = train_wall_seconds(os.path.join(workdir, "run", "tb"))
-    if wall is not None:
-        t["train (first to last logged step)"] = round(wall, 1)
-    lines = [
-        "# interaction_small: results",
-        "",
-        "Generated by `python experiments/interaction_small/run.py --stages=report` from",
-        f"`{res_path}` — commit `{res['commit']}`.",
-        "",
-        f"* model: {total:,} parameters ({active:,} active); config `experiments/interaction_small/config.py`",
-        f"* training: {last.get('loss', (0, 0))[0]} steps of {config.data.batch_size} x "
-        f"{config.data.window_micro_turns} micro-turns; final train loss {last.get('loss', (0, float('nan')))[1]:.3f}"
-        + (f", held-out loss {last['eval/loss'][1]:.3f}" if "eval/loss" in last else ""),
-        f"* wall time (s): {json.dumps(t) if t else 'see README'}",
-        f"* evaluation: {res['num_examples']} held-out episodes per task, {res['episode_seconds']:.0f} s each, "
-        f"{res['slots']} sessions per engine tick; model pass {res['model_seconds']:.0f} s",
-        f"* hardware: {res['hardware']['cpu_count']} CPUs ({res['hardware']['processor']}), "
-        f"JAX backend {res['hardware']['jax_backend']}, {res['hardware']['platform']}",
-        "",
-        "## Benchmarks",
-        "",
-        "```",
-        bm.table(res["metrics"]),
-        "```",
-        "",
-    ]
-    if loss_png:
-        lines += ["## Training curves", "", "![loss](figures/loss.png)", ""]
-    if figs:
-        lines += ["## Timelines (best / worst model example per benchmark)", ""]
-        lines += [f"![{f}](figures/{f})" for f in figs]
-        lines.append("")
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, out)
-    print(f"[experiment] wrote {out}")
+    out = {}
+    passes = []
+    if typed_content:
+        passes.append(("typed", ["timespeak", "cuespeak", "fd", "delegation"], "typed"))
+    if spoken_content:
+        passes.append(("spoken", ["timespeak", "cuespeak", "delegation"], "spoken"))
+    for name, benchmarks, mode in passes:
+        modes = {t: mode for t in CONTENT_TASKS}  # FD-style tasks keep their mix of typed and spoken
+        res = evaluate(config, workdir=os.path.join(workdir, "run"), init="checkpoint", benchmarks=benchmarks,
+                       num_examples=num, out_dir=os.path.join(out_dir, name), baseline=cascade, oracle=cascade,
+                       plot=cascade and split == "test", split=split, instruction_mode=modes, step=step)
+        out[name] = {k: res[k] for k in ("metrics", "metrics_by_mode", "num_examples", "split", "instruction_mode",
+                                         "temperature", "top_p", "self_audio", "model_seconds", "slots",
+                                         "episode_seconds")}
+        out[name]["plots"] = [os.path.relpath(p, out_dir) for p in res.get("plots", [])]
     return out
+
+
+def run_live_delegation(workdir: str, out: str, *, task: str, seed: int, num: int, temperature: float,
+                        plot_dir: str = "") -> dict:
+    """experiments/delegation/run.py in a subprocess: a live hub, results computed from the model's requests."""
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.") and "inference.temperature" not in a]
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "delegation", "run.py"),
+           f"--config={config_flags.get_config_filename(FLAGS['config'])}", *overrides,
+           f"--workdir={os.path.join(workdir, 'run')}",
+           f"--task={task}", f"--num_examples={num}", f"--seed={seed}", f"--out={out}",
+           f"--config.inference.temperature={temperature}"]
+    if plot_dir:
+        cmd += [f"--plot_dir={plot_dir}", "--num_plots=2"]
+    print("[experiment] " + " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.load(open(out))["summary"]
+
+
+def stage_select(config, workdir: str) -> dict:
+    path = os.path.join(workdir, "eval", "select.json")
+    if _done(path, "select"):
+        return _json(path)
+    rows = []
+    for t in FLAGS.temperatures:
+        cfg = _with_temperature(config, float(t))
+        res = run_benchmarks(cfg, workdir, os.path.join(workdir, "eval", f"select_t{t}"), split="validation",
+                             num=FLAGS.select_examples, spoken_content=False, cascade=False)
+        deleg = run_live_delegation(workdir, os.path.join(workdir, "eval", f"select_t{t}", "delegation_live.json"),
+                                    task="delegation_typed", seed=DELEGATION_VALIDATION_SEED,
+                                    num=FLAGS.select_examples, temperature=float(t))
+        headline = report_lib.headline(res["typed"]["metrics"]["model"], deleg)
+        rows.append({"temperature": float(t), "score": report_lib.selection_score(headline), "headline": headline})
+        print(f"[experiment] validation, temperature {t}: score {rows[-1]['score']:.3f}", flush=True)
+    best = max(rows, key=lambda r: r["score"])
+    out = {"candidates": rows, "temperature": best["temperature"], "top_p": float(config.inference.top_p),
+           "examples_per_task": FLAGS.select_examples, "split": "validation",
+           "score": "mean of the headline rates (report.selection_score)"}
+    _write_json(path, out)
+    print(f"[experiment] chose temperature {best['temperature']} on the validation seeds")
+    return out
+
+
+def stage_evaluate(config, workdir: str, temperature: float) -> dict:
+    path = os.path.join(workdir, "eval", "test.json")
+    if _done(path, "evaluate"):
+        return _json(path)
+    cfg = _with_temperature(config, temperature)
+    out_dir = os.path.join(workdir, "eval", "test")
+    res = run_benchmarks(cfg, workdir, out_dir, split="test", num=FLAGS.num_examples)
+    for mode in ("typed", "spoken"):
+        res[f"delegation_live_{mode}"] = run_live_delegation(
+            workdir, os.path.join(out_dir, f"delegation_live_{mode}.json"), task=f"delegation_{mode}",
+            seed=DELEGATION_TEST_SEED, num=FLAGS.num_examples, temperature=temperature,
+            plot_dir=os.path.join(out_dir, "delegation_plots") if mode == "typed" else "")
+    _write_json(path, res)
+    return res
+
+
+def stage_curve(config, workdir: str, temperature: float) -> dict:
+    from interaction_jax.train import checkpoint as ckpt
+
+    path = os.path.join(workdir, "eval", "curve.json")
+    prev = (_json(path) or {}) if "curve" not in FLAGS.redo else {}
+    points = {int(k): v for k, v in prev.get("points", {}).items()}
+    manager = ckpt.make_manager(os.path.join(workdir, "run", "checkpoints"), config.train)
+    steps = sorted(s for s in manager.all_steps() if FLAGS.curve_every and s % FLAGS.curve_every == 0)
+    last = manager.latest_step()
+    if last is not None and last not in steps:
+        steps.append(last)
+    cfg = _with_temperature(config, temperature)
+    for step in steps:
+        if step in points:
+            continue
+        print(f"[experiment] learning curve: step {step}", flush=True)
+        res = run_benchmarks(cfg, workdir, os.path.join(workdir, "eval", "curve", str(step)), split="validation",
+                             num=FLAGS.curve_examples, spoken_content=False, cascade=False, step=step)
+        points[step] = report_lib.headline(res["typed"]["metrics"]["model"], None)
+        _write_json(path, {"temperature": temperature, "examples_per_task": FLAGS.curve_examples,
+                           "split": "validation", "points": {str(k): v for k, v in sorted(points.items())}})
+    return _json(path) or {}
+
+
+def _timings(workdir: str) -> dict:
+    return _json(os.path.join(workdir, "timings.json")) or {}
+
+
+def _save_timing(workdir: str, stage: str, seconds: float) -> None:
+    t = _timings(workdir)
+    # a resumed stage adds to its earlier time; a redone one starts again
+    t[stage] = round(seconds if stage in FLAGS.redo else t.get(stage, 0.0) + seconds, 1)
+    _write_json(os.path.join(workdir, "timings.json"), t)
 
 
 def main(argv):
     del argv
     config = FLAGS.config
     workdir = FLAGS.workdir
+    unknown = [s for s in [*FLAGS.stages, *FLAGS.redo] if s not in STAGES]
+    if unknown:
+        raise app.UsageError(f"--stages/--redo: unknown {unknown}; choose from {', '.join(STAGES)}")
+    bad = [t for t in FLAGS.temperatures if not t.replace(".", "", 1).isdigit()]
+    if bad or FLAGS.num_examples < 1 or FLAGS.select_examples < 1 or FLAGS.curve_examples < 1:
+        raise app.UsageError("--temperatures must be numbers >= 0 and the example counts >= 1")
     with config.unlocked():
         config.data.data_dir = os.path.join(workdir, "data", "train")
         config.data.eval_data_dir = os.path.join(workdir, "data", "eval")
     os.makedirs(workdir, exist_ok=True)
-    unknown = [s for s in FLAGS.stages if s not in ("prepare", "train", "evaluate", "report")]
-    if unknown:
-        raise app.UsageError(f"--stages: unknown {unknown}; choose from prepare, train, evaluate, report")
+    temperature = float(config.inference.temperature)
     for stage in FLAGS.stages:
         t0 = time.perf_counter()
         print(f"[experiment] stage {stage}", flush=True)
@@ -190,10 +237,17 @@ def main(argv):
             stage_prepare(config, workdir)
         elif stage == "train":
             stage_train(config, workdir)
+        elif stage == "select":
+            temperature = stage_select(config, workdir)["temperature"]
         elif stage == "evaluate":
-            stage_evaluate(config, workdir, FLAGS.num_examples)
+            sel = _json(os.path.join(workdir, "eval", "select.json"))
+            temperature = sel["temperature"] if sel else temperature
+            stage_evaluate(config, workdir, temperature)
+        elif stage == "curve":
+            sel = _json(os.path.join(workdir, "eval", "select.json"))
+            stage_curve(config, workdir, sel["temperature"] if sel else temperature)
         else:
-            stage_report(config, workdir, FLAGS.results)
+            report_lib.write_report(config, workdir, FLAGS.results, _timings(workdir), " ".join(sys.argv))
             continue
         _save_timing(workdir, stage, time.perf_counter() - t0)
 
@@ -202,4 +256,6 @@ if __name__ == "__main__":
     from interaction_jax.config_lib import check_cli_overrides
 
     check_cli_overrides(sys.argv)
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

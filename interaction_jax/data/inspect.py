@@ -88,4 +88,6 @@ if __name__ == "__main__":
 
     check_cli_overrides(sys.argv)
     _define_flags()
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

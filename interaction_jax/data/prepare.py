@@ -11,6 +11,7 @@ half-written directory that looks complete, and an existing store is only replac
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -32,6 +33,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output directory (created atomically).")
     flags.DEFINE_integer("records_per_shard", 256, "Episodes per ArrayRecord shard.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing store.")
+    flags.DEFINE_integer("workers", 0, "Processes rendering synthetic episodes (0 = one per CPU core, at most 8).")
 
 
 
@@ -40,6 +42,34 @@ def synthetic_episodes(task: str, num_episodes: int, seed: int, duration_s: floa
 
     for i in range(num_episodes):
         yield tasks.generate(task, seed + i, duration_s=duration_s)
+
+
+def _render_record(job: tuple[str, int, float]) -> bytes:
+    """One synthetic episode rendered and serialised with its features (a worker process's unit)."""
+    task, seed, duration_s = job
+    return next(with_features(synthetic_episodes(task, 1, seed, duration_s)))
+
+
+def synthetic_records(task: str, num_episodes: int, seed: int, duration_s: float, workers: int = 1) -> Iterator[bytes]:
+    """Serialised episodes in seed order, rendered by `workers` processes (same bytes for any count)."""
+    jobs = [(task, seed + i, duration_s) for i in range(num_episodes)]
+    t0, every = time.time(), max(1, num_episodes // 10)
+    if workers <= 1:
+        records = map(_render_record, jobs)
+        pool = None
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        records = pool.imap(_render_record, jobs, chunksize=4)
+    try:
+        for i, record in enumerate(records, 1):
+            if i % every == 0 or i == num_episodes:
+                print(f"[prepare] {i}/{num_episodes} episodes, {time.time() - t0:.0f} s", flush=True)
+            yield record
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 def corpus_episodes(manifest: str, max_seconds: float) -> Iterator[Episode]:
@@ -75,18 +105,22 @@ def prepare(
     max_seconds: float = 60.0,
     records_per_shard: int = 256,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> str:
     """Writes the store and returns its path."""
     from interaction_jax.data.store import write_store
 
     if manifest:
-        episodes = corpus_episodes(manifest, max_seconds)
+        records = with_features(corpus_episodes(manifest, max_seconds))
         meta = {"source": "corpus", "manifest": manifest, "max_seconds": max_seconds}
     else:
-        episodes = synthetic_episodes(task, num_episodes, seed, episode_seconds)
+        from interaction_jax.data import tasks
+
+        tasks.check_task(task)
+        records = synthetic_records(task, num_episodes, seed, episode_seconds, workers)
         meta = {"source": "synthetic", "task": task, "seed": seed, "episode_seconds": episode_seconds}
     t0 = time.time()
-    write_store(out, with_features(episodes), records_per_shard=records_per_shard, metadata=meta, overwrite=overwrite)
+    write_store(out, records, records_per_shard=records_per_shard, metadata=meta, overwrite=overwrite)
     print(f"wrote {out} in {time.time() - t0:.1f}s")
     return out
 
@@ -105,9 +139,12 @@ def main(argv):
         max_seconds=FLAGS.max_seconds,
         records_per_shard=FLAGS.records_per_shard,
         overwrite=FLAGS.overwrite,
+        workers=FLAGS.workers or min(8, os.cpu_count() or 1),
     )
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

@@ -20,24 +20,41 @@ from interaction_jax.streams.layout import StreamLayout
 EVAL_SEED_BASE = 2_000_000
 TASK_SEED_OFFSET = {"timespeak": 0, "cuespeak": 100_000, "turntaking": 200_000, "interruption": 300_000,
                     "others": 400_000, "delegation": 500_000}
+# Two disjoint ranges per task: "test" (the reported numbers) and "validation" (where decoding
+# settings are chosen), so nothing is tuned on the episodes it is reported on.
+SPLIT_OFFSET = {"test": 0, "validation": 50_000}
+INSTRUCTION_MODES = ("mixed", "typed", "spoken")
 
 
-def eval_seed(task: str, index: int) -> int:
-    """Seed of the `index`-th benchmark episode of `task` (disjoint from training seeds)."""
+def eval_seed(task: str, index: int, split: str = "test") -> int:
+    """Seed of the `index`-th benchmark episode of `task` (disjoint from training seeds and across splits)."""
     if task not in TASK_SEED_OFFSET:
         raise ValueError(f"eval: no benchmark seed range for task {task!r}; known: {sorted(TASK_SEED_OFFSET)}")
-    return EVAL_SEED_BASE + TASK_SEED_OFFSET[task] + int(index)
+    if split not in SPLIT_OFFSET:
+        raise ValueError(f"eval: split must be one of {sorted(SPLIT_OFFSET)}, got {split!r}")
+    if not 0 <= int(index) < 50_000:
+        raise ValueError(f"eval: benchmark episode index must be in [0, 50000), got {index}")
+    return EVAL_SEED_BASE + TASK_SEED_OFFSET[task] + SPLIT_OFFSET[split] + int(index)
 
 
-def benchmark_episodes(task: str, num: int, duration_s: float, *, log: bool = True) -> list[Episode]:
-    """`num` held-out episodes of `task` rendered with espeak-ng (deterministic per seed)."""
+def benchmark_episodes(task: str, num: int, duration_s: float, *, log: bool = True, split: str = "test",
+                       instruction_mode: str = "mixed") -> list[Episode]:
+    """`num` held-out episodes of `task` rendered with espeak-ng (deterministic per seed).
+
+    `instruction_mode` "typed" / "spoken" gives every instruction that way (the task's curriculum
+    variant, same seeds: the same episode content with the instruction typed or spoken); tasks
+    without instructions ignore it.
+    """
     from interaction_jax.data import tasks
 
+    if instruction_mode not in INSTRUCTION_MODES:
+        raise ValueError(f"eval: instruction_mode must be one of {INSTRUCTION_MODES}, got {instruction_mode!r}")
+    name = task if instruction_mode == "mixed" or task not in tasks.INSTRUCTED_TASKS else f"{task}_{instruction_mode}"
     t0 = time.perf_counter()
-    out = [tasks.generate(task, eval_seed(task, i), duration_s=duration_s) for i in range(int(num))]
+    out = [tasks.generate(name, eval_seed(task, i, split), duration_s=duration_s) for i in range(int(num))]
     if log:
-        print(f"[eval] rendered {num} {task} episodes of {duration_s:.0f} s in {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(f"[eval] rendered {num} {name} episodes of {duration_s:.0f} s ({split} seeds) in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
     return out
 
 

@@ -9,8 +9,8 @@ class ParamsError(RuntimeError):
     """No usable checkpoint (missing directory, nothing committed)."""
 
 
-def load_params(config, workdir: str, *, log_prefix: str = "[params]"):
-    """(params, rest) from the newest checkpoint in `workdir/checkpoints` (built for `config`).
+def load_params(config, workdir: str, *, log_prefix: str = "[params]", step: int | None = None):
+    """(params, rest) from the newest (or the given `step`'s) checkpoint in `workdir/checkpoints`.
 
     A checkpoint of another config fails with `CheckpointMismatchError` naming the arrays.
     """
@@ -24,7 +24,9 @@ def load_params(config, workdir: str, *, log_prefix: str = "[params]"):
     manager = ckpt.make_manager(directory, config.train)
     if manager.latest_step() is None:
         raise ParamsError(f"{directory}: no committed checkpoint")
+    if step is not None and step not in manager.all_steps():
+        raise ParamsError(f"{directory}: no checkpoint of step {step}; saved steps: {sorted(manager.all_steps())}")
     _, abstract = abstract_state_on(config, make_mesh(config.mesh))
-    state, step = ckpt.restore(manager, abstract)
+    state, step = ckpt.restore(manager, abstract, step=step)
     print(f"{log_prefix} parameters from {directory}/{step}")
     return state["params"], state["rest"]

@@ -73,3 +73,20 @@ def test_unknown_tokenizer_is_a_clear_error():
 
     with pytest.raises(ValueError, match="unknown text.tokenizer"):
         make_tokenizer(T())
+
+
+def test_prepare_with_worker_processes_writes_the_same_records(tmp_path):
+    """Rendering in 2 spawned processes gives the same bytes, in seed order, as one process."""
+    from interaction_jax.data.prepare import prepare
+
+    spec = "mix:timespeak_typed=1,others=1"
+    paths = [prepare(str(tmp_path / f"w{w}"), task=spec, num_episodes=5, seed=11, episode_seconds=3.0, workers=w)
+             for w in (1, 2)]
+    shards = [sorted(p.name for p in (tmp_path / f"w{w}").iterdir() if p.suffix == ".array_record") for w in (1, 2)]
+    assert shards[0] == shards[1] and shards[0]
+    for name in shards[0]:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+    assert paths[0].endswith("w1")
+    with pytest.raises(ValueError, match="unknown task"):
+        prepare(str(tmp_path / "bad"), task="mix:chess=1", num_episodes=1)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -231,3 +231,43 @@ def test_delegation_typed_types_every_question_and_keeps_the_seed_draws():
         from interaction_jax.data.tasks import delegation
 
         delegation.generate(0, duration_s=5.0, renderer=default_renderer(), instruction_mode="shouted")
+
+
+@pytest.mark.parametrize("task", ("timespeak", "cuespeak", "turntaking", "interruption"))
+def test_typed_and_spoken_variants_fix_the_mode_and_keep_the_seed_draws(task):
+    from interaction_jax.data.tasks import TASKS
+
+    assert f"{task}_typed" in TASKS and f"{task}_spoken" in TASKS
+    assert f"{task}_typed" not in TASK_NAMES  # curriculum variants: plain "mix" never draws them
+    for seed in range(4):
+        mixed = episode(task, seed)
+        mode = mixed.metadata["instruction_mode"]
+        for forced in ("typed", "spoken"):
+            ep = generate(f"{task}_{forced}", seed, renderer=default_renderer())
+            assert ep.task == task and ep.metadata["instruction_mode"] == forced
+            if forced == "typed":
+                assert ep.user_text, "a typed instruction arrives as user text"
+            else:
+                assert not ep.user_text, "a spoken instruction leaves the typed stream empty"
+            if forced == mode:  # same seed, same draws: the identical episode
+                np.testing.assert_array_equal(ep.user_audio, mixed.user_audio)
+                assert ep.grading == mixed.grading
+
+
+def test_weighted_mix_draws_by_weight_and_rejects_bad_specs():
+    from interaction_jax.data.tasks import parse_mix
+
+    spec = "mix:timespeak_typed=3,others=1"
+    names, p = parse_mix(spec)
+    assert names == ("timespeak_typed", "others") and np.allclose(p, [0.75, 0.25])
+    drawn = [mix_task(s, spec) for s in range(2000)]
+    share = drawn.count("timespeak_typed") / len(drawn)
+    assert abs(share - 0.75) < 0.04  # binomial sd ~0.01
+    assert mix_task(7, spec) == mix_task(7, spec)
+    ep = generate(spec, 3, duration_s=6.0)
+    assert ep.task == mix_task(3, spec).removesuffix("_typed")
+    assert parse_mix("mix:cuespeak")[1].tolist() == [1.0]  # weight defaults to 1
+    for bad, msg in (("mix:", "mix spec"), ("mix:chess=1", "unknown task 'chess'"), ("mix:others=0", "must be > 0"),
+                     ("mix:others=x", "must be a number"), ("mix:others,others", "listed twice")):
+        with pytest.raises(ValueError, match=msg):
+            generate(bad, 0)

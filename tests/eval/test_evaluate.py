@@ -66,3 +66,32 @@ def test_evaluate_random_tiny_end_to_end(tiny_config, tmp_path):
     with pytest.raises(EvaluateError, match="needs --workdir"):
         evaluate(tiny_config, workdir=None, init="checkpoint", benchmarks=["timespeak"], num_examples=1,
                  out_dir=str(tmp_path), episode_seconds=4.0)
+
+
+def test_validation_and_test_seed_ranges_are_disjoint():
+    from interaction_jax.eval.episodes import SPLIT_OFFSET
+
+    test = {eval_seed(t, i, "test") for t in ("timespeak", "delegation") for i in range(0, 50_000, 7)}
+    val = {eval_seed(t, i, "validation") for t in ("timespeak", "delegation") for i in range(0, 50_000, 7)}
+    assert not test & val and set(SPLIT_OFFSET) == {"test", "validation"}
+    assert eval_seed("cuespeak", 3, "validation") == EVAL_SEED_BASE + 100_000 + 50_000 + 3
+    with pytest.raises(ValueError, match="split"):
+        eval_seed("cuespeak", 0, "train")
+    with pytest.raises(ValueError, match="index"):
+        eval_seed("cuespeak", 50_000)  # would run into the next range
+
+
+def test_benchmark_episodes_force_the_instruction_mode_on_the_same_seeds():
+    from interaction_jax.eval.episodes import benchmark_episodes
+
+    typed = benchmark_episodes("timespeak", 3, 6.0, log=False, instruction_mode="typed")
+    spoken = benchmark_episodes("timespeak", 3, 6.0, log=False, instruction_mode="spoken")
+    mixed = benchmark_episodes("timespeak", 3, 6.0, log=False)
+    assert [e.metadata["instruction_mode"] for e in typed] == ["typed"] * 3
+    assert [e.metadata["instruction_mode"] for e in spoken] == ["spoken"] * 3
+    for t, s, m in zip(typed, spoken, mixed, strict=True):
+        assert t.metadata["word"] == s.metadata["word"] == m.metadata["word"]  # same seed, same content
+    others = benchmark_episodes("others", 2, 6.0, log=False, instruction_mode="typed")  # no instruction to force
+    np.testing.assert_array_equal(others[0].user_audio, benchmark_episodes("others", 1, 6.0, log=False)[0].user_audio)
+    with pytest.raises(ValueError, match="instruction_mode"):
+        benchmark_episodes("timespeak", 1, 6.0, log=False, instruction_mode="sung")

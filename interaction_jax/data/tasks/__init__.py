@@ -1,7 +1,8 @@
 """Synthetic interaction tasks: deterministic `Episode` generators, one module per task.
 
 `generate(task, seed)` renders one episode with espeak-ng speech; `task="mix"` lets the seed
-pick a task uniformly (recorded in `episode.task`). See `common.py` for the conventions all
+pick a task uniformly (recorded in `episode.task`); `"mix:timespeak_typed=3,others=1"` draws from
+the listed tasks by weight. See `common.py` for the conventions all
 tasks share (latency floor, typed-text read time, mixing) and each module for its grading
 tolerances.
 """
@@ -29,27 +30,77 @@ TASKS: dict[str, TaskFn] = {
     "delegation": delegation.generate,
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # the tasks "mix" draws from
-# Curriculum variants: selectable by name, never drawn by "mix" (episode.task keeps the base name).
-TASKS["delegation_typed"] = functools.partial(delegation.generate, instruction_mode="typed")
+# Curriculum variants: every task that gives an instruction has `<task>_typed` (every instruction
+# typed, so content is copied from text) and `<task>_spoken` (every instruction spoken). They are
+# selectable by name or in a weighted mix, never drawn by plain "mix"; episode.task keeps the
+# base name and episode.metadata["instruction_mode"] says which it was.
+INSTRUCTED_TASKS = ("timespeak", "cuespeak", "turntaking", "interruption", "delegation")
+for _name in INSTRUCTED_TASKS:
+    for _mode in ("typed", "spoken"):
+        TASKS[f"{_name}_{_mode}"] = functools.partial(TASKS[_name], instruction_mode=_mode)
 _MIX_SALT = 0x6D6978  # decorrelates the task choice from the task's own draws
 
 
-def mix_task(seed: int) -> str:
-    """The task a "mix" episode with this seed uses (uniform over `TASK_NAMES`)."""
+def parse_mix(spec: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Task names and normalised weights of a mix spec.
+
+    `"mix"` is uniform over `TASK_NAMES`; `"mix:timespeak_typed=3,others=1,turntaking"` draws each
+    listed task (any name of `TASKS`) with probability proportional to its weight (default 1).
+    """
+    if spec == "mix":
+        return TASK_NAMES, np.full(len(TASK_NAMES), 1.0 / len(TASK_NAMES))
+    if not spec.startswith("mix:") or not spec[4:].strip():
+        raise ValueError(f"tasks: a mix spec is 'mix' or 'mix:task=weight,...', got {spec!r}")
+    names, weights = [], []
+    for item in spec[4:].split(","):
+        name, _, w = item.strip().partition("=")
+        if name not in TASKS:
+            raise ValueError(f"tasks: unknown task {name!r} in mix {spec!r}; choose from {sorted(TASKS)}")
+        if name in names:
+            raise ValueError(f"tasks: task {name!r} listed twice in mix {spec!r}")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"tasks: weight of {name!r} in mix {spec!r} must be a number, got {w!r}") from None
+        if not np.isfinite(weight) or weight <= 0:
+            raise ValueError(f"tasks: weight of {name!r} in mix {spec!r} must be > 0, got {w!r}")
+        names.append(name)
+        weights.append(weight)
+    p = np.asarray(weights, np.float64)
+    return tuple(names), p / p.sum()
+
+
+def is_mix(task: str) -> bool:
+    return task == "mix" or task.startswith("mix:")
+
+
+def mix_task(seed: int, spec: str = "mix") -> str:
+    """The task a mix episode with this seed uses (`parse_mix`; plain "mix" is uniform over `TASK_NAMES`)."""
+    names, p = parse_mix(spec)
     rng = np.random.default_rng([int(seed), _MIX_SALT])
-    return TASK_NAMES[int(rng.integers(len(TASK_NAMES)))]
+    if spec == "mix":  # the historical draw: seeds of existing stores keep their tasks
+        return names[int(rng.integers(len(names)))]
+    return names[int(rng.choice(len(names), p=p))]
+
+
+def check_task(task: str) -> None:
+    """Raises ValueError naming the problem when `task` is neither a task name nor a mix spec."""
+    if is_mix(task):
+        parse_mix(task)
+    elif task not in TASKS:
+        raise ValueError(f"tasks: unknown task {task!r}; choose one of {sorted(TASKS)}, 'mix' or 'mix:task=weight,...'")
 
 
 def generate(
     task: str, seed: int, *, duration_s: float = 12.0, renderer: SpeechRenderer | None = None
 ) -> Episode:
-    """One episode of `task` (or "mix") for `seed`; identical seeds give identical episodes."""
-    if task == "mix":
-        task = mix_task(seed)
-    if task not in TASKS:
-        raise ValueError(f"tasks: unknown task {task!r}; choose one of {sorted(TASKS)} or 'mix'")
+    """One episode of `task` (a name or a mix spec) for `seed`; identical seeds give identical episodes."""
+    check_task(task)
+    if is_mix(task):
+        task = mix_task(seed, task)
     renderer = renderer if renderer is not None else default_renderer()
     return TASKS[task](int(seed), duration_s=float(duration_s), renderer=renderer)
 
 
-__all__ = ["TASKS", "TASK_NAMES", "answer_request", "generate", "mix_task"]
+__all__ = ["INSTRUCTED_TASKS", "TASKS", "TASK_NAMES", "answer_request", "check_task", "generate", "is_mix", "mix_task",
+           "parse_mix"]

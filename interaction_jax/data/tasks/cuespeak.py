@@ -31,8 +31,8 @@ LATE_S = 1.2
 MIN_SPACING = 3  # distractor words between two cues
 
 
-def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer) -> Episode:
-    b = EpisodeBuilder("cuespeak", seed, duration_s, renderer)
+def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+    b = EpisodeBuilder("cuespeak", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     names = sorted(CATEGORIES)
     category = names[int(rng.integers(len(names)))]

@@ -50,8 +50,8 @@ def _stop_time(model_words, onset: float) -> float:
     return onset + STOP_DELAY_S
 
 
-def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer) -> Episode:
-    b = EpisodeBuilder("interruption", seed, duration_s, renderer)
+def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+    b = EpisodeBuilder("interruption", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     request, answer = REQUESTS[int(rng.integers(len(REQUESTS)))]
     u = rng.random()

@@ -36,8 +36,8 @@ def _anchor(b: EpisodeBuilder, t0: float, ready: float, first_delay: float) -> f
     return ready
 
 
-def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer) -> Episode:
-    b = EpisodeBuilder("timespeak", seed, duration_s, renderer)
+def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+    b = EpisodeBuilder("timespeak", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     word = str(rng.choice(WORDS))
     repeat = bool(rng.random() < 0.4)

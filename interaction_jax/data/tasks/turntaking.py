@@ -30,8 +30,8 @@ QA_BANK = (
 LATE_S = 1.5
 
 
-def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer) -> Episode:
-    b = EpisodeBuilder("turntaking", seed, duration_s, renderer)
+def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+    b = EpisodeBuilder("turntaking", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     order = rng.permutation(len(QA_BANK))
     t = float(rng.uniform(0.3, 1.0))
