@@ -11,12 +11,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["interaction_jax", "interaction_jax.*", "pallas_kernels", "pallas_kernels.*"]),
+    # Lower bounds: the oldest versions the suite was run with (jax 0.10 on CPU, 0.11 on GPU); the exact
+    # versions `make venv` and CI install are pinned in constraints.txt.
     install_requires=[
-        "jax>=0.7.0",
-        "flax>=0.11.0",
+        "jax>=0.10.0",
+        "flax>=0.12.8",
         "optax>=0.2.4",
-        "orbax-checkpoint>=0.11.0",
-        "grain>=0.2.10",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
         "array-record>=0.7.0",
         "librosa>=0.10.2",
         "soundfile>=0.12",

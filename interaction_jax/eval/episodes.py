@@ -8,7 +8,6 @@ and each task has its own range, so a benchmark never grades an episode the mode
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -94,9 +93,3 @@ def episode_chunks(episode: Episode, layout: StreamLayout, *, scripted_backgroun
     return chunks
 
 
-def tasks_of(episodes: Sequence[Episode]) -> dict[str, int]:
-    """How many episodes of each task (for logs)."""
-    out: dict[str, int] = {}
-    for ep in episodes:
-        out[ep.task] = out.get(ep.task, 0) + 1
-    return out

@@ -136,17 +136,24 @@ def log_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.nd
 DMEL_SILENCE_CODE = 0  # the bin of dmel_min: what silence (and anything quieter) encodes to
 
 
+def dmel_codes(x, centres, xp=np):
+    """The one dMel rule, for numpy (`xp=np`) and jax.numpy alike: after clamping to the first and
+    last bin centre, the index of the nearest centre in float32, an exact tie going to the lower
+    bin (the first minimum, as in the published dMel reference). uint8 codes, any shape."""
+    x = xp.clip(x.astype(xp.float32), centres[0], centres[-1])
+    return xp.argmin(xp.abs(x[..., None] - centres), axis=-1).astype(xp.uint8)
+
+
 def dmel_encode(logmel: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
     """Nearest-bin-centre codes (uint8 in [0, dmel_bins)) after clamping to [dmel_min, dmel_max]; any shape.
 
-    Values exactly halfway between two centres round to the even code (np.rint).
+    A value exactly halfway between two centres takes the lower code (`dmel_codes`); the engine's
+    jnp encoder (`inference.sampling.dmel_encode`) applies the same function.
     """
     x = np.asarray(logmel, np.float32)
     if np.isnan(x).any():
         raise ValueError("dmel_encode: log-mel contains NaN")
-    x = np.clip(x, params.dmel_min, params.dmel_max)
-    codes = np.rint((x - params.dmel_min) / params.bin_width)
-    return np.clip(codes, 0, params.dmel_bins - 1).astype(np.uint8)
+    return dmel_codes(x, params.bin_centres)
 
 
 def dmel_decode(codes: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:

@@ -42,10 +42,6 @@ class StreamingFeatures:
         self._resampler = None
         self._rate: int | None = None
 
-    @property
-    def samples_per_turn(self) -> int:
-        return int(round(self.layout.micro_turn_s * self.params.sample_rate))
-
     def _resample(self, audio: np.ndarray, sr: int) -> np.ndarray:
         if self._rate is not None and sr != self._rate:
             raise ValueError(f"session audio: sample rate changed mid-stream from {self._rate} to {sr} Hz")

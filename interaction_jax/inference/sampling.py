@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from interaction_jax.features.mel import FeatureParams
+from interaction_jax.features.mel import FeatureParams, dmel_codes
 
 AUDIO_KEY_OFFSET = 1 << 16
 
@@ -55,7 +55,5 @@ _DEFAULT_PARAMS = FeatureParams()
 
 
 def dmel_encode(logmel: jax.Array, params: FeatureParams = _DEFAULT_PARAMS) -> jax.Array:
-    """jnp twin of `features.mel.dmel_encode`: clamp, nearest bin centre (half to even), uint8."""
-    x = jnp.clip(logmel.astype(jnp.float32), params.dmel_min, params.dmel_max)
-    codes = jnp.rint((x - params.dmel_min) / params.bin_width)
-    return jnp.clip(codes, 0, params.dmel_bins - 1).astype(jnp.uint8)
+    """`features.mel.dmel_encode` in jnp: the same rule (`dmel_codes`: nearest centre, ties to the lower bin)."""
+    return dmel_codes(logmel, jnp.asarray(params.bin_centres), jnp)

@@ -23,11 +23,6 @@ from flax import nnx
 Initializer = Callable[..., jax.Array]
 
 
-def as_dtype(name) -> jnp.dtype:
-    """'float32' / 'bfloat16' / a dtype -> jnp.dtype (configs hold names)."""
-    return jnp.dtype(name)
-
-
 def param(
     rngs: nnx.Rngs,
     init: Initializer,

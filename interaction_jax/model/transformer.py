@@ -76,10 +76,6 @@ class SwiGLU(nnx.Module):
         return matmul(h, self.w_down[...].astype(dt), bi)
 
 
-def _zero_aux() -> dict:
-    return {"load_balance_loss": jnp.zeros((), jnp.float32), "z_loss": jnp.zeros((), jnp.float32)}
-
-
 class Block(nnx.Module):
     """x + attn(norm(x)); x + ffn(norm(x)). `ffn` is SwiGLU ("dense") or MoEFeedForward ("moe")."""
 

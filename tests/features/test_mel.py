@@ -130,3 +130,26 @@ def test_bad_inputs_are_rejected():
         log_mel(np.array([0.0, np.nan] * 600, np.float32))
     with pytest.raises(ValueError, match=r"\[frames, 80\]"):
         mel_to_audio(np.zeros((5, 40)))
+
+
+def test_dmel_exact_ties_go_to_the_lower_bin_in_both_encoders():
+    """Published dMel rule: the nearest centre, an exact tie to the lower bin. The numpy front end
+    and the engine's jnp encoder are one rule: equal on every float32 value next to a midpoint."""
+    import jax.numpy as jnp
+
+    from interaction_jax.inference import sampling
+
+    p = FeatureParams()
+    centres = p.bin_centres
+    assert dmel_encode(np.array([-0.1], np.float32))[0] == 11  # half to even would give 12
+    mids = ((centres[:-1].astype(np.float64) + centres[1:]) / 2).astype(np.float32)
+    near = np.concatenate([np.nextafter(mids, -np.inf), mids, np.nextafter(mids, np.inf)])
+    x = np.concatenate([near, np.float32([-7.0, 2.0, -np.inf, np.inf, -30.0, 30.0])])
+    # independent reference: float32 distances, first minimum (what an argmin over |x - centres| returns)
+    d = np.abs(np.clip(x, centres[0], centres[-1])[:, None] - centres[None, :])
+    ref = np.array([int(np.flatnonzero(row == row.min())[0]) for row in d])
+    np.testing.assert_array_equal(dmel_encode(x), ref)
+    np.testing.assert_array_equal(np.asarray(sampling.dmel_encode(jnp.asarray(x), p)), ref)
+    ties = [i for i, row in enumerate(d) if (row == row.min()).sum() == 2]
+    assert ties, "some float32 midpoints are exact ties"
+    assert all(ref[i] == int(np.argsort(d[i], kind="stable")[0]) for i in ties)

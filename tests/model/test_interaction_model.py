@@ -105,7 +105,6 @@ def test_forward_loss_and_gradients_dense(tiny):
 
 
 def test_gradients_moe():
-    pytest.importorskip("interaction_jax.model.moe", reason="MoE module (model/moe) not available yet")
     c = load_config(config_path("tiny.py"), ["model.layer_pattern=dense,moe", "model.moe.shared_expert=True"])
     model = InteractionModel(c, rngs=nnx.Rngs(0))
     batch = {k: np.asarray(v) for k, v in dummy_batch(c, 2, 2, seed=0).items()}
