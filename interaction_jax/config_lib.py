@@ -267,17 +267,30 @@ RUN_CONFIG = "config.json"  # written into every training run directory by the t
 
 
 def save_run_config(config, workdir: str) -> str:
-    """Writes the run's resolved config to `workdir/config.json` (atomically) so that evaluation and
-    streaming can rebuild the exact model without the original file and overrides."""
+    """Writes the run's resolved config to `workdir/config.json` so that evaluation and streaming
+    can rebuild the exact model without the original file and overrides.
+
+    Atomic: the text is serialised first (a config that cannot be serialised never touches the
+    directory), written and fsynced to a temporary file, then renamed over `config.json`; on any
+    failure the temporary file is removed, so neither a half-written nor an empty file is left.
+    """
     import json
     import os
 
+    text = json.dumps(json.loads(config.to_json()), indent=1, sort_keys=True)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, RUN_CONFIG)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(json.loads(config.to_json()), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 

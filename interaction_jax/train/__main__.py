@@ -33,9 +33,14 @@ def main(argv):
         from interaction_jax.parallel import initialize_distributed
 
         initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    from interaction_jax.train.trainer import Trainer
+    from interaction_jax.train.checkpoint import CheckpointRestoreError, CheckpointSaveError
+    from interaction_jax.train.trainer import NonFiniteLossError, Trainer
 
-    result = Trainer(FLAGS.config, FLAGS.workdir).run()
+    try:
+        result = Trainer(FLAGS.config, FLAGS.workdir).run()
+    except (CheckpointSaveError, CheckpointRestoreError, NonFiniteLossError) as e:
+        # the run stopped on purpose, with a message that says why and what is kept: no traceback
+        raise SystemExit(f"[train] error: {e}") from None
     print(f"[train] done at step {result.step}; checkpoints in {FLAGS.workdir}/checkpoints, "
           f"TensorBoard: tensorboard --logdir {FLAGS.workdir}/tb")
 

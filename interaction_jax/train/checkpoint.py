@@ -7,11 +7,21 @@
 * The train state is a plain pytree (params, optimizer state, step, rng); restoring onto a
   different mesh passes target shardings in the abstract state.
 * A checkpoint from another config fails with the list of shapes that differ.
+* A save that fails (disk full, permissions) raises `CheckpointSaveError` naming the step, for
+  async saves as soon as the failure is seen; the half-written temporary directory is removed
+  and the committed checkpoints are untouched, so the run stops with its last good checkpoint.
+* `restore_newest_intact` falls back from a corrupt or incomplete newest checkpoint to the
+  newest one that restores, moving the skipped ones aside (never deleting them).
 """
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
+import shutil
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -36,12 +46,76 @@ def make_manager(directory: str, cfg) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; training must stop rather than run on unsaved."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No committed checkpoint of the run could be restored."""
+
+
+_IN_FLIGHT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # manager -> step of its last save
+
+
+def _reason(e: BaseException) -> str:
+    """One line for an exception (Orbax/TensorStore messages run to pages)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    line = line if len(line) <= 300 else line[:297] + "..."
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _save_error(manager: ocp.CheckpointManager, step: int | None, e: BaseException) -> CheckpointSaveError:
+    directory = str(manager.directory)
+    if step is not None and jax.process_index() == 0:  # the uncommitted leftovers only take space
+        for tmp in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manager.reload()
+        latest = manager.latest_step()
+    except Exception:  # noqa: BLE001 - the message matters more than the number here
+        latest = "unknown"
+    what = f"step {step}" if step is not None else "an earlier step"
+    kept = f"the last good checkpoint, step {latest}, is kept" if latest is not None else "no checkpoint was committed"
+    return CheckpointSaveError(
+        f"saving checkpoint {what} to {directory} failed ({_reason(e)}); stopping the run: {kept}"
+    )
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
-    """Saves `state` (and the data iterator's position) at `step`. Returns whether it saved."""
+    """Saves `state` (and the data iterator's position) at `step`. Returns whether it saved.
+
+    Raises `CheckpointSaveError` if this save fails, or if the previous asynchronous one did
+    (Orbax only reports that when the next save or wait starts).
+    """
+    wait_for_saves(manager)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+        saved = manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # noqa: BLE001 - any write failure (ENOSPC, EACCES, ...) stops the run
+        raise _save_error(manager, step, e) from e
+    if saved:
+        _IN_FLIGHT[manager] = step
+    return saved
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+    """Blocks until the in-flight save (if any) is committed; raises `CheckpointSaveError` if it failed."""
+    step = _IN_FLIGHT.pop(manager, None)
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise _save_error(manager, step, e) from e
+
+
+def check_saves(manager: ocp.CheckpointManager) -> None:
+    """Non-blocking: raises `CheckpointSaveError` if an asynchronous save has finished and failed.
+
+    Lets a run stop at the first step after a failed save instead of at the next save."""
+    if manager in _IN_FLIGHT and not manager.is_saving_in_progress():
+        wait_for_saves(manager)  # finished: returns at once, or raises its error
 
 
 def _norm_path(path) -> str:
@@ -95,6 +169,11 @@ def restore(
     saved = _saved_shapes(str(manager.directory), step)
     if saved is not None:
         diffs = _describe_mismatch(saved, abstract_state)
+        n_arrays = sum(not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) for x in jax.tree.leaves(abstract_state))
+        if diffs and sum(d.endswith(": missing in checkpoint") for d in diffs) == n_arrays:
+            # not one array of the model is listed: damaged metadata, not another config's checkpoint
+            raise ValueError(f"checkpoint {manager.directory}/{step}: its metadata lists none of the model's "
+                             f"{len(diffs)} arrays (damaged or incomplete)")
         if diffs:
             raise CheckpointMismatchError(
                 f"checkpoint {manager.directory}/{step} was written by a different config; "
@@ -104,14 +183,74 @@ def restore(
     if data_iterator is not None and data_state_matches(str(manager.directory), step):
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     elif data_iterator is not None:
-        import logging
-
         logging.warning(
             "checkpoint %s/%s holds no data-iterator state for process %d of %d (saved with another process "
             "count?); the data stream starts fresh", manager.directory, step, jax.process_index(), jax.process_count(),
         )
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], int(step)
+
+
+def restore_newest_intact(
+    manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=None, *, log: Callable[[str], Any] = print
+) -> tuple[Any, int] | None:
+    """Restores the newest checkpoint that restores; None when there is none at all.
+
+    A newest checkpoint that is corrupt or incomplete (a truncated array file, a missing item) must
+    not block resuming: it is skipped with a message saying which and why, and moved aside to
+    `<checkpoints>.skipped/<step>` once an older one restored (so it is neither lost nor tried
+    again, and the run can save that step anew). A checkpoint of another config is not damage:
+    `CheckpointMismatchError` is raised as from `restore`. If no checkpoint restores, nothing is
+    moved and `CheckpointRestoreError` lists every step with its reason.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        return None
+    skipped: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            state, step = restore(manager, abstract_state, data_iterator, step=step)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any read failure means this step is damaged
+            skipped.append((step, _reason(e)))
+            log(f"[train] checkpoint step {step} in {manager.directory} cannot be restored ({_reason(e)}); "
+                "trying an older one")
+            continue
+        for bad, why in skipped:
+            moved = _set_aside(manager, bad)
+            log(f"[train] skipped checkpoint step {bad} ({why}); resumed from step {step} instead; "
+                f"the skipped one was moved to {moved}")
+        if skipped:
+            manager.reload()
+        return state, step
+    raise CheckpointRestoreError(
+        f"no checkpoint in {manager.directory} can be restored: "
+        + "; ".join(f"step {s}: {why}" for s, why in skipped)
+        + " (nothing was moved; fix or remove them, or train in a new workdir)"
+    )
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Moves step `step`'s directory to `<checkpoints>.skipped/` (a fresh name if taken); returns it."""
+    directory = str(manager.directory)
+    src = os.path.join(directory, str(step))
+    dst_dir = directory.rstrip("/") + ".skipped"
+    dst, n = os.path.join(dst_dir, str(step)), 1
+    while os.path.lexists(dst):
+        dst, n = os.path.join(dst_dir, f"{step}-{n}"), n + 1
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")  # every process has tried it
+    if jax.process_index() == 0:
+        os.makedirs(dst_dir, exist_ok=True)
+        os.rename(src, dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}_done")
+    return dst
 
 
 def data_state_matches(directory: str, step: int) -> bool:

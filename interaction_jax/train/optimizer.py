@@ -7,14 +7,34 @@ no per-module bookkeeping.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import optax
 
 
+def accumulation_steps(cfg) -> int:
+    """`train.grad_accum_steps` (micro-batches per optimizer update), checked."""
+    k = int(cfg.grad_accum_steps)
+    if k < 1:
+        raise ValueError(f"train.grad_accum_steps={cfg.grad_accum_steps} must be >= 1")
+    return k
+
+
 def learning_rate_schedule(cfg) -> optax.Schedule:
-    """Linear warmup to `cfg.learning_rate` over `cfg.warmup_steps`, cosine to `min_lr_ratio` at `num_steps`."""
-    warmup = max(1, int(cfg.warmup_steps))
-    decay = max(warmup + 1, int(cfg.num_steps))
+    """Learning rate as a function of the number of optimizer updates applied so far.
+
+    `train.num_steps` and `train.warmup_steps` count training steps (micro-batches: what the loop,
+    the logs and the checkpoints count), exactly as before for `grad_accum_steps=1`. With k > 1
+    accumulation steps an update takes k micro-batches, so the run makes num_steps / k updates and
+    the schedule is laid out over those: linear warmup to `learning_rate` over
+    ceil(warmup_steps / k) updates, cosine to `min_lr_ratio` at num_steps / k updates. Warmup and
+    decay therefore end with the run for any k (optax's `MultiSteps` counts updates, not
+    micro-steps: a schedule in micro-steps would reach only 1/k of its decay).
+    """
+    k = accumulation_steps(cfg)
+    warmup = max(1, math.ceil(int(cfg.warmup_steps) / k))
+    decay = max(warmup + 1, int(cfg.num_steps) // k)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=float(cfg.learning_rate),
@@ -22,6 +42,18 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
         decay_steps=decay,
         end_value=float(cfg.learning_rate) * float(cfg.min_lr_ratio),
     )
+
+
+def applied_updates(opt_state) -> jax.Array:
+    """How many optimizer updates `opt_state` has applied: the count the learning-rate schedule reads.
+
+    Read from the optimizer's own `ScaleByScheduleState`, so it lags the loop's step under gradient
+    accumulation and under skipped non-finite updates exactly as the applied learning rate does.
+    """
+    for path, count in optax.tree_utils.tree_get_all_with_path(opt_state, "count"):
+        if getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState":
+            return count
+    raise ValueError("optimizer state holds no ScaleByScheduleState count (not built by make_optimizer?)")
 
 
 EMBEDDING_TABLES = ("table", "kind")  # lookup tables (text, dMel, kind); the hMLP's projections do decay
@@ -39,7 +71,7 @@ def _decay_mask(params):
 
 
 def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Builds the optimizer from `config.train`; returns it and its learning-rate schedule."""
+    """Builds the optimizer from `config.train`; returns it and its learning-rate schedule (in updates)."""
     schedule = learning_rate_schedule(cfg)
     tx = optax.chain(
         optax.clip_by_global_norm(float(cfg.grad_clip_norm)) if cfg.grad_clip_norm > 0 else optax.identity(),
@@ -52,6 +84,6 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
             mask=_decay_mask,
         ),
     )
-    if int(cfg.grad_accum_steps) > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum_steps)).gradient_transformation()
+    if accumulation_steps(cfg) > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps(cfg)).gradient_transformation()
     return tx, schedule

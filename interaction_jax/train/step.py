@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from interaction_jax.model.interaction_model import forward, loss_weights, user_text_pairs
 from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.train.augment import check_self_audio_dropout, mute_self_audio
+from interaction_jax.train.optimizer import applied_updates
 from interaction_jax.train.state import TrainSetup
 
 
@@ -94,7 +95,9 @@ def make_train_step(config, setup: TrainSetup) -> Callable:
         }
         metrics["grad_norm"] = _global_norm(grads)
         metrics["param_norm"] = _global_norm(params)
-        metrics["learning_rate"] = schedule(state["step"])
+        # the rate this step's gradients are (or, mid-accumulation, will be) applied with: the
+        # schedule at the optimizer's own update count, not at the loop's micro-step
+        metrics["learning_rate"] = schedule(applied_updates(state["opt_state"]))
         metrics["finite"] = finite
         return new_state, metrics
 

@@ -4,9 +4,21 @@
 
 * Resumes from the newest committed checkpoint in `workdir/checkpoints` (train state and the
   Grain iterator position together), so a killed run continues bitwise-identically.
-* SIGTERM (preemption) -> save at the next step boundary and exit cleanly.
+* SIGTERM (preemption) or Ctrl-C (SIGINT) -> save at the next step boundary and exit cleanly;
+  a second one of the same signal exits at once.
+* A corrupt or incomplete newest checkpoint is skipped (and moved aside) for the newest intact
+  one; `workdir/config.json` is written only once the run has started (after the restore), so a
+  failed resume or a bad value never replaces the config of a run whose checkpoints are fine.
 * A non-finite loss stops the run with a message naming the step (the last good checkpoint is
-  kept), or skips that update when `train.on_nonfinite="skip"`.
+  kept), or skips that update when `train.on_nonfinite="skip"` (counted in the logs). The check
+  lags one step: step s's flag is read after step s+1 is dispatched, so the host never waits for
+  the device except at logs, evals and checkpoints, where the current step is checked first
+  (a non-finite state is never saved).
+* A checkpoint save that fails stops the run (`CheckpointSaveError`), the last good one kept.
+* `train.num_steps` counts training steps (micro-batches); with `train.grad_accum_steps=k` an
+  optimizer update takes k of them and the learning-rate schedule is laid out over the
+  num_steps / k updates (`optimizer.learning_rate_schedule`); the logged learning rate is the
+  one applied to that step's gradients.
 * TensorBoard events in `workdir/tb`: every loss term, learning rate, grad norm, tokens/s,
   MFU, MoE expert load; at eval intervals the held-out losses, a generated-speech audio
   summary and a micro-turn timeline image.
@@ -30,6 +42,7 @@ from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.train import checkpoint as ckpt
 from interaction_jax.train.metrics import MetricWriter
 from interaction_jax.train.mfu import device_peak_flops, transformer_train_flops_per_token
+from interaction_jax.train.optimizer import accumulation_steps
 from interaction_jax.train.state import abstract_state, create_train_state
 from interaction_jax.train.step import make_eval_step, make_train_step, to_global_batch
 
@@ -70,11 +83,13 @@ class Trainer:
 
     def __init__(self, config, workdir: str, *, mesh=None, log=print):
         self.config, self.workdir, self.log = config, workdir, log
+        k = accumulation_steps(config.train)
+        if int(config.train.num_steps) % k:
+            raise ValueError(
+                f"train.num_steps={config.train.num_steps} must be a multiple of train.grad_accum_steps={k} "
+                f"(num_steps counts micro-batches and every optimizer update takes {k} of them)"
+            )
         os.makedirs(workdir, exist_ok=True)
-        if jax.process_index() == 0:
-            from interaction_jax.config_lib import save_run_config
-
-            save_run_config(config, workdir)  # evaluate / stream rebuild the model from it
         self.mesh = mesh or make_mesh(config.mesh)
         shards = int(self.mesh.shape["data"]) * int(self.mesh.shape["fsdp"])
         if int(config.data.batch_size) % shards:
@@ -92,6 +107,7 @@ class Trainer:
         self.manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.train)
         self.writer = MetricWriter(os.path.join(workdir, "tb"), enabled=jax.process_index() == 0)
         self._preempt = False
+        self._skipped = 0  # non-finite updates skipped this run (train.on_nonfinite="skip")
         # Optional host-side hook `fn(step, batch) -> batch` (fault injection in tests, debugging).
         self.batch_hook = None
         self._predict = None  # jitted forward for eval summaries, built on first use
@@ -101,19 +117,36 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def maybe_restore(self) -> int:
-        if self.manager.latest_step() is None:
+        """Resumes from the newest intact checkpoint (skipping damaged newer ones); 0 when there is none."""
+        restored = ckpt.restore_newest_intact(self.manager, abstract_state(self.state), self.data, log=self.log)
+        if restored is None:
             return 0
-        self.state, step = ckpt.restore(self.manager, abstract_state(self.state), self.data)
+        self.state, step = restored
         self.log(f"[train] resumed from {self.manager.directory}/{step}")
         return step
 
     def save(self, step: int, *, force: bool = False) -> None:
         ckpt.save(self.manager, step, self.state, self.data, force=force)
 
-    def _on_sigterm(self, signum, frame):  # noqa: ARG002
-        self.log("[train] SIGTERM: will checkpoint at the next step boundary and exit (send again to kill now)")
+    def _on_signal(self, signum, frame):  # noqa: ARG002
+        name = signal.Signals(signum).name
+        self.log(f"[train] {name}: will checkpoint at the next step boundary and exit (send again to exit now)")
         self._preempt = True
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM terminates at once
+        signal.signal(signum, signal.SIG_DFL)  # a second one terminates at once
+
+    def _check_finite(self, step: int, metrics: dict) -> None:
+        """Reads step `step`'s finite flag (a device scalar); stops the run or counts the skip."""
+        if bool(jax.device_get(metrics["finite"])):
+            return
+        if self.config.train.on_nonfinite == "stop":
+            loss = float(jax.device_get(metrics["loss"]))
+            raise NonFiniteLossError(
+                f"non-finite loss/gradients at step {step} (loss={loss}); stopping. "
+                f"The last good checkpoint is kept in {self.manager.directory} "
+                f"(step {self.manager.latest_step()}). "
+                "Set train.on_nonfinite='skip' to skip such updates."
+            )
+        self._skipped += 1
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, step: int, *, summaries: bool = True) -> dict:
@@ -180,17 +213,29 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.config.train
         start = self.maybe_restore()
-        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        if jax.process_index() == 0:  # only now: a failed resume must not replace the run's config
+            from interaction_jax.config_lib import save_run_config
+
+            save_run_config(self.config, self.workdir)  # evaluate / stream rebuild the model from it
+        old_handlers = {}
+        if _main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
         history, eval_history = [], []
         self.log(
             f"[train] {self.total_params:,} params ({self.active_params:,} active), "
             f"{self.tokens_per_step} tokens/step, mesh {dict(self.mesh.shape)}, peak {self.peak_flops / 1e9:.1f} "
             f"GFLOP/s ({self.peak_source})"
         )
-        step, t_last, acc, n_acc, skipped, since_log = start, time.perf_counter(), {}, 0, 0, 0
-        t_start = t_last
+        num_steps, log_every = int(cfg.num_steps), int(cfg.log_every)
+        eval_every, ckpt_every = int(cfg.eval_every or 0), int(cfg.checkpoint_every or 0)
+        poll_saves = jax.process_count() == 1  # multi-host: only at save steps, where all processes agree
+        step, t_last = start, time.perf_counter()
+        t_start, since_log, interval = t_last, 0, []
+        pending = None  # (step, metrics) whose finite flag is not read yet
+        self._skipped = 0
         try:
-            while step < int(cfg.num_steps):
+            while step < num_steps:
                 host_batch = next(self.data)
                 if self.batch_hook is not None:
                     host_batch = self.batch_hook(step + 1, host_batch)
@@ -198,46 +243,42 @@ class Trainer:
                 self.state, metrics = self.train_step(self.state, batch)
                 step += 1
                 since_log += 1
-                if self.config.train.on_nonfinite == "stop" or step % int(cfg.log_every) == 0:
-                    m = _to_host(metrics)
-                    if not m["finite"]:
-                        if self.config.train.on_nonfinite == "stop":
-                            raise NonFiniteLossError(
-                                f"non-finite loss/gradients at step {step} (loss={m['loss']}); stopping. "
-                                f"The last good checkpoint is kept in {self.manager.directory} "
-                                f"(step {self.manager.latest_step()}). "
-                                "Set train.on_nonfinite='skip' to skip such updates."
-                            )
-                        skipped += 1
-                    for k, v in m.items():
-                        if np.ndim(v) == 0:
-                            acc[k] = acc.get(k, 0.0) + v
-                        else:
-                            acc[k] = acc.get(k, 0) + v
-                    n_acc += 1
-                if step % int(cfg.log_every) == 0 or step == int(cfg.num_steps):
-                    history.append(self._log_interval(step, start, since_log, acc, n_acc, t_last, t_start, skipped))
-                    acc, n_acc, t_last, since_log = {}, 0, time.perf_counter(), 0
-                if cfg.eval_every and step % int(cfg.eval_every) == 0:
+                if pending is not None:  # the previous step, which ran while this one was dispatched
+                    self._check_finite(*pending)
+                pending = (step, metrics)
+                interval.append(metrics)
+                is_log = step % log_every == 0 or step == num_steps
+                is_eval = bool(eval_every) and step % eval_every == 0
+                is_ckpt = bool(ckpt_every) and step % ckpt_every == 0
+                if is_log or is_eval or is_ckpt or self._preempt:
+                    self._check_finite(*pending)  # never log, evaluate or save past a bad step
+                    pending = None
+                if poll_saves:
+                    ckpt.check_saves(self.manager)
+                if is_log:
+                    history.append(self._log_interval(step, start, since_log, interval, t_last, t_start))
+                    interval, t_last, since_log = [], time.perf_counter(), 0
+                if is_eval:
                     eval_history.append({"step": step, **self.evaluate(step)})
                     t_last, since_log = time.perf_counter(), 0  # keep eval time out of the training rates
                 if self._preempt:
                     self.save(step, force=True)
-                    self.manager.wait_until_finished()
+                    ckpt.wait_for_saves(self.manager)
                     self.log(f"[train] preempted: saved step {step} and exiting")
                     return TrainResult(step, history, eval_history, preempted=True)
-                if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0:
+                if is_ckpt:
                     self.save(step)
             if self.manager.latest_step() != step:
                 self.save(step, force=True)
-            self.manager.wait_until_finished()
+            ckpt.wait_for_saves(self.manager)
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             self.writer.flush()
         return TrainResult(step, history, eval_history)
 
-    def _log_interval(self, step, start, interval_steps, acc, n_acc, t_last, t_start, skipped) -> dict:
+    def _log_interval(self, step, start, interval_steps, interval, t_last, t_start) -> dict:
+        """Logs the interval's means (non-finite, skipped steps left out) and rates; one device fetch."""
         cfg = self.config.train
         jax.block_until_ready(self.state["step"])
         now = time.perf_counter()
@@ -248,21 +289,26 @@ class Trainer:
         n_dev = jax.device_count()
         mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * n_dev)
         eta = (int(cfg.num_steps) - step) / steps_per_s
-        scalars = {k: v / max(n_acc, 1) for k, v in acc.items() if np.ndim(v) == 0}
+        host = [_to_host(m) for m in jax.device_get(interval)]
+        good = [m for m in host if m["finite"]] or host
+        scalars = {k: float(np.mean([m[k] for m in good])) for k, v in host[-1].items() if np.ndim(v) == 0}
+        scalars["learning_rate"] = host[-1]["learning_rate"]  # the rate at this step, not an interval mean
         scalars.update(
-            {"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": skipped}
+            {"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": self._skipped}
         )
-        if "expert_counts" in acc:
-            counts = np.asarray(acc["expert_counts"], np.float64)
+        if "expert_counts" in host[-1]:
+            counts = np.sum([np.asarray(m["expert_counts"], np.float64) for m in good], axis=0)
             load = counts / max(counts.sum(), 1.0)
             scalars.update({f"moe/expert_load_{e}": float(x) for e, x in enumerate(load)})
             scalars["moe/max_load_ratio"] = float(load.max() * len(load)) if len(load) else 0.0
         self.writer.scalars(step, scalars)
+        skipped = f", {self._skipped} non-finite updates skipped" if self._skipped else ""
         self.log(
             f"[train] step {step}/{cfg.num_steps} loss {scalars.get('loss', float('nan')):.4f} "
             f"(text {scalars.get('text_loss', float('nan')):.3f} audio {scalars.get('audio_loss', float('nan')):.3f}) "
+            f"lr {scalars['learning_rate']:.3g} "
             f"{steps_per_s:.2f} steps/s {tokens_per_s:,.0f} tok/s MFU {100 * mfu:.1f}% "
-            f"ETA {_fmt_eta(eta)} ({steps_done} steps this run, {time.perf_counter() - t_start:.0f}s)"
+            f"ETA {_fmt_eta(eta)} ({steps_done} steps this run{skipped}, {time.perf_counter() - t_start:.0f}s)"
         )
         return {"step": step, **scalars}
 

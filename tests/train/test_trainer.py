@@ -130,3 +130,142 @@ def test_tensorboard_has_losses_rates_moe_load_and_eval_summaries(tmp_path):
     assert tags["eval/generated_speech"] == "audio" and tags["eval/timeline"] == "images"
     lr = dict(read_scalars(os.path.join(str(tmp_path), "tb"))["learning_rate"])
     assert lr[1] == 0.0 and lr[2] > 0.0  # warmup starts at zero
+
+
+# ---- learning rate under gradient accumulation ---------------------------------------------------
+
+
+def _expected_lr(u, updates, warmup, peak, floor):
+    """Linear warmup from 0 over `warmup` updates, cosine to `floor` at `updates` (written out, not optax)."""
+    if u < warmup:
+        return peak * u / warmup
+    return floor + (peak - floor) * 0.5 * (1 + np.cos(np.pi * (u - warmup) / (updates - warmup)))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_applied_learning_rate_follows_the_schedule_in_optimizer_updates(tmp_path, k):
+    """With b1 = b2 = 0 and no decay or clipping, Adam is sign-SGD: every parameter with a non-zero
+    gradient moves by exactly the learning rate, so the applied rate is read off the parameters."""
+    updates, peak = 4, 1e-2
+    t = Trainer(cfg(f"train.num_steps={updates * k}", f"train.grad_accum_steps={k}", f"train.warmup_steps={k}",
+                    f"train.learning_rate={peak}", "train.min_lr_ratio=0.1", "train.adam_b1=0.0",
+                    "train.adam_b2=0.0", "train.weight_decay=0.0", "train.grad_clip_norm=0.0",
+                    "train.checkpoint_every=0"), str(tmp_path), log=quiet)
+    snaps = []  # params after 0, 1, 2, ... micro-steps
+    t.batch_hook = hook(lambda s, b: snaps.append(jax.device_get(t.state["params"])))
+    result = t.run()
+    snaps.append(jax.device_get(t.state["params"]))
+
+    def max_move(a, b):
+        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+                   zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    expected = [_expected_lr(u, updates, 1, peak, 0.1 * peak) for u in range(updates)]
+    moves = [max_move(snaps[i + 1], snaps[i]) for i in range(updates * k)]
+    applied = [moves[(u + 1) * k - 1] for u in range(updates)]
+    np.testing.assert_allclose(applied, expected, rtol=1e-4, atol=1e-9)
+    assert all(m == 0.0 for i, m in enumerate(moves) if (i + 1) % k)  # nothing moves mid-accumulation
+    logged = [h["learning_rate"] for h in result.history]
+    np.testing.assert_allclose(logged, [expected[i // k] for i in range(updates * k)], rtol=1e-5, atol=1e-9)
+
+
+def test_num_steps_must_be_whole_updates(tmp_path):
+    with pytest.raises(ValueError, match="must be a multiple of train.grad_accum_steps=4"):
+        Trainer(cfg("train.num_steps=6", "train.grad_accum_steps=4"), str(tmp_path), log=quiet)
+
+
+# ---- non-finite check without a per-step host sync -----------------------------------------------
+
+
+def test_nan_stops_naming_its_step_with_the_check_one_step_behind(tmp_path):
+    t = Trainer(cfg("train.num_steps=6", "train.log_every=100"), str(tmp_path), log=quiet)
+    events = []
+    original = t._check_finite
+    t._check_finite = lambda step, m: (events.append(("check", step)), original(step, m))
+    t.batch_hook = hook(lambda s, b: (events.append(("batch", s)), _nan_at(3)(s, b))[1])
+    with pytest.raises(NonFiniteLossError, match="at step 3 "):
+        t.run()
+    # step 1 (no log/checkpoint there) is checked only once step 2 is on its way; step 3 once step 4 is
+    assert events.index(("batch", 2)) < events.index(("check", 1))
+    assert events.index(("batch", 4)) < events.index(("check", 3)) and ("check", 4) not in events
+    t.manager.wait_until_finished()
+    assert t.manager.latest_step() == 2  # step 2 was checked before it was saved
+
+
+# ---- never lose what is saved --------------------------------------------------------------------
+
+
+def test_config_json_is_written_only_once_the_run_has_started(tmp_path):
+    import json
+
+    workdir = str(tmp_path)
+    Trainer(cfg("train.num_steps=2"), workdir, log=quiet).run()
+    path = os.path.join(workdir, "config.json")
+    before = open(path).read()
+    assert json.loads(before)["model"]["d_model"] == 64
+    with pytest.raises(ckpt.CheckpointMismatchError):  # a failed resume ...
+        Trainer(cfg("train.num_steps=4", "model.d_model=32"), workdir, log=quiet).run()
+    with pytest.raises(ValueError, match=r"needs \d+ devices"):  # ... or a bad value ...
+        Trainer(cfg("train.num_steps=4", f"mesh.data={jax.device_count() + 1}"), workdir, log=quiet)
+    assert open(path).read() == before  # ... leaves the run's config alone
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "tb"]
+
+
+def test_sigint_saves_at_the_step_boundary_and_exits_cleanly(tmp_path):
+    t = Trainer(cfg("train.num_steps=6", "train.checkpoint_every=0"), str(tmp_path), log=quiet)
+    t.batch_hook = hook(lambda k, b: signal.raise_signal(signal.SIGINT) if k == 2 else None)
+    before = signal.getsignal(signal.SIGINT)
+    result = t.run()
+    assert result.preempted and result.step == 2 and t.manager.latest_step() == 2
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+class _DiskFull:
+    """A commit future that fails as a full disk does, after the save call has returned."""
+
+    def result(self, timeout=None):  # noqa: ARG002
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_checkpoint_save_stops_the_run_keeping_the_last_good_one(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    original, calls = ocp.StandardCheckpointHandler.async_save, []
+
+    async def async_save(self, *args, **kwargs):
+        futures = await original(self, *args, **kwargs)
+        calls.append(1)
+        return list(futures or []) + [_DiskFull()] if len(calls) == 2 else futures
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", async_save)
+    t = Trainer(cfg("train.num_steps=8", "train.async_checkpointing=True"), str(tmp_path), log=quiet)
+    seen = []
+    t.batch_hook = hook(lambda k, b: seen.append(k))
+    with pytest.raises(ckpt.CheckpointSaveError, match=r"step 4 .*No space left on device.*step 2, is kept"):
+        t.run()
+    assert max(seen) <= 6  # stopped at the latest at the next save, not at the end of the run
+    monkeypatch.undo()
+    mgr = ckpt.make_manager(os.path.join(str(tmp_path), "checkpoints"), t.config.train)
+    assert mgr.all_steps() == [2]
+    assert sorted(os.listdir(os.path.join(str(tmp_path), "checkpoints"))) == ["2"]  # no half-written step 4
+    _, step = ckpt.restore(mgr, ckpt.abstract_like(jax.device_get(t.state)))
+    assert step == 2
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(reference_run, tmp_path):
+    _, ref = reference_run
+    workdir = str(tmp_path / "run")
+    Trainer(cfg("train.num_steps=4"), workdir, log=quiet).run()
+    step4 = os.path.join(workdir, "checkpoints", "4")
+    damaged = 0
+    for root, _, files in os.walk(os.path.join(step4, "state")):
+        for f in files:
+            if "ocdbt" in root or f.startswith("manifest"):
+                open(os.path.join(root, f), "wb").close()  # truncated array data
+                damaged += 1
+    assert damaged
+    lines = []
+    r = Trainer(cfg("train.num_steps=6"), workdir, log=lines.append).run()
+    assert any("skipped checkpoint step 4" in line and "resumed from step 2" in line for line in lines), lines
+    assert r.step == 6 and losses(r) == losses(ref)[2:]  # resumed bitwise from step 2
+    assert os.path.isdir(os.path.join(workdir, "checkpoints.skipped", "4"))  # set aside, not deleted
