@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -96,4 +96,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)

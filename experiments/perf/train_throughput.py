@@ -20,7 +20,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["tiny", "small", "small_moe"], "Config names under configs/.")
@@ -133,4 +133,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)
