@@ -7,10 +7,10 @@ PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast quickstart reproduce lint clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 
 # Prepare a small synthetic data set with the tiny config and show one packed batch.
 quickstart: $(STAMP)
-	$(PY) -m interaction_jax.quickstart --config=configs/tiny.py --workdir=runs/quickstart
+	$(PY) -m interaction_jax.quickstart --config=configs/quickstart.py --workdir=runs/quickstart
 
 # The reproduction experiment (experiments/interaction_small): prepare, train ~1 h on CPU, evaluate, report.
 reproduce: $(STAMP)

@@ -26,7 +26,7 @@ config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True
 flags.DEFINE_string("workdir", "runs/quickstart", "Where data, logs and pictures go.")
 flags.DEFINE_bool("overwrite_data", False, "Re-render the data sets even if they exist.")
 flags.DEFINE_integer("train_steps", 300, "Training steps (0 = data only).")
-flags.DEFINE_integer("eval_examples", 3, "Held-out episodes per benchmark task after training (0 = skip).")
+flags.DEFINE_integer("eval_examples", 16, "Held-out episodes per benchmark task after training (0 = skip).")
 
 
 def describe_batch(batch: dict, layout) -> str:
@@ -35,7 +35,9 @@ def describe_batch(batch: dict, layout) -> str:
     lines = [f"{'key':16s} {'shape':24s} dtype     summary"]
     for k, v in batch.items():
         v = np.asarray(v)
-        if v.dtype == np.bool_ or k.endswith("mask"):
+        if v.size == 0:
+            summ = "empty (stream off in this config)"
+        elif v.dtype == np.bool_ or k.endswith("mask"):
             summ = f"{float(v.mean()):.3f} set"
         elif np.issubdtype(v.dtype, np.integer):
             summ = f"min {v.min()} max {v.max()}"
@@ -94,16 +96,33 @@ def evaluate_and_stream(config, workdir: str, run_dir: str, examples: int) -> di
 
     baseline = importlib.util.find_spec("interaction_jax.eval.baseline") is not None
     print(f"[quickstart] evaluating {run_dir} on {examples} held-out episodes per task (through the streaming engine)")
-    res = evaluate(config, workdir=run_dir, init="checkpoint", benchmarks=["timespeak", "cuespeak", "fd"],
-                   num_examples=examples, out_dir=os.path.join(workdir, "eval"), baseline=baseline, oracle=True,
-                   plot=True)
+    res = evaluate(config, workdir=run_dir, init="checkpoint", benchmarks=["fd"], num_examples=examples,
+                   out_dir=os.path.join(workdir, "eval"), baseline=baseline, oracle=True, plot=True,
+                   instruction_mode="spoken")
     out = os.path.join(workdir, "stream")
     summary = stream_run(config, out, StreamOptions(workdir=run_dir, task="turntaking", seconds=6.0))
     print(f"[quickstart] streamed one 6 s session: step median {summary['step_latency_ms']['median']:.1f} ms "
           f"(RTF {summary['real_time_factor']:.2f}); wrote {out}/model.wav, transcript.json, timeline.png")
     print("[quickstart] benchmark table (also in " + os.path.join(workdir, "eval", "results.json") + "):")
     print(res["table"])
-    return {"table": res["table"], "stream": summary}
+    verdict = turn_taking_verdict(res["metrics"])
+    if verdict:
+        print("[quickstart] " + verdict)
+    return {"table": res["table"], "stream": summary, "verdict": verdict}
+
+
+def turn_taking_verdict(metrics: dict) -> str | None:
+    """One line: how the model's answer to a spoken question compares with the cascade's (configs/quickstart.py)."""
+    model, cascade = (metrics.get(s, {}).get("fd", {}) for s in ("model", "turn-based baseline"))
+    keys = ("turn_taking_takeover_rate", "turn_taking_latency_median_s")
+    if not model or not cascade or any(model.get(k) is None or cascade.get(k) is None for k in keys):
+        return None
+    (mt, ml), (ct, cl) = (tuple(m[k] for k in keys) for m in (model, cascade))
+    better = mt >= 0.8 and ml < cl
+    return (f"learned behaviour: answering a spoken question once it ends. Model: takes the turn in {mt:.0%} of "
+            f"questions, median {ml:.2f} s after the question ends; turn-based cascade: {ct:.0%}, median {cl:.2f} s. "
+            + ("The model answers sooner than the cascade can." if better else
+               "Not yet better than the cascade: train longer (--train_steps) or see docs/evaluation.md."))
 
 
 def train(config, workdir: str, train_dir: str, eval_dir: str, steps: int) -> dict:
@@ -147,4 +166,6 @@ if __name__ == "__main__":
     from interaction_jax.config_lib import check_cli_overrides
 
     check_cli_overrides(sys.argv)
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)
