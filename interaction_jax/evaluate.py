@@ -204,15 +204,15 @@ def main(argv):
             from interaction_jax.eval import fdb
             from interaction_jax.eval.episodes import benchmark_episodes
 
+            if FLAGS.fdb_input:  # one FDB task root or a folder of them -> EXPORT_FDB/<root name>/
+                fdb.task_roots(FLAGS.fdb_input)  # a wrong folder fails before the engine compiles
+                engine = make_engine(config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
+                fdb.export_fdb_tree(engine, FLAGS.export_fdb, input_root=FLAGS.fdb_input, seed=FLAGS.seed)
+                return
+            seconds = float(FLAGS.episode_seconds or config.data.episode_seconds)
+            eps = [ep for t in fdb.EPISODE_TASKS for ep in benchmark_episodes(t, FLAGS.num_examples, seconds)]
             engine = make_engine(config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
-            src = FLAGS.fdb_input
-            if not src:
-                src = os.path.join(FLAGS.export_fdb, "inputs")
-                seconds = float(FLAGS.episode_seconds or config.data.episode_seconds)
-                eps = [ep for t in ("interruption", "turntaking", "others")
-                       for ep in benchmark_episodes(t, FLAGS.num_examples, seconds)]
-                fdb.write_fdb_inputs(eps, src)
-            fdb.export_fdb(engine, src, os.path.join(FLAGS.export_fdb, "outputs"), seed=FLAGS.seed)
+            fdb.export_fdb_tree(engine, FLAGS.export_fdb, episodes=eps, seed=FLAGS.seed)  # EXPORT_FDB/<task>/
             return
         evaluate(config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
                  num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,

@@ -7,7 +7,8 @@
 The user audio is cut into 200 ms chunks and pushed through a `Scheduler` session exactly as a
 live client would (typed text from `--text_events`, a JSON list of {"time": s, "text": ...};
 video frames from `--video`, image files named by their time in seconds, e.g. `1.5.png`).
-Writes to `--out`: model.wav (the model's speech on the session clock, Griffin-Lim),
+Writes to `--out`: model.wav (the model's speech on the session clock, Griffin-Lim, peak-limited
+to 0.9, exactly as long as the input),
 transcript.json (model words with start/end), events.json (control events, delegation
 requests, per-step latency, memory) and timeline.png. `--realtime` paces chunks at wall-clock
 micro-turns and counts missed deadlines (a step that took longer than one micro-turn).
@@ -34,7 +35,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"],
                       "Parameters: checkpoint (needs --workdir) or random.")
-    flags.DEFINE_string("input", None, "User audio file (any rate; mono or mixed down). Default: a synthetic episode.")
+    flags.DEFINE_string("input", None, "User audio file (any rate; more channels are mixed down, with a notice). "
+                        "Default: a synthetic episode.")
     flags.DEFINE_string("text_events", None, "JSON list of {time, text} typed user messages.")
     flags.DEFINE_string("video", None, "Directory of frames named <seconds>.<png|jpg>.")
     flags.DEFINE_string("out", "stream_out", "Output directory.")
@@ -82,6 +84,10 @@ def _user_inputs(config, layout, opts: StreamOptions):
     text, video = [], []
     if opts.input:
         audio = load_audio(opts.input, sr, mono="mix")  # AudioError names the file and the problem
+        channels = _channels(opts.input)
+        if channels > 1:  # say so: mixing a two-party recording merges the user with the other voice
+            print(f"[stream] --input {opts.input} has {channels} channels: mixed down to mono (their mean) "
+                  "as the user's audio")
     else:
         from interaction_jax.data import tasks
 
@@ -108,6 +114,13 @@ def _user_inputs(config, layout, opts: StreamOptions):
             except ValueError as e:
                 raise StreamError(f"--video: frame {name!r} must be named <seconds>.<ext> ({e})") from e
     return audio, text, video, len(audio) / sr
+
+
+def _channels(path: str) -> int:
+    """Channel count of an audio file that `load_audio` has already decoded."""
+    import soundfile as sf
+
+    return int(sf.info(path).channels)
 
 
 def _chunks(layout, audio, text, video, sr):
@@ -154,7 +167,7 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
     opts = opts or StreamOptions()
     from flax import nnx
 
-    from interaction_jax.features.audio import save_wav
+    from interaction_jax.features.audio import on_input_clock, save_wav
     from interaction_jax.inference.cache import memory_report
     from interaction_jax.inference.engine import StreamEngine
     from interaction_jax.inference.session import Scheduler
@@ -184,9 +197,8 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
         missed += out.latency_s > layout.micro_turn_s
     tr = session.transcript()
     os.makedirs(out_dir, exist_ok=True)
-    wav = session.waveform()
-    lead = np.zeros(int(round(tr.mel_start * sr)), np.float32)  # output starts one micro-turn in
-    save_wav(os.path.join(out_dir, "model.wav"), np.concatenate([lead, wav]), sr)
+    # output starts one micro-turn in; on the input's clock and exactly as long as the input
+    save_wav(os.path.join(out_dir, "model.wav"), on_input_clock(session.waveform(), tr.mel_start, sr, len(audio)), sr)
     with open(os.path.join(out_dir, "transcript.json"), "w") as f:
         json.dump({"words": [{"text": w.text, "start": w.start, "end": w.end} for w in tr.words],
                    "tokens": [{"time": t_s, "id": tok} for t_s, tok in tr.tokens]}, f, indent=1)

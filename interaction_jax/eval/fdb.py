@@ -1,39 +1,48 @@
-"""Full-Duplex-Bench compatibility: run a checkpoint on FDB-style sample folders, write what its scripts read.
+"""Full-Duplex-Bench compatibility: run a checkpoint on FDB task roots, write what its scripts read.
 
-Full-Duplex-Bench (Lin et al. 2025) lays a task out as one folder per sample holding `input.wav`
-(the user's speech stream) and the task's annotation JSON (`interrupt.json`, `turn_taking.json`,
-`pause.json`); a system writes `output.wav` beside it (its speech, same clock as the input; the
-benchmark's VAD assumes 16 kHz) and the benchmark's ASR step writes `output.json` (`{"text": ...,
-"chunks": [{"text": word, "timestamp": [start_s, end_s]}, ...]}`) that its evaluators score.
+Full-Duplex-Bench (Lin et al. 2025; v1 and v1.5) scores one *task root* at a time
+(`--root_dir`): one folder per sample holding `input.wav` (the user's speech stream, 16 kHz),
+the task's annotation and the system's `output.wav` (its speech on the input's clock); FDB's ASR
+step writes `output.json` (`{"text", "chunks": [{"text": word, "timestamp": [start_s, end_s]}]}`).
+Its readers are strict about the root: the turn-taking and pause scripts open every entry of it
+as a sample folder, the interruption script walks every sub-folder and needs `interrupt.json` in
+each, `get_timing.py` takes the folders with both `input.wav` and `output.wav`, and the
+backchannel script takes folders named by an integer and looks that name up in its ground-truth
+distribution (ICC samples `0..54`). So every task gets its own root and a root holds only samples
+annotated for its task:
 
-`export_fdb(engine, input_root, output_root)` runs every sample through live streaming sessions
-(`runner.run_episodes`, `engine.slots` samples per tick, audio only: FDB has no typed text) and
-writes per sample, atomically (temp file + rename, so a crash never leaves half a file):
-  * `output.wav`: mono 16 kHz PCM, the model's speech (Griffin-Lim of its mel output; silence
-    before the first output micro-turn, `mel_start`), exactly as long as the input;
-  * `output.json`: the schema above built from the model's *own* text stream (times in seconds
-    from the start of the input, ends clipped to its duration), so no ASR is needed and the
-    benchmark's evaluators score a checkpoint directly;
-  * the sample's annotation JSONs, copied when `output_root` is not `input_root`, so FDB's
-    scripts can run on `output_root` alone.
-It refuses to overwrite existing outputs unless `overwrite=True`, and checks every `input.wav`
-before compiling anything (a missing or undecodable one raises `FdbError` naming the sample).
+  task root (`FDB_TASKS`)   annotation          FDB scripts that score it
+  `user_interruption`       `interrupt.json`    `evaluate.py --task user_interruption`, `get_timing.py`
+  `smooth_turn_taking`      `turn_taking.json`  `evaluate.py --task smooth_turn_taking`, `get_timing.py`
+  `pause_handling`          `pause.json`        `evaluate.py --task pause_handling`
+  `backchannel`             (folders `0..N-1`)  `evaluate.py --task backchannel`
 
-`write_fdb_inputs(episodes, root)` lays synthetic episodes out the same way, one folder per
-episode id with:
-  * `input.wav`: the user channel (user + other voices + background speech + noise), 16 kHz mono;
-  * `metadata.json` (this codebase's annotation): episode_id, task, duration, instruction_mode,
-    user_words / other_words (`{"text", "timestamp": [s, e]}`), grading windows
-    (`{"kind", "start", "end", "expected"}`) and the generator's metadata (timings such as
-    `interruption_onset`, `question_ends`);
-  * `transcription.json`: the user channel's words in FDB's chunk format (as FDB ships);
-  * FDB's own annotation where a task maps onto one: `interrupt.json` for interruption episodes
-    with an interruption (`[{"context", "interrupt", "timestamp": [onset, end of the
-    interruption]}]`, FDB's user-interruption task) and `turn_taking.json` for turn-taking
-    (`[{"text": question, "timestamp": [end of the first question, start of the next user
-    speech or the end]}]`; FDB's smooth-turn-taking evaluator reads `timestamp[0]`).
-Episodes with typed messages are skipped by default (FDB input is audio only; the instruction
-would be missing).
+`write_fdb_inputs(episodes, root)` lays synthetic episodes out as `root/<task>/<episode id>/`:
+interruption episodes with an interruption go to `user_interruption` (`interrupt.json`:
+`[{"context", "interrupt", "timestamp": [onset, end of the interruption]}]`), turn-taking episodes
+to `smooth_turn_taking` (`turn_taking.json`: `[{"text", "timestamp": [end of the first question,
+start of the next user speech]}]`; FDB reads `timestamp[0]`). Other episodes have no FDB task and
+are not written (nor are episodes with typed messages: FDB input is audio only). Each sample also
+gets `transcription.json` in FDB's format (`[{"speaker": 0, "item": [{"text", "timestamp"}]}]`;
+speaker 0 = the user, 1 = the other voices mixed into `input.wav`, when there are any) and
+`episode.json`, this codebase's own annotation (timings, grading windows, generator metadata;
+not named `metadata.json`, which is FDB v1.5's `{context_text, current_turn_text, timestamps}`).
+v1.5's `clean_input.wav` / `clean_output.*` are not written.
+
+`export_fdb(engine, task_root, output_root)` runs every sample of one task root through live
+streaming sessions (`runner.run_episodes`, audio only) and writes per sample, atomically (temp
+file + rename), mode 0644 (folders 0755):
+  * `output.wav`: mono 16 kHz PCM, the model's speech (Griffin-Lim of its mel output, peak-limited
+    by `mel_to_audio`; silence before the first output micro-turn), exactly as long as `input.wav`;
+  * `output.json`: the schema above from the model's *own* text stream (seconds from the start of
+    the input, ends clipped to its duration), so no ASR step is needed. For `user_interruption` it
+    holds only the words that start at or after the end of the interruption (`interrupt.json`
+    `timestamp[1]`), as FDB's ASR transcribes only the audio after it (times stay absolute);
+  * the sample's other files (`input.wav`, annotations), copied when `output_root` is not the task
+    root, so FDB's scripts run on `output_root` alone.
+It refuses to overwrite outputs unless `overwrite=True` and checks every sample (audio, task
+annotation, backchannel folder names) before compiling anything. `export_fdb_tree` does this for
+every task root under a folder (what `evaluate --export_fdb` calls).
 """
 
 from __future__ import annotations
@@ -51,24 +60,29 @@ from interaction_jax.data.episode import Episode, Word
 
 FDB_SAMPLE_RATE = 16000
 INPUT_WAV, OUTPUT_WAV, OUTPUT_JSON = "input.wav", "output.wav", "output.json"
-METADATA_JSON, TRANSCRIPTION_JSON = "metadata.json", "transcription.json"
-TASK_ANNOTATIONS = {"interruption": "interrupt.json", "turntaking": "turn_taking.json"}
+EPISODE_JSON, TRANSCRIPTION_JSON = "episode.json", "transcription.json"
+FDB_TASKS = {"user_interruption": "interrupt.json", "smooth_turn_taking": "turn_taking.json",
+             "pause_handling": "pause.json", "backchannel": None}
+# our benchmark task -> the FDB task root its episodes go to
+EPISODE_TASKS = {"interruption": "user_interruption", "turntaking": "smooth_turn_taking"}
+FILE_MODE, DIR_MODE = 0o644, 0o755
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class FdbError(ValueError):
-    """A Full-Duplex-Bench folder that cannot be used (missing/undecodable input, outputs already there)."""
+    """A Full-Duplex-Bench folder that cannot be used (missing/undecodable input, wrong task layout, outputs there)."""
 
 
-# ---- atomic writes -------------------------------------------------------------------------------
+# ---- atomic, readable writes ---------------------------------------------------------------------
 def write_json(path: str, obj) -> str:
-    """Writes JSON atomically (temp file in the same folder, then os.replace)."""
+    """Writes JSON atomically (temp file in the same folder, chmod 0644, then os.replace)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".", suffix=".json.tmp")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: unreadable to FDB run by another user
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -77,15 +91,21 @@ def write_json(path: str, obj) -> str:
 
 
 def _copy(src: str, dst: str) -> None:
-    """Copies a file atomically (temp file beside `dst`, then os.replace)."""
+    """Copies a file atomically (temp file beside `dst`, chmod 0644, then os.replace)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".", suffix=".tmp")
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _makedirs(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, DIR_MODE)
 
 
 def _chunks(words: Sequence[Word], duration: float) -> list[dict]:
@@ -93,21 +113,34 @@ def _chunks(words: Sequence[Word], duration: float) -> list[dict]:
             for w in words]
 
 
-def transcript_json(words: Sequence[Word], duration: float) -> dict:
-    """FDB's ASR output schema: {"text", "chunks": [{"text", "timestamp": [start_s, end_s]}]}."""
-    words = sorted((w for w in words if w.start < duration), key=lambda w: w.start)
+def transcript_json(words: Sequence[Word], duration: float, *, after: float = 0.0) -> dict:
+    """FDB's ASR output schema {"text", "chunks": [{"text", "timestamp": [start_s, end_s]}]}.
+
+    Only words starting in [after, duration) are kept (`after` = the end of the interruption for
+    FDB's user-interruption task, whose ASR sees only the audio after it).
+    """
+    words = sorted((w for w in words if after <= w.start < duration), key=lambda w: w.start)
     return {"text": " ".join(w.text for w in words), "chunks": _chunks(words, duration)}
+
+
+def fdb_transcription(user_words: Sequence[Word], other_words: Sequence[Word], duration: float) -> list[dict]:
+    """`transcription.json` as FDB ships it: [{"speaker", "item": [{"text", "timestamp"}]}] (0 = user)."""
+    out = [{"speaker": 0, "item": _chunks(sorted(user_words, key=lambda w: w.start), duration)}]
+    if other_words:
+        out.append({"speaker": 1, "item": _chunks(sorted(other_words, key=lambda w: w.start), duration)})
+    return out
 
 
 # ---- inputs from synthetic episodes --------------------------------------------------------------
 def _task_annotation(ep: Episode) -> tuple[str, list] | None:
+    """(FDB task, annotation list) for an episode that maps onto an FDB task, else None."""
     md = ep.metadata
     if ep.task == "interruption" and md.get("interruption_onset") is not None:
         onset = float(md["interruption_onset"])
         before = [w for w in ep.user_words if w.start < onset]
         after = [w for w in ep.user_words if w.start >= onset]
         if after:
-            return TASK_ANNOTATIONS["interruption"], [{
+            return EPISODE_TASKS["interruption"], [{
                 "context": " ".join(w.text for w in before), "interrupt": " ".join(w.text for w in after),
                 "timestamp": [round(onset, 3), round(after[-1].end, 3)],
             }]  # fmt: skip
@@ -115,7 +148,7 @@ def _task_annotation(ep: Episode) -> tuple[str, list] | None:
         q_end = float(md["question_ends"][0])
         question = " ".join(w.text for w in ep.user_words if w.end <= q_end + 1e-6)
         nxt = min((w.start for w in ep.user_words if w.start > q_end), default=ep.duration)
-        return TASK_ANNOTATIONS["turntaking"], [{"text": question, "timestamp": [round(q_end, 3), round(nxt, 3)]}]
+        return EPISODE_TASKS["turntaking"], [{"text": question, "timestamp": [round(q_end, 3), round(nxt, 3)]}]
     return None
 
 
@@ -132,7 +165,7 @@ def _jsonable(x):
 
 
 def episode_metadata(ep: Episode) -> dict:
-    """The `metadata.json` of a sample (see the module docstring)."""
+    """The `episode.json` of a sample: this codebase's annotation (see the module docstring)."""
     return _jsonable({
         "episode_id": ep.episode_id, "task": ep.task, "duration": ep.duration, "sample_rate": FDB_SAMPLE_RATE,
         "instruction_mode": ep.metadata.get("instruction_mode"),
@@ -145,6 +178,7 @@ def episode_metadata(ep: Episode) -> dict:
 
 def _replace_dir(tmp: str, final: str) -> None:
     """Moves a finished temp folder into place (replacing `final` if it exists)."""
+    os.chmod(tmp, DIR_MODE)  # mkdtemp makes 0700
     if os.path.exists(final):
         trash = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".old-")
         os.replace(final, os.path.join(trash, "x"))
@@ -156,42 +190,46 @@ def _replace_dir(tmp: str, final: str) -> None:
 
 def write_fdb_inputs(episodes: Sequence[Episode], root: str, *, overwrite: bool = False,
                      skip_typed: bool = True) -> list[str]:
-    """One FDB sample folder per episode under `root` (see the module docstring); returns the folders."""
+    """`root/<FDB task>/<episode id>/` per episode that maps onto an FDB task; returns the sample folders."""
     from interaction_jax.features.audio import ensure_audio, save_wav
 
-    os.makedirs(root, exist_ok=True)
-    todo = [ep for ep in episodes if not (skip_typed and ep.user_text)]
-    for ep in todo:
+    todo = []
+    for ep in episodes:
+        task = None if (skip_typed and ep.user_text) else _task_annotation(ep)
+        if task is None:
+            continue
         if not _SAFE_ID.match(ep.episode_id):
             raise FdbError(f"fdb: episode id {ep.episode_id!r} is not usable as a folder name")
-        if os.path.exists(os.path.join(root, ep.episode_id)) and not overwrite:
-            raise FdbError(f"fdb: sample folder {os.path.join(root, ep.episode_id)} exists; pass overwrite=True "
-                           "or write to a new root")
+        final = os.path.join(root, task[0], ep.episode_id)
+        if os.path.exists(final) and not overwrite:
+            raise FdbError(f"fdb: sample folder {final} exists; pass overwrite=True or write to a new root")
+        todo.append((ep, task, final))
     out = []
-    for ep in todo:
-        final = os.path.join(root, ep.episode_id)
-        tmp = tempfile.mkdtemp(dir=root, prefix=f".{ep.episode_id}-")
+    for ep, (task, annotation), final in todo:
+        task_root = os.path.dirname(final)
+        _makedirs(root)
+        _makedirs(task_root)
+        tmp = tempfile.mkdtemp(dir=task_root, prefix=f".{ep.episode_id}-")
         try:
             audio = ensure_audio(ep.user_audio, ep.sample_rate, FDB_SAMPLE_RATE, name=ep.episode_id)
             save_wav(os.path.join(tmp, INPUT_WAV), audio, FDB_SAMPLE_RATE)
-            write_json(os.path.join(tmp, METADATA_JSON), episode_metadata(ep))
-            write_json(os.path.join(tmp, TRANSCRIPTION_JSON), transcript_json(ep.user_words, ep.duration))
-            task = _task_annotation(ep)
-            if task is not None:
-                write_json(os.path.join(tmp, task[0]), _jsonable(task[1]))
+            write_json(os.path.join(tmp, EPISODE_JSON), episode_metadata(ep))
+            write_json(os.path.join(tmp, TRANSCRIPTION_JSON), fdb_transcription(ep.user_words, ep.other_words,
+                                                                                ep.duration))
+            write_json(os.path.join(tmp, FDB_TASKS[task]), _jsonable(annotation))
             _replace_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         out.append(final)
     skipped = len(episodes) - len(todo)
-    print(f"[fdb] wrote {len(out)} sample folders to {root}"
-          + (f" (skipped {skipped} with typed messages: FDB input is audio only)" if skipped else ""), flush=True)
+    print(f"[fdb] wrote {len(out)} sample folders under {root}"
+          + (f" (skipped {skipped}: typed messages, or no FDB task annotation)" if skipped else ""), flush=True)
     return out
 
 
 # ---- export --------------------------------------------------------------------------------------
 def sample_dirs(input_root: str) -> list[str]:
-    """Sample ids under an FDB task folder (every non-hidden sub-folder), sorted."""
+    """Sample ids under an FDB task root (every non-hidden sub-folder), sorted."""
     if not os.path.isdir(input_root):
         raise FdbError(f"fdb: input folder {input_root} does not exist")
     names = os.listdir(input_root)
@@ -199,6 +237,42 @@ def sample_dirs(input_root: str) -> list[str]:
     if not ids:
         raise FdbError(f"fdb: no sample folders in {input_root} (expected <root>/<sample_id>/{INPUT_WAV})")
     return ids
+
+
+def detect_task(input_root: str, ids: Sequence[str] | None = None) -> str:
+    """The FDB task of a root: its folder name if that is a task name, else the annotation its samples share.
+
+    Every sample must carry the task's annotation (FDB's scripts fail or misscore otherwise), and
+    backchannel folders must be named 0..N-1 (FDB's ground truth is indexed by folder name).
+    """
+    ids = list(ids) if ids is not None else sample_dirs(input_root)
+    has = {t: [s for s in ids if os.path.isfile(os.path.join(input_root, s, a))]
+           for t, a in FDB_TASKS.items() if a}
+    name = os.path.basename(os.path.normpath(input_root))
+    if name in FDB_TASKS:
+        task = name
+    else:
+        full = [t for t, s in has.items() if len(s) == len(ids)]
+        if len(full) == 1:
+            task = full[0]
+        elif not any(has.values()) and all(s.isdigit() for s in ids):
+            task = "backchannel"
+        else:
+            found = ", ".join(f"{FDB_TASKS[t]} in {len(s)}" for t, s in has.items() if s) or "no annotation"
+            raise FdbError(f"fdb: {input_root} is not one FDB task root ({len(ids)} samples; {found}); "
+                           f"name it after its task ({', '.join(FDB_TASKS)}) or give one root per task")
+    ann = FDB_TASKS[task]
+    if ann:
+        missing = [s for s in ids if s not in has[task]]
+        if missing:
+            raise FdbError(f"fdb: {len(missing)} samples of the {task} root {input_root} have no {ann} "
+                           f"(e.g. {missing[0]!r}); a task root holds only samples annotated for it")
+    else:
+        bad = sorted(set(ids) - {str(i) for i in range(len(ids))})
+        if bad:
+            raise FdbError(f"fdb: backchannel sample folders must be named 0..{len(ids) - 1} (FDB looks each "
+                           f"name up in icc_gt_distribution.json); got {bad[0]!r}")
+    return task
 
 
 def load_samples(input_root: str, sample_rate: int) -> dict[str, np.ndarray]:
@@ -219,7 +293,7 @@ def load_samples(input_root: str, sample_rate: int) -> dict[str, np.ndarray]:
 
 def output_waveform(run, engine, num_samples: int, n_iter: int | None = None) -> np.ndarray:
     """The run's speech at 16 kHz on the input clock: silence until `mel_start`, then Griffin-Lim, n samples."""
-    from interaction_jax.features.audio import ensure_audio
+    from interaction_jax.features.audio import ensure_audio, on_input_clock
     from interaction_jax.features.mel import mel_to_audio
 
     params = engine.feature_params
@@ -227,8 +301,7 @@ def output_waveform(run, engine, num_samples: int, n_iter: int | None = None) ->
     mel = run.mel if run.mel is not None else np.zeros((0, params.n_mels), np.float32)
     iters = int(n_iter if n_iter is not None else engine.config.inference.griffin_lim_iters)
     speech = mel_to_audio(mel, params, n_iter=iters, length=len(mel) * params.hop_length) if len(mel) else np.zeros(0)
-    lead = np.zeros(int(round(run.mel_start * sr)), np.float32)
-    wav = np.concatenate([lead, np.asarray(speech, np.float32)])
+    wav = on_input_clock(speech, run.mel_start, sr, int(round(num_samples * sr / FDB_SAMPLE_RATE)))
     if sr != FDB_SAMPLE_RATE and wav.size:
         wav = ensure_audio(wav, sr, FDB_SAMPLE_RATE, name=run.episode_id)
     out = np.zeros(num_samples, np.float32)
@@ -236,19 +309,36 @@ def output_waveform(run, engine, num_samples: int, n_iter: int | None = None) ->
     return out
 
 
-def export_fdb(engine, input_root: str, output_root: str | None = None, *, seed: int = 0, overwrite: bool = False,
-               n_iter: int | None = None, log: bool = True) -> list:
-    """Runs every sample of `input_root` through the engine; writes output.wav / output.json per sample.
+def _interrupt_end(sample_dir: str) -> float:
+    """`interrupt.json` timestamp[1]: FDB transcribes the output only from here on."""
+    path = os.path.join(sample_dir, FDB_TASKS["user_interruption"])
+    try:
+        with open(path) as f:
+            return float(json.load(f)[0]["timestamp"][1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise FdbError(f"fdb: {path}: expected [{{\"timestamp\": [start, end], ...}}] ({e})") from e
 
-    `output_root` defaults to `input_root` (outputs beside input.wav, where FDB's scripts look).
-    Returns the `EpisodeRun`s in sample order (the words are exactly output.json's chunks).
+
+def export_fdb(engine, input_root: str, output_root: str | None = None, *, task: str | None = None, seed: int = 0,
+               overwrite: bool = False, n_iter: int | None = None, log: bool = True) -> list:
+    """Runs every sample of one FDB task root through the engine; writes output.wav / output.json per sample.
+
+    `output_root` defaults to `input_root` (outputs beside input.wav). `task` defaults to
+    `detect_task(input_root)`. Returns the `EpisodeRun`s in sample order (all of each run's words;
+    output.json may keep fewer, see the module docstring).
     """
     from interaction_jax.eval.runner import run_episodes
     from interaction_jax.features.audio import save_wav
 
     output_root = output_root or input_root
     sr = int(engine.feature_params.sample_rate)
+    ids = sample_dirs(input_root)
+    task = task or detect_task(input_root, ids)
+    if task not in FDB_TASKS:
+        raise FdbError(f"fdb: unknown task {task!r}; known: {', '.join(FDB_TASKS)}")
     audio = load_samples(input_root, sr)  # every input is checked before anything runs
+    after = {sid: _interrupt_end(os.path.join(input_root, sid)) if task == "user_interruption" else 0.0
+             for sid in ids}
     same = os.path.abspath(output_root) == os.path.abspath(input_root)
     if not overwrite:
         existing = [os.path.join(output_root, sid, name) for sid in audio for name in (OUTPUT_WAV, OUTPUT_JSON)
@@ -259,21 +349,76 @@ def export_fdb(engine, input_root: str, output_root: str | None = None, *, seed:
     episodes = [Episode(episode_id=sid, duration=len(a) / sr, sample_rate=sr, user_audio=a, task="fdb")
                 for sid, a in audio.items()]
     runs = run_episodes(engine, episodes, seed=seed, log_every=1 if log else 0)
+    _makedirs(output_root)
     for ep, run in zip(episodes, runs, strict=True):
         out_dir = os.path.join(output_root, ep.episode_id)
-        os.makedirs(out_dir, exist_ok=True)
-        if not same:  # FDB's evaluators read the task annotation from the output folder
-            src = os.path.join(input_root, ep.episode_id)
+        _makedirs(out_dir)
+        src = os.path.join(input_root, ep.episode_id)
+        if not same:  # FDB's scripts read input.wav and the annotation beside the outputs
             for name in sorted(os.listdir(src)):
-                if name.endswith(".json") and name != OUTPUT_JSON:
+                if name not in (OUTPUT_WAV, OUTPUT_JSON) and os.path.isfile(os.path.join(src, name)):
                     _copy(os.path.join(src, name), os.path.join(out_dir, name))
-        n_out = int(round(len(audio[ep.episode_id]) * FDB_SAMPLE_RATE / sr))
+        n_out = int(_output_frames(os.path.join(src, INPUT_WAV), len(audio[ep.episode_id]), sr))
         save_wav(os.path.join(out_dir, OUTPUT_WAV), output_waveform(run, engine, n_out, n_iter), FDB_SAMPLE_RATE)
-        write_json(os.path.join(out_dir, OUTPUT_JSON), transcript_json(run.words, ep.duration))
+        write_json(os.path.join(out_dir, OUTPUT_JSON), transcript_json(run.words, ep.duration,
+                                                                       after=after[ep.episode_id]))
     if log:
-        print(f"[fdb] wrote {OUTPUT_WAV} + {OUTPUT_JSON} for {len(runs)} samples to {output_root}", flush=True)
+        print(f"[fdb] {task}: wrote {OUTPUT_WAV} + {OUTPUT_JSON} for {len(runs)} samples to {output_root}",
+              flush=True)
     return runs
 
 
-__all__ = ["FdbError", "export_fdb", "load_samples", "output_waveform", "sample_dirs", "transcript_json",
-           "write_fdb_inputs", "write_json"]
+def _output_frames(path: str, n_model: int, model_sr: int) -> int:
+    """Samples of `output.wav`: input.wav's own count when it is 16 kHz, else the input's length at 16 kHz."""
+    import soundfile as sf
+
+    info = sf.info(path)
+    if int(info.samplerate) == FDB_SAMPLE_RATE:
+        return int(info.frames)
+    return int(round(n_model * FDB_SAMPLE_RATE / model_sr))
+
+
+def task_roots(root: str) -> list[str]:
+    """The FDB task roots in `root`: `root` itself when its samples hold input.wav, else its sub-folders that do."""
+    def is_task_root(d: str) -> bool:
+        try:
+            return any(os.path.isfile(os.path.join(d, s, INPUT_WAV)) for s in sample_dirs(d))
+        except FdbError:
+            return False
+
+    if is_task_root(root):
+        return [root]
+    subs = [os.path.join(root, n) for n in sorted(os.listdir(root))] if os.path.isdir(root) else []
+    found = [d for d in subs if not os.path.basename(d).startswith(".") and os.path.isdir(d) and is_task_root(d)]
+    if not found:
+        raise FdbError(f"fdb: no FDB task root in {root} (expected <root>/<sample>/{INPUT_WAV} or "
+                       f"<root>/<task>/<sample>/{INPUT_WAV})")
+    return found
+
+
+def export_fdb_tree(engine, out_root: str, *, input_root: str | None = None,
+                    episodes: Sequence[Episode] | None = None, seed: int = 0, overwrite: bool = False,
+                    n_iter: int | None = None) -> dict[str, list]:
+    """Every task root scored into `out_root/<root name>/` (self-contained: inputs copied beside outputs).
+
+    With `episodes`, they are first written as task roots straight into `out_root`
+    (`write_fdb_inputs`) and exported in place; with `input_root` (one FDB task root, or a folder
+    of them, e.g. FDB's `v1_0/`), each root is exported to `out_root/<its folder name>`.
+    Returns {root name: runs}.
+    """
+    if (input_root is None) == (episodes is None):
+        raise FdbError("fdb: pass exactly one of input_root or episodes")
+    if episodes is not None:
+        write_fdb_inputs(episodes, out_root, overwrite=overwrite)
+        roots = [(d, d) for d in task_roots(out_root)]
+    else:
+        roots = [(d, os.path.join(out_root, os.path.basename(os.path.normpath(d)))) for d in task_roots(input_root)]
+    for src, _ in roots:  # every root is checked before the first one runs
+        detect_task(src)
+    return {os.path.basename(dst): export_fdb(engine, src, dst, seed=seed, overwrite=overwrite, n_iter=n_iter)
+            for src, dst in roots}
+
+
+__all__ = ["FDB_TASKS", "FdbError", "detect_task", "export_fdb", "export_fdb_tree", "fdb_transcription",
+           "load_samples", "output_waveform", "sample_dirs", "task_roots", "transcript_json", "write_fdb_inputs",
+           "write_json"]

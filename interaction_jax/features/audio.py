@@ -17,6 +17,10 @@ import numpy as np
 AudioSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 MonoMode = Literal["require", "mix"]
 _MAX_CHANNELS = 16  # more "channels" than this almost surely means a [channels, samples] array
+# Peak ceiling of generated speech (-0.9 dBFS): Griffin-Lim of an untrained model's mel can reach
+# many times full scale, which 16-bit PCM would clip into square-wave noise.
+PEAK_LEVEL = 0.9
+FILE_MODE = 0o644  # written files are readable by other users (tempfile.mkstemp makes 0600)
 
 
 class AudioError(ValueError):
@@ -140,10 +144,39 @@ def load_stereo(source: AudioSource, target_sr: int = 16000, *, channels: int | 
     return np.stack([_resample(data[:, c], sr, target_sr) for c in range(data.shape[1])])
 
 
+def limit_peak(audio: np.ndarray, peak: float = PEAK_LEVEL) -> np.ndarray:
+    """float32 `audio` scaled down (never up) so that max |x| <= `peak`; quieter audio is returned as is.
+
+    One gain for the whole clip (no per-sample clipping, so the waveform's shape is kept).
+    """
+    if not 0.0 < peak <= 1.0:
+        raise ValueError(f"limit_peak: peak must be in (0, 1], got {peak}")
+    audio = np.asarray(audio, np.float32)
+    top = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if not np.isfinite(top):
+        raise AudioError("limit_peak: audio contains NaN or inf")
+    return audio * np.float32(peak / top) if top > peak else audio
+
+
+def on_input_clock(speech: np.ndarray, start_s: float, sr: int, num_samples: int) -> np.ndarray:
+    """Model speech placed on the input's clock: silence until `start_s`, then `speech`, exactly `num_samples` long.
+
+    The model's output starts one micro-turn in and covers whole micro-turns, so without the cut
+    it would run past the end of the input (FDB and the timelines want the input's length).
+    """
+    out = np.zeros(max(0, int(num_samples)), np.float32)
+    lead = int(round(start_s * sr))
+    n = max(0, min(len(speech), out.size - lead))
+    if n:
+        out[lead:lead + n] = np.asarray(speech, np.float32)[:n]
+    return out
+
+
 def save_wav(path: str | os.PathLike[str], audio: np.ndarray, sr: int) -> str:
     """Writes 16-bit PCM WAV atomically (temp file in the same folder, then os.replace).
 
     `audio` is [n] mono or [channels, n] (as `load_stereo` returns); values are clipped to [-1, 1].
+    The file is mode 0644 (readable by another user, e.g. one running Full-Duplex-Bench).
     """
     import soundfile as sf
 
@@ -163,6 +196,7 @@ def save_wav(path: str | os.PathLike[str], audio: np.ndarray, sr: int) -> str:
     os.close(fd)
     try:
         sf.write(tmp, np.clip(audio, -1.0, 1.0), int(sr), subtype="PCM_16", format="WAV")
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

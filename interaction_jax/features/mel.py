@@ -179,14 +179,20 @@ def mel_to_audio(
     *,
     n_iter: int = 32,
     length: int | None = None,
+    peak: float | None = None,
 ) -> np.ndarray:
     """Waveform (float32, params.sample_rate) from a [T, n_mels] log10 magnitude mel, by Griffin-Lim.
 
     For listening, not fidelity. Default length is (T - 1) * hop samples, i.e. the length of the
     clip that produced T frames rounded down to a whole hop; `length` trims or zero-pads to a
     requested number of samples. A single frame spans no whole hop, so it gives silence.
+    The level is limited: a clip whose peak exceeds `peak` (default `audio.PEAK_LEVEL`, 0.9) is
+    scaled down by one gain so that nothing clips when written as PCM (an untrained model's mel
+    gives many times full scale); quieter clips are returned unchanged.
     """
     import librosa
+
+    from interaction_jax.features.audio import PEAK_LEVEL, limit_peak
 
     logmel = np.asarray(logmel, np.float32)
     if logmel.ndim != 2 or logmel.shape[1] != params.n_mels:
@@ -215,5 +221,5 @@ def mel_to_audio(
             length=natural,  # a length that maps back to T frames; pad/trim after
             random_state=0,
         )
-    audio = audio.astype(np.float32)
+    audio = limit_peak(audio.astype(np.float32), PEAK_LEVEL if peak is None else peak)
     return audio[:n] if n <= natural else np.pad(audio, (0, n - natural))

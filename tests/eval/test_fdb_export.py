@@ -1,9 +1,11 @@
-"""Full-Duplex-Bench export: sample folders written from episodes, run through a random tiny engine, and the
-files FDB's scripts read (output.wav 16 kHz mono as long as the input, output.json chunks = the run's words)."""
+"""Full-Duplex-Bench export: task roots written from episodes, run through a random tiny engine, checked the way
+FDB's own readers read them (one root per task, input.wav beside output.wav, output.json after the interruption,
+16 kHz, output as long as input, files readable by other users)."""
 
 import json
 import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -23,88 +25,145 @@ def engine(tiny_config):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Two spoken episodes (one turn-taking, one interruption) written as FDB sample folders."""
-    root = str(tmp_path_factory.mktemp("fdb") / "inputs")
+def episodes():
+    """One turn-taking and one interruption episode (spoken), a typed one and a talking-to-others one."""
     eps = [tasks.generate("turntaking", 1, duration_s=SECONDS), tasks.generate("interruption", 1, duration_s=6.0),
-           tasks.generate("turntaking", 0, duration_s=SECONDS)]  # seed 0 is typed: skipped (FDB is audio only)
-    assert [bool(e.user_text) for e in eps] == [False, False, True]
-    folders = fdb.write_fdb_inputs(eps, root)
-    assert [os.path.basename(f) for f in folders] == [eps[0].episode_id, eps[1].episode_id]
-    return root, eps[:2]
-
-
-def test_inputs_layout(inputs):
-    root, eps = inputs
-    for ep in eps:
-        d = os.path.join(root, ep.episode_id)
-        audio, sr = sf.read(os.path.join(d, "input.wav"))
-        assert sr == 16000 and audio.ndim == 1 and len(audio) == ep.num_samples
-        np.testing.assert_allclose(audio, ep.user_audio, atol=1 / 32767)
-        with open(os.path.join(d, "metadata.json")) as f:
-            md = json.load(f)
-        assert md["episode_id"] == ep.episode_id and md["task"] == ep.task
-        assert [c["text"] for c in md["user_words"]] == [w.text for w in ep.user_words]
-    with open(os.path.join(root, eps[1].episode_id, "interrupt.json")) as f:
-        ann = json.load(f)[0]
-    assert ann["timestamp"][0] == pytest.approx(eps[1].metadata["interruption_onset"], abs=1e-3)
-    assert ann["interrupt"].split()[0] == next(w.text for w in eps[1].user_words
-                                               if w.start >= eps[1].metadata["interruption_onset"])
-    with open(os.path.join(root, eps[0].episode_id, "turn_taking.json")) as f:
-        assert json.load(f)[0]["timestamp"][0] == pytest.approx(eps[0].metadata["question_ends"][0], abs=1e-3)
+           tasks.generate("turntaking", 0, duration_s=SECONDS), tasks.generate("others", 1, duration_s=SECONDS)]
+    assert [bool(e.user_text) for e in eps] == [False, False, True, False]
+    assert eps[1].metadata["interruption_onset"] is not None
+    return eps
 
 
 @pytest.fixture(scope="module")
-def exported(inputs, engine, tmp_path_factory):
-    root, eps = inputs
-    out = str(tmp_path_factory.mktemp("fdb_out"))
-    runs = fdb.export_fdb(engine, root, out, seed=0, n_iter=4)
+def exported(episodes, engine, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("fdb") / "OUT")
+    runs = fdb.export_fdb_tree(engine, out, episodes=episodes, seed=0, n_iter=4)
     return out, runs
 
 
-def test_export_files(inputs, exported):
-    root, eps = inputs
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_one_root_per_task_holding_only_its_samples(episodes, exported):
     out, runs = exported
-    assert [r.episode_id for r in runs] == sorted(e.episode_id for e in eps)
-    for run in runs:
-        d = os.path.join(out, run.episode_id)
-        n_in = sf.info(os.path.join(root, run.episode_id, "input.wav")).frames
-        wav, sr = sf.read(os.path.join(d, "output.wav"))
-        assert sr == 16000 and wav.ndim == 1 and len(wav) == n_in
-        lead = int(round(run.mel_start * sr))  # nothing is said before the first output micro-turn plays
-        assert lead > 0 and not np.any(wav[:lead])
+    tt, ui = episodes[0], episodes[1]
+    assert sorted(os.listdir(out)) == ["smooth_turn_taking", "user_interruption"]  # typed / others: no FDB task
+    assert sorted(runs) == ["smooth_turn_taking", "user_interruption"]
+    assert os.listdir(os.path.join(out, "smooth_turn_taking")) == [tt.episode_id]
+    assert os.listdir(os.path.join(out, "user_interruption")) == [ui.episode_id]
+    for task, ep in (("smooth_turn_taking", tt), ("user_interruption", ui)):
+        d = os.path.join(out, task, ep.episode_id)
+        assert sorted(os.listdir(d)) == sorted(["input.wav", "output.wav", "output.json", "transcription.json",
+                                                "episode.json", fdb.FDB_TASKS[task]])
+        assert fdb.detect_task(os.path.join(out, task)) == task
+
+
+def test_layout_as_fdb_readers_read_it(episodes, exported):
+    out, runs = exported
+    # eval_smooth_turn_taking / eval_pause_handling: every entry of the root is a sample folder with output.json
+    root = os.path.join(out, "smooth_turn_taking")
+    for name in os.listdir(root):
+        d = os.path.join(root, name)
+        assert os.path.isdir(d)
+        with open(os.path.join(d, "turn_taking.json")) as f:
+            t0 = json.load(f)[0]["timestamp"][0]
+        assert t0 == pytest.approx(episodes[0].metadata["question_ends"][0], abs=1e-3)
         with open(os.path.join(d, "output.json")) as f:
-            out_json = json.load(f)
-        assert set(out_json) == {"text", "chunks"}
-        duration = n_in / 16000
-        assert [c["text"] for c in out_json["chunks"]] == [w.text for w in run.words]
-        assert out_json["text"] == " ".join(w.text for w in run.words)
-        for c, w in zip(out_json["chunks"], run.words, strict=True):
-            s, e = c["timestamp"]
-            assert 0.0 <= s <= e <= duration + 1e-9
-            assert s == pytest.approx(w.start, abs=1e-3) and e == pytest.approx(min(w.end, duration), abs=1e-3)
-        # FDB's evaluators read the task annotation next to output.json
-        assert os.path.exists(os.path.join(d, "metadata.json"))
-    assert os.path.exists(os.path.join(out, runs[0].episode_id, "interrupt.json"))
-    assert any(r.words for r in runs)  # a random model babbles: the chunk checks above were not vacuous
+            chunks = json.load(f)["chunks"]
+        run = runs["smooth_turn_taking"][0]
+        assert [c["text"] for c in chunks] == [w.text for w in run.words if w.start < run.duration]
+    # eval_user_interruption (os.walk: every sub-folder has output.json and interrupt.json) and asr.py's crop
+    root = os.path.join(out, "user_interruption")
+    for parent, dirs, _ in os.walk(root):
+        for name in dirs:
+            d = os.path.join(parent, name)
+            with open(os.path.join(d, "interrupt.json")) as f:
+                ann = json.load(f)[0]
+            assert set(ann) == {"context", "interrupt", "timestamp"}
+            assert ann["timestamp"][0] == pytest.approx(episodes[1].metadata["interruption_onset"], abs=1e-3)
+            end = ann["timestamp"][1]
+            with open(os.path.join(d, "output.json")) as f:
+                o = json.load(f)
+            assert set(o) == {"text", "chunks"}
+            run = runs["user_interruption"][0]
+            kept = [w for w in run.words if end <= w.start < run.duration]
+            assert [c["text"] for c in o["chunks"]] == [w.text for w in kept]  # only words after the interrupt
+            assert o["text"] == " ".join(w.text for w in kept)
+            assert all(c["timestamp"][0] >= end for c in o["chunks"])  # times stay absolute (asr.py adds offset)
+    # get_timing.py: folders with input.wav + output.wav; 16 kHz mono, output as long as the input
+    for task, ep in (("smooth_turn_taking", episodes[0]), ("user_interruption", episodes[1])):
+        d = os.path.join(out, task, ep.episode_id)
+        x, sr_in = sf.read(os.path.join(d, "input.wav"))
+        y, sr_out = sf.read(os.path.join(d, "output.wav"), dtype="int16")
+        assert sr_in == sr_out == 16000 and x.ndim == y.ndim == 1 and len(y) == len(x) == ep.num_samples
+        run = runs[task][0]
+        lead = int(round(run.mel_start * 16000))  # nothing is said before the first output micro-turn plays
+        assert lead > 0 and not np.any(y[:lead])
+        assert np.any(y) and np.abs(y.astype(np.int32)).max() < 32767  # random-init noise is limited, not clipped
+        with open(os.path.join(d, "transcription.json")) as f:  # FDB's format: [{"speaker", "item": [...]}]
+            tr = json.load(f)
+        assert tr[0]["speaker"] == 0 and [c["text"] for c in tr[0]["item"]] == [w.text for w in ep.user_words]
+        assert all(set(c) == {"text", "timestamp"} for s in tr for c in s["item"])
+        with open(os.path.join(d, "episode.json")) as f:
+            assert json.load(f)["episode_id"] == ep.episode_id
+        assert not os.path.exists(os.path.join(d, "metadata.json"))  # v1.5's name, not its keys: not used
+        for name in os.listdir(d):
+            assert _mode(os.path.join(d, name)) == 0o644, name
+        assert _mode(d) == 0o755
+    assert any(r.words for rs in runs.values() for r in rs)  # a random model babbles: chunk checks not vacuous
 
 
-def test_existing_outputs_are_not_clobbered(inputs, exported, engine):
-    root, _ = inputs
+def test_backchannel_roots_need_folders_0_to_n(exported, tmp_path):
+    out, _ = exported
+    src = os.path.join(out, "smooth_turn_taking")
+    sid = os.listdir(src)[0]
+    bc = tmp_path / "icc"
+    for name in ("0", "1"):
+        os.makedirs(bc / name)
+        shutil.copy(os.path.join(src, sid, "input.wav"), bc / name / "input.wav")
+    assert fdb.detect_task(str(bc)) == "backchannel"
+    os.rename(bc / "1", bc / "7")
+    with pytest.raises(fdb.FdbError, match=r"backchannel sample folders must be named 0\.\.1.*'7'"):
+        fdb.detect_task(str(bc))
+    named = tmp_path / "backchannel"
+    shutil.copytree(bc, named)
+    os.rename(named / "0", named / "a")
+    with pytest.raises(fdb.FdbError, match="must be named"):
+        fdb.detect_task(str(named))
+
+
+def test_mixed_or_unannotated_roots_are_refused(exported, tmp_path, engine):
+    out, _ = exported
+    mixed = tmp_path / "mixed"
+    for task in ("smooth_turn_taking", "user_interruption"):
+        for sid in os.listdir(os.path.join(out, task)):
+            shutil.copytree(os.path.join(out, task, sid), mixed / sid)
+    with pytest.raises(fdb.FdbError, match="not one FDB task root"):
+        fdb.export_fdb(engine, str(mixed), str(tmp_path / "o"))
+    named = tmp_path / "user_interruption"
+    shutil.copytree(mixed, named)
+    with pytest.raises(fdb.FdbError, match="1 samples of the user_interruption root .* have no interrupt.json"):
+        fdb.export_fdb(engine, str(named), str(tmp_path / "o"))
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_existing_outputs_are_not_clobbered(exported, engine):
     out, runs = exported
-    path = os.path.join(out, runs[0].episode_id, "output.json")
+    root = os.path.join(out, "smooth_turn_taking")
+    path = os.path.join(root, runs["smooth_turn_taking"][0].episode_id, "output.json")
     before = open(path, "rb").read()
     with pytest.raises(fdb.FdbError, match="already exist"):
-        fdb.export_fdb(engine, root, out)
+        fdb.export_fdb(engine, root)
     assert open(path, "rb").read() == before
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".")]  # no temp files left
 
 
-def test_bad_inputs_name_the_sample(inputs, engine, tmp_path):
-    root, eps = inputs
-    bad = str(tmp_path / "bad")
-    shutil.copytree(root, bad)
-    sid = eps[0].episode_id
+def test_bad_inputs_name_the_sample(exported, episodes, engine, tmp_path):
+    out, _ = exported
+    bad = str(tmp_path / "smooth_turn_taking")
+    shutil.copytree(os.path.join(out, "smooth_turn_taking"), bad)
+    sid = episodes[0].episode_id
     with open(os.path.join(bad, sid, "input.wav"), "wb") as f:
         f.write(b"RIFF garbage, not a wav file")
     with pytest.raises(fdb.FdbError, match=f"sample '{sid}'.*cannot decode"):
@@ -117,15 +176,18 @@ def test_bad_inputs_name_the_sample(inputs, engine, tmp_path):
     with pytest.raises(fdb.FdbError, match="no sample folders"):
         fdb.export_fdb(engine, str(tmp_path / "empty"))
     with pytest.raises(fdb.FdbError, match="exists"):  # inputs are not clobbered either
-        fdb.write_fdb_inputs(eps, root)
+        fdb.write_fdb_inputs(episodes, out)
 
 
-def test_crash_leaves_no_partial_output(inputs, engine, tmp_path, monkeypatch):
+def test_crash_leaves_no_partial_output(exported, episodes, engine, tmp_path, monkeypatch):
     """A failure while writing output.json leaves neither a partial file nor a temp file behind."""
-    root, eps = inputs
-    one = str(tmp_path / "one")
-    shutil.copytree(os.path.join(root, eps[0].episode_id), os.path.join(one, eps[0].episode_id))
-    with open(os.path.join(one, eps[0].episode_id, "input.wav"), "rb") as f:
+    out, _ = exported
+    sid = episodes[0].episode_id
+    one = str(tmp_path / "smooth_turn_taking")
+    os.makedirs(os.path.join(one, sid))
+    for name in ("input.wav", "turn_taking.json"):
+        shutil.copy(os.path.join(out, "smooth_turn_taking", sid, name), os.path.join(one, sid, name))
+    with open(os.path.join(one, sid, "input.wav"), "rb") as f:
         wav_bytes = f.read()
     real_dump = json.dump
 
@@ -138,7 +200,7 @@ def test_crash_leaves_no_partial_output(inputs, engine, tmp_path, monkeypatch):
     monkeypatch.setattr(fdb.json, "dump", dump_then_crash)
     with pytest.raises(OSError, match="disk full"):
         fdb.export_fdb(engine, one, n_iter=2, log=False)
-    d = os.path.join(one, eps[0].episode_id)
+    d = os.path.join(one, sid)
     assert not os.path.exists(os.path.join(d, "output.json"))
     assert not [n for n in os.listdir(d) if n.startswith(".")]
     with open(os.path.join(d, "input.wav"), "rb") as f:

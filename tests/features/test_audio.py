@@ -1,12 +1,22 @@
 """Audio loading: resampling, channels, clear errors, atomic writes."""
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interaction_jax.features.audio import AudioError, ensure_audio, load_audio, load_stereo, save_wav
+from interaction_jax.features.audio import (
+    AudioError,
+    ensure_audio,
+    limit_peak,
+    load_audio,
+    load_stereo,
+    on_input_clock,
+    save_wav,
+)
 
 
 def _write(path, data, sr, **kw):
@@ -106,3 +116,41 @@ def test_save_wav_is_atomic_and_round_trips(tmp_path):
     with pytest.raises(AudioError, match="NaN"):
         save_wav(tmp_path / "n.wav", np.array([np.nan]), 16000)
     assert not (tmp_path / "n.wav").exists()
+
+
+def test_save_wav_is_readable_by_others(tmp_path):
+    import stat
+
+    p = save_wav(tmp_path / "o.wav", np.zeros(10), 16000)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_limit_peak_scales_down_only():
+    loud = np.array([0.0, 3.0, -6.0, 1.5], np.float32)
+    y = limit_peak(loud)
+    assert np.abs(y).max() == pytest.approx(0.9) and np.allclose(y / y[2], loud / loud[2])  # one gain, shape kept
+    quiet = np.array([0.1, -0.5], np.float32)
+    assert np.array_equal(limit_peak(quiet), quiet)
+    assert limit_peak(np.zeros(0)).size == 0
+    with pytest.raises(ValueError, match="peak"):
+        limit_peak(quiet, 1.5)
+
+
+def test_griffin_lim_of_a_loud_mel_does_not_clip(tmp_path):
+    """An untrained model's mel (log10 magnitudes far above speech) is limited, so the written PCM never clips."""
+    from interaction_jax.features.mel import mel_to_audio
+
+    mel = np.random.RandomState(0).uniform(0.0, 2.0, (20, 80)).astype(np.float32)
+    wav = mel_to_audio(mel, n_iter=2)
+    assert 0.5 < np.abs(wav).max() <= 0.9 + 1e-6
+    pcm, _ = sf.read(save_wav(tmp_path / "m.wav", wav, 16000), dtype="int16")
+    assert np.abs(pcm.astype(np.int32)).max() < 32767
+
+
+def test_on_input_clock_is_exactly_the_input_length():
+    speech = np.ones(1000, np.float32)
+    out = on_input_clock(speech, 0.01, 16000, 900)  # starts 160 samples in, cut at the input's end
+    assert out.shape == (900,) and not out[:160].any() and out[160:].all()
+    short = on_input_clock(speech[:100], 0.0, 16000, 300)
+    assert short.shape == (300,) and short[:100].all() and not short[100:].any()
+    assert on_input_clock(speech, 1.0, 16000, 100).shape == (100,)  # starts after the end: silence

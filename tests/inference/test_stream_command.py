@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import soundfile as sf
 from conftest import REPO, config_path
 
-from interaction_jax.features.audio import save_wav
+from interaction_jax.features.audio import load_audio, save_wav
 
 
 def _run(*args):
@@ -19,7 +20,8 @@ def _run(*args):
 def test_stream_command_writes_outputs(tmp_path):
     wav = tmp_path / "user.wav"
     t = np.arange(int(0.8 * 22050)) / 22050
-    save_wav(wav, 0.3 * np.sin(2 * np.pi * 220 * t), 22050)  # not the model rate: resampled
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    save_wav(wav, np.stack([tone, 0.5 * tone]), 22050)  # not the model rate: resampled; stereo: mixed, with a notice
     events = tmp_path / "events_in.json"
     events.write_text(json.dumps([{"time": 0.3, "text": "hello"}]))
     out = tmp_path / "out"
@@ -29,6 +31,10 @@ def test_stream_command_writes_outputs(tmp_path):
     summary = json.loads((out / "events.json").read_text())
     assert summary["micro_turns"] == 4 and summary["memory"]["kv_bytes_per_session"] > 0
     assert "words" in json.loads((out / "transcript.json").read_text())
+    assert "has 2 channels: mixed down to mono" in r.stdout
+    pcm, sr = sf.read(out / "model.wav", dtype="int16")
+    assert sr == 16000 and len(pcm) == len(load_audio(wav, 16000, mono="mix"))  # exactly the input's length
+    assert np.abs(pcm.astype(np.int32)).max() < 32767  # a random-init model's noise is limited, never clipped
 
 
 def test_stream_command_bad_inputs(tmp_path):
