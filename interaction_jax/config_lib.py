@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.sliding_window = 0  # 0 = full causal attention
     c.model.attention_sinks = 0
     c.model.time_embedding = False
+    # hMLP video stem: GELU form ("tanh" approximate | "exact" erf) and LayerNorm eps; the paper's code
+    # (and torch ports) use "exact" and 1e-5 (docs/model.md)
+    c.model.hmlp_gelu = "tanh"
+    c.model.hmlp_norm_eps = 1e-6
     c.model.tie_embeddings = True
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"

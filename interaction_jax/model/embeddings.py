@@ -108,6 +108,8 @@ class InputEmbedding(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         batch_invariant: bool = False,
+        hmlp_gelu: str = "tanh",
+        hmlp_norm_eps: float = 1e-6,
         rngs: nnx.Rngs,
     ):
         self.d_model = d_model
@@ -129,7 +131,7 @@ class InputEmbedding(nnx.Module):
         self.kind = param(rngs, nnx.initializers.normal(1.0), (NUM_KINDS, d_model), ("kinds", "embed"), param_dtype)
         if video_patches > 0:
             self.hmlp = HMLPStem(d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype,
-                                 batch_invariant=bi, rngs=rngs)
+                                 batch_invariant=bi, gelu=hmlp_gelu, norm_eps=hmlp_norm_eps, rngs=rngs)
             self.no_frame = param(rngs, nnx.initializers.normal(1.0), (d_model,), ("embed",), param_dtype)
         else:
             self.hmlp = None

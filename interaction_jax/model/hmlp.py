@@ -11,18 +11,37 @@ conv2x2/s2 -> norm, widths (D/4, D/4, D). For 40x40 patches the kernels are (4, 
 non-overlapping k x k tile, so each stage is implemented as "reshape tiles into the channel
 axis, then one matmul": exact, cheap, and obviously free of cross-patch mixing. Norms are
 LayerNorm over channels (the paper's BatchNorm would mix patches through batch statistics).
+
+Two details are options (`config.model.hmlp_gelu`, `config.model.hmlp_norm_eps`) because they
+matter when porting torch weights: the paper's code uses torch's `nn.GELU()` (exact, erf) and
+torch norms default to eps 1e-5; the defaults here stay the tanh-approximate GELU and eps 1e-6
+(what existing checkpoints were trained with). The two differ by up to ~1e-3 per activation.
+`load_torch_weights` takes the torch layout (conv weight [out, in, kh, kw]).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from interaction_jax.model.layers import LayerNorm, Linear
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
+GELU_FORMS = ("tanh", "exact")
+
+
+def conv_weight_from_torch(w) -> jax.Array:
+    """A stride == kernel conv weight in torch layout [out, in, kh, kw] -> this stem's matmul [kh*kw*in, out]."""
+    w = jnp.asarray(w)
+    if w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"hMLP: expected a torch conv weight [out, in, k, k], got shape {w.shape}")
+    out, c_in, k, _ = w.shape
+    return w.transpose(2, 3, 1, 0).reshape(k * k * c_in, out)  # tiles are flattened (row, col, channel)
 
 
 def _tiles_to_channels(x: jax.Array, k: int) -> jax.Array:
@@ -50,8 +69,16 @@ class HMLPStem(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         batch_invariant: bool = False,
+        gelu: str = "tanh",
+        norm_eps: float = 1e-6,
         rngs: nnx.Rngs,
     ):
+        """`gelu`: "tanh" (approximate, the default) or "exact" (erf, the paper's); `norm_eps`: LayerNorm eps."""
+        if gelu not in GELU_FORMS:
+            raise ValueError(f"hMLP: gelu must be one of {GELU_FORMS}, got {gelu!r}")
+        if not norm_eps > 0:
+            raise ValueError(f"hMLP: norm_eps must be positive, got {norm_eps}")
+        self.gelu = gelu
         prod = 1
         for k in kernels:
             prod *= k
@@ -77,10 +104,34 @@ class HMLPStem(nnx.Module):
                     rngs=rngs,
                 )
             )
-            norms.append(LayerNorm(c_out, param_dtype=param_dtype, batch_invariant=batch_invariant, rngs=rngs))
+            norms.append(LayerNorm(c_out, eps=float(norm_eps), param_dtype=param_dtype, batch_invariant=batch_invariant,
+                                   rngs=rngs))
             c_in = c_out
         self.projs = nnx.List(projs)
         self.norms = nnx.List(norms)
+
+    def load_torch_weights(self, convs: Sequence[tuple], norms: Sequence[tuple]) -> None:
+        """Sets every stage from torch tensors (as numpy): convs [(weight [out, in, k, k], bias [out])], norms
+        [(weight, bias)], in stage order (e.g. a torch hMLP stem's Conv2d / LayerNorm state_dict entries)."""
+        if len(convs) != len(self.kernels) or len(norms) != len(self.kernels):
+            raise ValueError(f"hMLP: expected {len(self.kernels)} conv and norm stages, got {len(convs)} and "
+                             f"{len(norms)}")
+        for i, ((w, b), (g, beta)) in enumerate(zip(convs, norms, strict=True)):
+            proj, norm = self.projs[i], self.norms[i]
+            w = conv_weight_from_torch(w)
+            got = {"conv weight": w.shape, "conv bias": np.shape(b), "norm weight": np.shape(g),
+                   "norm bias": np.shape(beta)}
+            want = {"conv weight": proj.w.shape, "conv bias": proj.b.shape, "norm weight": norm.scale.shape,
+                    "norm bias": norm.bias.shape}
+            for name in got:
+                if tuple(got[name]) != tuple(want[name]):
+                    raise ValueError(f"hMLP: stage {i} {name}: shape {tuple(got[name])} (as this stem's layout), "
+                                     f"expected {tuple(want[name])}")
+            dt = proj.w[...].dtype
+            proj.w[...] = w.astype(dt)
+            proj.b[...] = jnp.asarray(b, dt)
+            norm.scale[...] = jnp.asarray(g, dt)
+            norm.bias[...] = jnp.asarray(beta, dt)
 
     def __call__(self, patches: jax.Array) -> jax.Array:
         lead = patches.shape[:-3]
@@ -93,5 +144,5 @@ class HMLPStem(nnx.Module):
         for i, k in enumerate(self.kernels):
             x = self.norms[i](self.projs[i](_tiles_to_channels(x, k)))
             if i != last:
-                x = jax.nn.gelu(x)
+                x = jax.nn.gelu(x, approximate=self.gelu == "tanh")
         return x.reshape(lead + (x.shape[-1],))

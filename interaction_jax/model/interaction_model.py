@@ -65,6 +65,8 @@ class InteractionModel(nnx.Module):
             dtype=dtype,
             param_dtype=param_dtype,
             batch_invariant=bi,
+            hmlp_gelu=str(m.get("hmlp_gelu", "tanh")),  # .get: run configs saved before these keys existed
+            hmlp_norm_eps=float(m.get("hmlp_norm_eps", 1e-6)),
             rngs=rngs,
         )
         self.backbone = Transformer(m, rngs=rngs)

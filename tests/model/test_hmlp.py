@@ -56,3 +56,57 @@ def test_gradients_reach_every_parameter(stem):
 def test_wrong_patch_size_is_rejected(stem):
     with pytest.raises(ValueError, match="40, 40, 3"):
         jax.eval_shape(lambda x: stem(x), jnp.zeros((2, 32, 32, 3), jnp.uint8))
+
+
+def _torch_layout_weights(d, kernels=(4, 2, 5), seed=0):
+    """Random weights as a torch hMLP stem stores them: Conv2d [out, in, k, k] + bias, LayerNorm weight + bias."""
+    rs = np.random.RandomState(seed)
+    widths, c_in, convs, norms = [d // 4, d // 4, d], 3, [], []
+    for k, c_out in zip(kernels, widths, strict=True):
+        convs.append((rs.normal(0, 1 / np.sqrt(k * k * c_in), (c_out, c_in, k, k)).astype(np.float32),
+                      rs.normal(0, 0.1, c_out).astype(np.float32)))
+        norms.append((rs.uniform(0.5, 1.5, c_out).astype(np.float32), rs.normal(0, 0.1, c_out).astype(np.float32)))
+        c_in = c_out
+    return convs, norms
+
+
+def _numpy_stem(patches, convs, norms, *, exact: bool, eps: float, kernels=(4, 2, 5)):
+    """Independent reference in torch's NCHW layout: stride == kernel Conv2d, LayerNorm over channels, GELU."""
+    from scipy.special import erf
+
+    x = (patches.astype(np.float64) / 255.0 - 0.5) / 0.25
+    x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    for i, (k, (w, b), (g, beta)) in enumerate(zip(kernels, convs, norms, strict=True)):
+        n, c, h, wd = x.shape
+        tiles = x.reshape(n, c, h // k, k, wd // k, k)
+        x = np.einsum("ocab,nciajb->noij", w.astype(np.float64), tiles) + b[None, :, None, None]
+        mean = x.mean(axis=1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+        x = (x - mean) / np.sqrt(var + eps) * g[None, :, None, None] + beta[None, :, None, None]
+        if i != len(kernels) - 1:
+            if exact:
+                x = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+            else:
+                x = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    return x[:, :, 0, 0]
+
+
+@pytest.mark.parametrize("gelu,eps", [("exact", 1e-5), ("tanh", 1e-6)])
+def test_torch_layout_weights_match_a_numpy_reference(gelu, eps):
+    convs, norms = _torch_layout_weights(D)
+    stem = HMLPStem(D, gelu=gelu, norm_eps=eps, rngs=nnx.Rngs(1))
+    stem.load_torch_weights(convs, norms)
+    x = _patches(3, seed=2)
+    ref = _numpy_stem(x, convs, norms, exact=gelu == "exact", eps=eps)
+    np.testing.assert_allclose(np.asarray(_apply(stem, x)), ref, atol=2e-5, rtol=1e-5)
+    other = _numpy_stem(x, convs, norms, exact=gelu != "exact", eps=eps)
+    assert np.max(np.abs(other - ref)) > 1e-4  # the GELU form is visible at this tolerance
+
+
+def test_stem_options_are_config_keys_and_checked(tiny_config):
+    assert tiny_config.model.hmlp_gelu == "tanh" and tiny_config.model.hmlp_norm_eps == 1e-6  # today's defaults
+    with pytest.raises(ValueError, match="gelu must be one of"):
+        HMLPStem(D, gelu="erf", rngs=nnx.Rngs(0))
+    convs, norms = _torch_layout_weights(D)
+    with pytest.raises(ValueError, match="stage 0 conv weight"):
+        HMLPStem(D, rngs=nnx.Rngs(0)).load_torch_weights([(convs[0][0][:, :2], convs[0][1])] + convs[1:], norms)
