@@ -11,6 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["interaction_jax", "interaction_jax.*", "pallas_kernels", "pallas_kernels.*"]),
+    package_data={"interaction_jax": ["serve_page.html"]},  # the browser client served at / (serve.py)
     # Lower bounds: the oldest versions the suite was run with (jax 0.10 on CPU, 0.11 on GPU); the exact
     # versions `make venv` and CI install are pinned in constraints.txt.
     install_requires=[
@@ -29,6 +30,7 @@ setup(
         "espeakng-loader>=0.2.4",
         "matplotlib>=3.8",
         "webrtcvad-wheels>=2.0.14",  # the turn-based baseline's VAD (eval/baseline.py); binary wheels
+        "aiohttp>=3.14",  # interaction_jax.serve / client: HTTP + WebSocket (tests/serve run in `make test`)
     ],
     extras_require={
         "test": ["pytest>=8.0", "hypothesis>=6.100"],
