@@ -44,7 +44,7 @@ flags.DEFINE_string("workdir", "runs/interaction_small", "Data, run and evaluati
 flags.DEFINE_list("stages", list(STAGES), "Stages to run, in order.")
 flags.DEFINE_list("redo", [], "Stages whose saved outputs are recomputed.")
 flags.DEFINE_integer("num_examples", 50, "Test episodes per benchmark task.")
-flags.DEFINE_integer("select_examples", 12, "Validation episodes per task for choosing the decoding settings.")
+flags.DEFINE_integer("select_examples", 8, "Validation episodes per task for choosing the decoding settings.")
 flags.DEFINE_list("temperatures", ["0.3", "0.7"], "Sampling temperatures tried on the validation range.")
 flags.DEFINE_integer("curve_every", 500, "Learning curve: evaluate every N steps' checkpoint (0 = off).")
 flags.DEFINE_integer("curve_examples", 8, "Learning curve: validation episodes per task and checkpoint.")
@@ -153,7 +153,8 @@ def stage_select(config, workdir: str) -> dict:
                                     task="delegation_typed", seed=DELEGATION_VALIDATION_SEED,
                                     num=FLAGS.select_examples, temperature=float(t))
         headline = report_lib.headline(res["typed"]["metrics"]["model"], deleg)
-        rows.append({"temperature": float(t), "score": report_lib.selection_score(headline), "headline": headline})
+        rows.append({"temperature": float(t), "score": report_lib.selection_score(headline), "headline": headline,
+                     "headline_scripted": report_lib.headline(res["typed"]["metrics"]["model"], None)})
         print(f"[experiment] validation, temperature {t}: score {rows[-1]['score']:.3f}", flush=True)
     best = max(rows, key=lambda r: r["score"])
     out = {"candidates": rows, "temperature": best["temperature"], "top_p": float(config.inference.top_p),
@@ -192,6 +193,11 @@ def stage_curve(config, workdir: str, temperature: float) -> dict:
     if last is not None and last not in steps:
         steps.append(last)
     cfg = _with_temperature(config, temperature)
+    sel = _json(os.path.join(workdir, "eval", "select.json"))
+    chosen = next((r for r in (sel or {}).get("candidates", []) if r["temperature"] == temperature), None)
+    if (chosen and last is not None and last not in points and sel["examples_per_task"] == FLAGS.curve_examples
+            and "headline_scripted" in chosen):
+        points[last] = chosen["headline_scripted"]  # the same episodes, seeds and checkpoint: select ran it
     for step in steps:
         if step in points:
             continue
