@@ -51,4 +51,6 @@ if __name__ == "__main__":
     from interaction_jax.config_lib import check_cli_overrides
 
     check_cli_overrides(sys.argv)
-    app.run(main)
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main)
