@@ -40,6 +40,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 # WebSocket close codes (RFC 6455 / IANA registry) the server uses.
 CLOSE_NORMAL = 1000  # session ended (client "end", session length limit)
+CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_UNSUPPORTED = 1003  # audio format the server does not take
 CLOSE_POLICY = 1008  # protocol violation: bad hello, message rate, a client that stops reading
 CLOSE_TOO_BIG = 1009  # a frame over max_frame_bytes
@@ -325,12 +326,20 @@ class StreamServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._health)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _on_startup(self, app) -> None:
         self._lock, self._wake = asyncio.Lock(), asyncio.Event()
         self._clock_task = asyncio.create_task(self._clock())
+
+    async def _on_shutdown(self, app) -> None:
+        """Closes open sessions (1001 going away) so shutdown never waits on a client."""
+        for ls in list(self.live.values()):
+            ls.finished = True
+            if not ls.ws.closed:
+                await ls.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
 
     async def _on_cleanup(self, app) -> None:
         if self._clock_task is not None:

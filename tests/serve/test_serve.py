@@ -42,7 +42,9 @@ TIMEOUT = 240.0
 @pytest.fixture(scope="module")
 def engine():
     c = load_config(config_path("tiny.py"), ["inference.slots=3"])  # same compiled step as test_sessions
-    return StreamEngine(c, InteractionModel(c, rngs=nnx.Rngs(0)))
+    eng = StreamEngine(c, InteractionModel(c, rngs=nnx.Rngs(0)))
+    eng.step(eng.empty_inputs())  # compile here (an all-idle tick changes nothing), not inside a test's deadline
+    return eng
 
 
 class ThreadServer:
@@ -54,11 +56,11 @@ class ThreadServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runner, self.port = asyncio.run_coroutine_threadsafe(start(self.server, "127.0.0.1", 0),
-                                                                  self.loop).result(30)
+                                                                  self.loop).result(TIMEOUT)
         self.url = f"ws://127.0.0.1:{self.port}"
 
     def stop(self):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(TIMEOUT)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
 
