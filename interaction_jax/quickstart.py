@@ -105,24 +105,12 @@ def evaluate_and_stream(config, workdir: str, run_dir: str, examples: int) -> di
           f"(RTF {summary['real_time_factor']:.2f}); wrote {out}/model.wav, transcript.json, timeline.png")
     print("[quickstart] benchmark table (also in " + os.path.join(workdir, "eval", "results.json") + "):")
     print(res["table"])
+    from interaction_jax.eval.benchmarks import turn_taking_verdict
+
     verdict = turn_taking_verdict(res["metrics"])
     if verdict:
         print("[quickstart] " + verdict)
     return {"table": res["table"], "stream": summary, "verdict": verdict}
-
-
-def turn_taking_verdict(metrics: dict) -> str | None:
-    """One line: how the model's answer to a spoken question compares with the cascade's (configs/quickstart.py)."""
-    model, cascade = (metrics.get(s, {}).get("fd", {}) for s in ("model", "turn-based baseline"))
-    keys = ("turn_taking_takeover_rate", "turn_taking_latency_median_s")
-    if not model or not cascade or any(model.get(k) is None or cascade.get(k) is None for k in keys):
-        return None
-    (mt, ml), (ct, cl) = (tuple(m[k] for k in keys) for m in (model, cascade))
-    better = mt >= 0.8 and ml < cl
-    return (f"learned behaviour: answering a spoken question once it ends. Model: takes the turn in {mt:.0%} of "
-            f"questions, median {ml:.2f} s after the question ends; turn-based cascade: {ct:.0%}, median {cl:.2f} s. "
-            + ("The model answers sooner than the cascade can." if better else
-               "Not yet better than the cascade: train longer (--train_steps) or see docs/evaluation.md."))
 
 
 def train(config, workdir: str, train_dir: str, eval_dir: str, steps: int) -> dict:

@@ -35,7 +35,7 @@ def test_verbosity_flag_shows_info_again():
 
 
 def test_quickstart_verdict_compares_with_the_cascade():
-    from interaction_jax.quickstart import turn_taking_verdict
+    from interaction_jax.eval.benchmarks import turn_taking_verdict  # importing quickstart defines absl flags
 
     fd = lambda rate, lat: {"fd": {"turn_taking_takeover_rate": rate, "turn_taking_latency_median_s": lat}}  # noqa: E731
     better = turn_taking_verdict({"model": fd(0.9, 0.3), "turn-based baseline": fd(1.0, 0.55)})

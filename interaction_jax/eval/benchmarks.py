@@ -275,3 +275,17 @@ def table(results: dict[str, dict[str, dict]]) -> str:
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def turn_taking_verdict(metrics: dict) -> str | None:
+    """One line: how the model's answer to a spoken question compares with the cascade's (the quickstart's verdict)."""
+    model, cascade = (metrics.get(s, {}).get("fd", {}) for s in ("model", "turn-based baseline"))
+    keys = ("turn_taking_takeover_rate", "turn_taking_latency_median_s")
+    if not model or not cascade or any(model.get(k) is None or cascade.get(k) is None for k in keys):
+        return None
+    (mt, ml), (ct, cl) = (tuple(m[k] for k in keys) for m in (model, cascade))
+    better = mt >= 0.8 and ml < cl
+    return (f"learned behaviour: answering a spoken question once it ends. Model: takes the turn in {mt:.0%} of "
+            f"questions, median {ml:.2f} s after the question ends; turn-based cascade: {ct:.0%}, median {cl:.2f} s. "
+            + ("The model answers sooner than the cascade can." if better else
+               "Not yet better than the cascade: train longer (--train_steps) or see docs/evaluation.md."))
