@@ -266,7 +266,8 @@ class Session:
     def transcript(self) -> pack.TimedStreams:
         """Model words / control events / mel so far, on the session clock (pack.unpack)."""
         turns = np.array([o.turn for o in self.outputs], np.int64)
-        text = np.stack([o.text_tokens for o in self.outputs]) if self.outputs else np.zeros((0, 0), np.int32)
+        empty = np.zeros((0, self.layout.model_text_slots), np.int32)  # before the first output: no words, no error
+        text = np.stack([o.text_tokens for o in self.outputs]) if self.outputs else empty
         mel = np.stack([o.mel for o in self.outputs]) if self.outputs else None
         return pack.unpack(self.layout, self.tokenizer, turns, text, mel)
 

@@ -223,7 +223,9 @@ def unpack(
     A word's end is the time of its last byte plus one slot.
     """
     micro_turns = np.asarray(micro_turns)
-    text_tokens = np.asarray(text_tokens).reshape(len(micro_turns), -1)
+    text_tokens = np.asarray(text_tokens)
+    # no micro-turn yet (a session that has produced nothing): empty streams, not a reshape error
+    text_tokens = text_tokens.reshape(len(micro_turns), -1 if len(micro_turns) else layout.model_text_slots)
     S = max(text_tokens.shape[1], 1)
     slot_s = layout.micro_turn_s / S
     tokens: list[tuple[float, int]] = []

@@ -192,3 +192,12 @@ def test_self_audio_silence_is_forcing_silence_with_the_models_own_text():
     replay = run(replay_force)
     for t, (a, b) in enumerate(zip(free, replay, strict=True)):
         np.testing.assert_allclose(a.mel, b.mel, rtol=0, atol=1e-6, err_msg=f"turn {t}")
+
+
+def test_transcript_of_a_session_with_no_output_yet_is_empty(engine):
+    sched = Scheduler(engine)
+    s = sched.open_session(seed=1, session_id="fresh")
+    tr = s.transcript()  # before any tick (a server asks this of a client that just joined)
+    assert list(tr.words) == [] and list(tr.events) == []
+    assert s.delegations() == []
+    s.close()
