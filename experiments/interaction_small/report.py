@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import platform
 import shutil
 
 # (key, label, target, direction): direction ">=" or "<=" against the target; None = reported only.
@@ -149,10 +148,12 @@ def _curve_plot(curve: dict, path: str) -> str | None:
 
 
 def _hardware() -> dict:
+    """evaluate.hardware() (the evaluation's own record) plus the JAX version."""
     import jax
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(), "jax": jax.__version__}
+    from interaction_jax.evaluate import hardware
+
+    return {**hardware(), "jax": jax.__version__}
 
 
 def build_results(config, workdir: str, timings: dict, command: str) -> dict:
