@@ -1,4 +1,8 @@
-"""Turn-taking: the user asks a question, the model answers after a natural gap (0.2-0.8 s).
+"""Turn-taking: the user asks a question, the model answers after a natural gap (`GAP_S`).
+
+The gap is drawn from 0.2-0.4 s: between turns people answer after about 200 ms (the mode of
+the gaps in Stivers et al. 2009, "Universals and cultural variation in turn-taking", PNAS),
+and one 200 ms micro-turn is the layout's floor.
 
 Episodes hold as many question/answer exchanges (from a small bank) as fit, separated by a
 pause. The answer follows the end of the question (or, for typed questions, the moment it is
@@ -28,6 +32,7 @@ QA_BANK = (
     ("Where does the sun rise?", "The sun rises in the east.", "east"),
 )
 LATE_S = 1.5
+GAP_S = (0.2, 0.4)  # response gap after the question ends (see the module docstring)
 
 
 def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
@@ -46,7 +51,7 @@ def generate(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruct
         q_end = b.instruct(question, t)
         if not b.typed:
             b.window("silent", t, q_end)
-        say_at = q_end + b.gap(0.2, 0.8)
+        say_at = q_end + b.gap(*GAP_S)
         said = b.model_says(answer, say_at)
         b.window("speak", q_end, q_end + LATE_S, key)
         question_ends.append(q_end)
