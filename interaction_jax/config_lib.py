@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     # engine (any slot contents) agree exactly; the one switch for training and inference; dense layers only
     c.model.batch_invariant = False
     c.model.user_text_loss_weight = 0.0  # ablation: also predict the user's typed-text stream
+    # auxiliary: write the text of the user's spoken words at the USER_AUDIO positions after they are
+    # heard (streams/text_streams.user_speech_tokens); teaches the audio embedding word identity
+    c.model.user_speech_loss_weight = 0.0
     c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary; larger pads the text table (sharding)
     c.model.text_loss_weight = 1.0
     c.model.audio_loss_weight = 1.0

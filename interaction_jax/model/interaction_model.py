@@ -25,7 +25,7 @@ from interaction_jax.model.embeddings import InputEmbedding
 from interaction_jax.model.flow import FlowHead
 from interaction_jax.model.heads import TextHead
 from interaction_jax.model.transformer import KVCache, Transformer
-from interaction_jax.streams.layout import StreamLayout
+from interaction_jax.streams.layout import Kind, StreamLayout
 from interaction_jax.streams.tokenizer import make_tokenizer
 
 
@@ -142,6 +142,7 @@ def loss_weights(config) -> dict[str, float]:
         "load_balance": float(m.moe.load_balance_weight),
         "z_loss": float(m.moe.z_loss_weight),
         "user_text": float(m.get("user_text_loss_weight", 0.0)),
+        "user_speech": float(m.get("user_speech_loss_weight", 0.0)),
     }
 
 
@@ -159,7 +160,9 @@ def forward(
     `weights` (see `loss_weights(config)`) default to 1 for text/audio and the MoE defaults.
     `user_text_pairs` = (source, target) position indices of consecutive USER_TEXT slots
     (`user_text_pairs(layout, W)`); with `weights["user_text"] > 0` the model also learns to
-    predict the user's text stream (an ablation switch, `model.user_text_loss_weight`)."""
+    predict the user's text stream (an ablation switch, `model.user_text_loss_weight`). With
+    `weights["user_speech"] > 0` (`model.user_speech_loss_weight`) it also writes, at each
+    USER_AUDIO position, the text of the user's words heard so far (`user_speech_targets`)."""
     w = {"text": 1.0, "audio": 1.0, "load_balance": 0.01, "z_loss": 1e-3}
     w.update(weights or {})
     model = nnx.merge(graphdef, state, *extra_states)
@@ -191,6 +194,14 @@ def forward(
         loss = loss + w["user_text"] * u_loss
         metrics["loss"] = loss
         metrics["user_text_loss"] = u_loss
+    if w.get("user_speech", 0.0) > 0.0 and "user_speech_targets" in batch:
+        # auxiliary: transcribe what the user just said at its USER_AUDIO positions
+        speech_mask = (batch["kinds"] == int(Kind.USER_AUDIO)) & batch["valid"]
+        s_loss, s_acc = text_loss(out["text_logits"], batch["user_speech_targets"], speech_mask)
+        loss = loss + w["user_speech"] * s_loss
+        metrics["loss"] = loss
+        metrics["user_speech_loss"] = s_loss
+        metrics["user_speech_accuracy"] = s_acc
     if "expert_counts" in aux:
         metrics["expert_counts"] = aux["expert_counts"]
         metrics["expert_counts_per_layer"] = aux["expert_counts_per_layer"]
@@ -202,7 +213,6 @@ def user_text_pairs(layout: StreamLayout, num_turns: int):
     """(source, target) indices: each USER_TEXT position and the next USER_TEXT position after it."""
     import numpy as np
 
-    from interaction_jax.streams.layout import Kind
 
     idx = layout.kind_indices(Kind.USER_TEXT, num_turns).reshape(-1)
     return np.asarray(idx[:-1]), np.asarray(idx[1:])
@@ -234,6 +244,7 @@ def dummy_batch(config, batch_size: int, num_turns: int, seed: int = 0) -> dict:
         "text_loss_mask": np.broadcast_to(kinds == int(Kind.MODEL_TEXT), (b, kinds.size)),
         "mel_targets": rs.uniform(-7.0, 2.0, (b,) + spec["mel_targets"][0]),
         "audio_loss_mask": np.broadcast_to(kinds == int(Kind.MODEL_AUDIO), (b, kinds.size)),
+        "user_speech_targets": rs.randint(0, vocab, (b,) + spec["user_speech_targets"][0]),
     }
     return {k: jnp.asarray(np.asarray(v).astype(spec[k][1])) for k, v in out.items()}
 

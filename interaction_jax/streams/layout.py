@@ -202,4 +202,7 @@ class StreamLayout:
             "text_loss_mask": ((L,), np.float32),
             "mel_targets": ((L, F, M), np.float32),  # log-mel frames at MODEL_AUDIO positions
             "audio_loss_mask": ((L,), np.float32),
+            # the user's spoken words as text at USER_AUDIO positions (auxiliary target, see
+            # text_streams.user_speech_tokens); NOTHING where no word has just ended
+            "user_speech_targets": ((L,), np.int32),
         }

@@ -49,6 +49,7 @@ class EpisodeGrid:
     user_text: np.ndarray  # [num_turns, user_text_slots] int32
     background: np.ndarray  # [num_turns, background_slots] int32
     model_text: np.ndarray  # [num_turns, model_text_slots] int32 (targets)
+    user_speech: np.ndarray  # [num_turns, audio_positions] int32: user words as text (aux targets)
     prev_model_text: np.ndarray  # [num_turns] int32: last model-text target before turn t
     patches: np.ndarray  # [num_turns, V, ps, ps, 3] uint8
     video_present: np.ndarray  # [num_turns] bool
@@ -108,6 +109,9 @@ class EpisodeGrid:
         mt, ov_m = text_streams.fill_slots(
             text_streams.model_text_tokens(episode, layout, tokenizer), n_turns, layout.model_text_slots
         )
+        us, ov_s = text_streams.fill_slots(
+            text_streams.user_speech_tokens(episode, layout, tokenizer), n_turns, layout.audio_positions
+        )
         if layout.model_text_slots:
             flat = mt.reshape(-1)
             prev = np.concatenate([[int(Control.NOTHING)], flat[:-1]])
@@ -136,10 +140,11 @@ class EpisodeGrid:
             user_text=ut,
             background=bg,
             model_text=mt,
+            user_speech=us,
             prev_model_text=prev_model_text,
             patches=patches,
             video_present=present,
-            overflow={"user_text": ov_u, "background": ov_b, "model_text": ov_m},
+            overflow={"user_text": ov_u, "background": ov_b, "model_text": ov_m, "user_speech": ov_s},
         )
 
 
@@ -168,6 +173,7 @@ def pack_window(grid: EpisodeGrid, start: int, num_turns: int) -> dict[str, np.n
     tgt = out["text_targets"].reshape(num_turns, P)
     tmask = out["text_loss_mask"].reshape(num_turns, P)
     amask = out["audio_loss_mask"].reshape(num_turns, P)
+    speech = out["user_speech_targets"].reshape(num_turns, P)
     dmel = out["dmel"].reshape(num_turns, P, F, -1)
     mel_t = out["mel_targets"].reshape(num_turns, P, F, -1)
     for w, t in enumerate(turns):
@@ -181,6 +187,7 @@ def pack_window(grid: EpisodeGrid, start: int, num_turns: int) -> dict[str, np.n
             tgt[w, sl[Kind.MODEL_TEXT]] = mt
             tmask[w, sl[Kind.MODEL_TEXT]] = 1.0
         if A:
+            speech[w, sl[Kind.USER_AUDIO]] = grid.user_speech[t]
             dmel[w, sl[Kind.USER_AUDIO]] = grid.user_dmel[t * N : (t + 1) * N].reshape(A, F, -1)
             f0 = (t + 1) * N  # first output frame of turn t
             mel_t[w, sl[Kind.MODEL_AUDIO]] = grid.model_logmel[f0 : f0 + N].reshape(A, F, -1)

@@ -91,6 +91,20 @@ def background_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list
     return out
 
 
+def user_speech_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
+    """What the user said, as text: each spoken word's tokens, available the micro-turn after
+    the one in which the word ends (its audio has then been heard in full).
+
+    The target of the auxiliary transcription loss (`model.user_speech_loss_weight`): at the
+    USER_AUDIO positions the model writes what it has just heard, so the audio embedding has
+    to carry word identity, not only timing (an inner transcript, as open duplex models keep).
+    """
+    out: list[TimedToken] = []
+    for w in sorted(episode.user_words, key=lambda w: w.end):
+        out += _event_tokens(layout.input_turn(w.end) + 1, w.end, tokenizer.encode(w.text + " "), len(out))
+    return out
+
+
 def model_text_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
     """What the model should write: utterances framed by SPEECH_START/END, and delegations.
 

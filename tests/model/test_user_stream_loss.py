@@ -30,3 +30,25 @@ def test_user_text_loss_matches_direct_cross_entropy():
     ce = -np.take_along_axis(logp, targets[..., None], -1).mean()
     np.testing.assert_allclose(float(m["user_text_loss"]), ce, rtol=1e-5)
     np.testing.assert_allclose(float(loss) - float(base), 0.5 * ce, rtol=1e-4)
+
+
+def test_user_speech_loss_is_cross_entropy_at_user_audio_positions():
+    cfg = load_config(config_path("tiny.py"), ["model.num_layers=1"])
+    model = InteractionModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = dict(dummy_batch(cfg, 2, 3))
+    valid = np.ones(batch["valid"].shape, bool)
+    valid[:, -5:] = False  # padding at the end takes no loss
+    batch["valid"] = valid
+    rng = jax.random.key(0)
+    base, _ = forward(graphdef, params, batch, rng, rest, weights={"user_speech": 0.0})
+    loss, m = forward(graphdef, params, batch, rng, rest, weights={"user_speech": 0.25})
+    sel = (np.asarray(batch["kinds"]) == int(Kind.USER_AUDIO)) & valid
+    logits = np.asarray(model(batch)["text_logits"], np.float64)[sel]
+    targets = np.asarray(batch["user_speech_targets"])[sel]
+    mx = logits.max(-1, keepdims=True)
+    logp = logits - mx - np.log(np.exp(logits - mx).sum(-1, keepdims=True))
+    ce = -logp[np.arange(len(targets)), targets].mean()
+    np.testing.assert_allclose(float(m["user_speech_loss"]), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(loss) - float(base), 0.25 * ce, rtol=1e-4)
+    assert "user_speech_loss" not in forward(graphdef, params, batch, rng, rest)[1]

@@ -223,3 +223,27 @@ def test_a_request_is_written_whole_before_a_filler_starting_with_it():
     assert TOK.decode(stream[d + 1 : e]) == request
     assert stream.index(int(Control.SPEECH_START)) == e + 1
     assert TOK.decode(stream[e + 2 : e + 2 + len("Let me check.")]) == "Let me check."
+
+
+def test_user_speech_targets_write_each_heard_word_after_it_ends():
+    """The transcription targets hold the user's words, in order, at USER_AUDIO positions only,
+    each word starting no earlier than the micro-turn after the one in which it ends."""
+    n = int(2.4 * SR)
+    words = [Word("ab", 0.05, 0.31), Word("cde", 0.40, 0.79), Word("f", 0.81, 0.85), Word("ghij", 1.50, 1.90)]
+    ep = Episode(
+        episode_id="s", duration=2.4, user_audio=np.zeros(n, np.float32), model_audio=np.zeros(n, np.float32),
+        user_words=words,
+    )
+    out = pack_window(_grid(ep), 0, LAYOUT.num_turns(2.4))
+    P = LAYOUT.positions_per_turn
+    tgt, kinds = out["user_speech_targets"], out["kinds"]
+    written = np.flatnonzero((kinds == int(Kind.USER_AUDIO)) & (tgt != int(Control.NOTHING)))
+    assert (tgt[kinds != int(Kind.USER_AUDIO)] == 0).all()  # nothing outside USER_AUDIO
+    text = bytes(int(t) - NUM_CONTROL for t in tgt[written]).decode()
+    assert text == "ab cde f ghij "
+    # first byte of each word: its micro-turn is after the one holding the word's end
+    starts = [0, 3, 7, 9]
+    for w, i in zip(words, starts):
+        turn = written[i] // P
+        assert turn >= int(np.floor(w.end / LAYOUT.micro_turn_s)) + 1, (w, turn)
+    assert written[9] // P == int(np.floor(1.90 / 0.2)) + 1  # no backlog: written right after it is heard
