@@ -98,6 +98,11 @@ def stage_train(config, workdir: str) -> None:
     from interaction_jax.train.trainer import Trainer
 
     result = Trainer(config, os.path.join(workdir, "run")).run()
+    want = int(config.train.num_steps)
+    if result.step < want:  # stopped by a signal: the checkpoint is saved; evaluating it would be wrong
+        print(f"[experiment] training stopped at step {result.step} of {want}; run the same command again "
+              "to resume", flush=True)
+        raise SystemExit(1)
     print(f"[experiment] training finished at step {result.step}")
 
 
