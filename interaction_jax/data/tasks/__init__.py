@@ -18,6 +18,7 @@ from interaction_jax.data.episode import Episode
 from interaction_jax.data.speech import SpeechRenderer, default_renderer
 from interaction_jax.data.tasks import cuespeak, delegation, interruption, others, timespeak, turntaking
 from interaction_jax.data.tasks.delegation import answer_request
+from interaction_jax.data.tasks.visual import TASKS as _VISUAL
 
 TaskFn = Callable[..., Episode]
 
@@ -30,11 +31,15 @@ TASKS: dict[str, TaskFn] = {
     "delegation": delegation.generate,
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # the tasks "mix" draws from
+# Visual-proactivity tasks (visual.py): selectable by name or in a weighted mix; plain "mix" never draws them.
+VISUAL_TASKS: tuple[str, ...] = tuple(_VISUAL)
+TASKS.update(_VISUAL)
 # Curriculum variants: every task that gives an instruction has `<task>_typed` (every instruction
 # typed, so content is copied from text) and `<task>_spoken` (every instruction spoken). They are
 # selectable by name or in a weighted mix, never drawn by plain "mix"; episode.task keeps the
 # base name and episode.metadata["instruction_mode"] says which it was.
 INSTRUCTED_TASKS = ("timespeak", "cuespeak", "turntaking", "interruption", "delegation")
+INSTRUCTED_TASKS = (*INSTRUCTED_TASKS, *VISUAL_TASKS)
 for _name in INSTRUCTED_TASKS:
     for _mode in ("typed", "spoken"):
         TASKS[f"{_name}_{_mode}"] = functools.partial(TASKS[_name], instruction_mode=_mode)
