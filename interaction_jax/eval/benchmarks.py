@@ -216,6 +216,12 @@ def delegation(items) -> dict:
 
 METRICS = {"timespeak": timespeak, "cuespeak": cuespeak, "fd": fd, "delegation": delegation}
 
+# Spoken refusals (eval/refusal.py): refusal, over-refusal and consistency under escalation.
+from interaction_jax.eval import refusal as _refusal  # noqa: E402  (it does not import this module)
+
+BENCHMARK_TASKS["refusal"] = _refusal.TASKS
+METRICS["refusal"] = _refusal.metrics
+
 
 def score_items(benchmark: str, items) -> dict:
     """Metrics of one benchmark from `graded` items."""
@@ -252,6 +258,9 @@ HEADLINE = {
                    ("delegation_recall", "Delegation recall", "pct"),
                    ("result_to_speech_delay_median_s", "  result-to-speech delay median", "s")],
 }  # fmt: skip
+
+
+HEADLINE["refusal"] = _refusal.HEADLINE
 
 
 def _fmt(v, unit: str) -> str:

@@ -19,6 +19,8 @@ from interaction_jax.streams.layout import StreamLayout
 EVAL_SEED_BASE = 2_000_000
 TASK_SEED_OFFSET = {"timespeak": 0, "cuespeak": 100_000, "turntaking": 200_000, "interruption": 300_000,
                     "others": 400_000, "delegation": 500_000}
+# The refusal tasks (data/tasks/refusal.py, eval/refusal.py).
+TASK_SEED_OFFSET.update(refusal=600_000, refusal_benign=700_000, refusal_redteam=800_000)
 # Two disjoint ranges per task: "test" (the reported numbers) and "validation" (where decoding
 # settings are chosen), so nothing is tuned on the episodes it is reported on.
 SPLIT_OFFSET = {"test": 0, "validation": 50_000}

@@ -16,7 +16,7 @@ import numpy as np
 
 from interaction_jax.data.episode import Episode
 from interaction_jax.data.speech import SpeechRenderer, default_renderer
-from interaction_jax.data.tasks import cuespeak, delegation, interruption, others, timespeak, turntaking
+from interaction_jax.data.tasks import cuespeak, delegation, interruption, others, refusal, timespeak, turntaking
 from interaction_jax.data.tasks.delegation import answer_request
 from interaction_jax.data.tasks.visual import TASKS as _VISUAL
 
@@ -31,6 +31,8 @@ TASKS: dict[str, TaskFn] = {
     "delegation": delegation.generate,
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # the tasks "mix" draws from
+# The refusal tasks (refusal.py) are selectable by name or in a weighted mix; plain "mix" never draws them.
+TASKS.update(refusal=refusal.generate, refusal_benign=refusal.generate_benign, refusal_redteam=refusal.generate_redteam)
 # Visual-proactivity tasks (visual.py): selectable by name or in a weighted mix; plain "mix" never draws them.
 VISUAL_TASKS: tuple[str, ...] = tuple(_VISUAL)
 TASKS.update(_VISUAL)
@@ -38,7 +40,8 @@ TASKS.update(_VISUAL)
 # typed, so content is copied from text) and `<task>_spoken` (every instruction spoken). They are
 # selectable by name or in a weighted mix, never drawn by plain "mix"; episode.task keeps the
 # base name and episode.metadata["instruction_mode"] says which it was.
-INSTRUCTED_TASKS = ("timespeak", "cuespeak", "turntaking", "interruption", "delegation")
+INSTRUCTED_TASKS = ("timespeak", "cuespeak", "turntaking", "interruption", "delegation", "refusal", "refusal_benign",
+                    "refusal_redteam")
 INSTRUCTED_TASKS = (*INSTRUCTED_TASKS, *VISUAL_TASKS)
 for _name in INSTRUCTED_TASKS:
     for _mode in ("typed", "spoken"):
