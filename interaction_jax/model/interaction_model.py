@@ -26,7 +26,7 @@ from interaction_jax.model.flow import FlowHead
 from interaction_jax.model.heads import TextHead
 from interaction_jax.model.transformer import KVCache, Transformer
 from interaction_jax.streams.layout import Kind, StreamLayout
-from interaction_jax.streams.tokenizer import make_tokenizer
+from interaction_jax.streams.tokenizer import Control, make_tokenizer
 
 
 def model_vocab_size(config) -> int:
@@ -143,6 +143,7 @@ def loss_weights(config) -> dict[str, float]:
         "z_loss": float(m.moe.z_loss_weight),
         "user_text": float(m.get("user_text_loss_weight", 0.0)),
         "user_speech": float(m.get("user_speech_loss_weight", 0.0)),
+        "text_nothing": float(m.get("text_nothing_loss_weight", 1.0)),
     }
 
 
@@ -167,7 +168,13 @@ def forward(
     w.update(weights or {})
     model = nnx.merge(graphdef, state, *extra_states)
     out = model(batch)
-    t_loss, t_acc = text_loss(out["text_logits"], batch["text_targets"], batch["text_loss_mask"])
+    t_mask = batch["text_loss_mask"]
+    if w.get("text_nothing", 1.0) != 1.0:
+        # the speak / stay-silent decision: NOTHING targets (silence) dominate the text stream, so a
+        # weight below 1 makes the tokens that start or continue speech count for more
+        t_mask = t_mask * jnp.where(batch["text_targets"] == int(Control.NOTHING), w["text_nothing"], 1.0)
+    t_loss, _ = text_loss(out["text_logits"], batch["text_targets"], t_mask)
+    _, t_acc = text_loss(out["text_logits"], batch["text_targets"], batch["text_loss_mask"])
     a_loss = model.flow.loss(out["hidden"], batch["mel_targets"], batch["audio_loss_mask"], rng)
     aux = out["aux"]
     loss = (

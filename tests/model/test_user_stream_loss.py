@@ -52,3 +52,27 @@ def test_user_speech_loss_is_cross_entropy_at_user_audio_positions():
     np.testing.assert_allclose(float(m["user_speech_loss"]), ce, rtol=1e-5)
     np.testing.assert_allclose(float(loss) - float(base), 0.25 * ce, rtol=1e-4)
     assert "user_speech_loss" not in forward(graphdef, params, batch, rng, rest)[1]
+
+
+def test_text_nothing_weight_reweights_silence_targets_in_the_text_loss():
+    from interaction_jax.streams.tokenizer import Control
+
+    cfg = load_config(config_path("tiny.py"), ["model.num_layers=1"])
+    model = InteractionModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = dict(dummy_batch(cfg, 2, 3))
+    tgt = np.asarray(batch["text_targets"]).copy()
+    mask = np.asarray(batch["text_loss_mask"], np.float64)
+    tgt[:, ::3] = int(Control.NOTHING)
+    batch["text_targets"] = tgt
+    rng = jax.random.key(0)
+    _, m1 = forward(graphdef, params, batch, rng, rest)
+    _, m2 = forward(graphdef, params, batch, rng, rest, weights={"text_nothing": 0.2})
+    logits = np.asarray(model(batch)["text_logits"], np.float64)
+    mx = logits.max(-1, keepdims=True)
+    logp = logits - mx - np.log(np.exp(logits - mx).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, tgt[..., None], -1)[..., 0]
+    wts = mask * np.where(tgt == int(Control.NOTHING), 0.2, 1.0)
+    np.testing.assert_allclose(float(m1["text_loss"]), (ce * mask).sum() / mask.sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(m2["text_loss"]), (ce * wts).sum() / wts.sum(), rtol=1e-5)
+    assert float(m1["text_accuracy"]) == float(m2["text_accuracy"])  # accuracy stays unweighted
