@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     # auxiliary: write the text of the user's spoken words at the USER_AUDIO positions after they are
     # heard (streams/text_streams.user_speech_tokens); teaches the audio embedding word identity
     c.model.user_speech_loss_weight = 0.0
+    # weight of the text-loss positions whose target is NOTHING (silence) relative to the others:
+    # below 1 strengthens the speak / stay-silent decision against the silence that dominates
+    c.model.text_nothing_loss_weight = 1.0
     c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary; larger pads the text table (sharding)
     c.model.text_loss_weight = 1.0
     c.model.audio_loss_weight = 1.0
