@@ -316,19 +316,21 @@ def summarize(timings: Sequence[Mapping]) -> dict:
 
 
 def write_timing(root: str, runs: Mapping[str, Sequence] | None = None, *, params: VadParams = VadParams(),
-                 fdb_words: str = "text") -> dict[str, dict]:
+                 fdb_words: str = "text", roots: Sequence[str] | None = None) -> dict[str, dict]:
     """timing.json + output_audio.json per sample and one timing_summary.json, for an export `root`.
 
     `runs`: {root name: EpisodeRun list in sample order} as `export_fdb_tree` returns, for the
     text column's full word lists. `fdb_words="audio"` rewrites output.json audio-timed (text
-    version kept as output_text.json). Returns {root name: summary}.
+    version kept as output_text.json). `roots`: the task roots to time (default: every one in
+    `root`). Returns {root name: summary}.
     """
     from interaction_jax.eval.fdb import OUTPUT_JSON, detect_task, sample_dirs, task_roots, transcript_json, write_json
 
     if fdb_words not in ("text", "audio"):
         raise ValueError(f"audio_timing: fdb_words={fdb_words!r}; expected text or audio")
     summaries = {}
-    for task_root in task_roots(root):
+    all_roots = task_roots(root)
+    for task_root in roots if roots is not None else all_roots:
         name = os.path.basename(os.path.normpath(task_root))
         ids = sample_dirs(task_root)
         task = detect_task(task_root, ids)
@@ -349,7 +351,7 @@ def write_timing(root: str, runs: Mapping[str, Sequence] | None = None, *, param
                     os.replace(os.path.join(d, OUTPUT_JSON), text_path)
                 write_json(os.path.join(d, OUTPUT_JSON), fdb_json)
         summaries[name] = summarize(timings)
-    is_tree = [os.path.normpath(d) for d in task_roots(root)] != [os.path.normpath(root)]
+    is_tree = [os.path.normpath(d) for d in all_roots] != [os.path.normpath(root)]
     # never a file inside a task root: FDB's turn-taking and pause scripts open every entry as a sample
     path = (os.path.join(root, SUMMARY_JSON) if is_tree else
             os.path.join(os.path.dirname(os.path.abspath(root)), f"{os.path.basename(os.path.normpath(root))}."

@@ -42,7 +42,9 @@ file + rename), mode 0644 (folders 0755):
     root, so FDB's scripts run on `output_root` alone.
 It refuses to overwrite outputs unless `overwrite=True` and checks every sample (audio, task
 annotation, backchannel folder names) before compiling anything. `export_fdb_tree` does this for
-every task root under a folder (what `evaluate --export_fdb` calls).
+every task root under a folder (what `evaluate --export_fdb` calls), then times the model's speech
+from its audio (`eval/audio_timing.py`: `timing.json` and `output_audio.json` per sample,
+`timing_summary.json` beside the task roots).
 """
 
 from __future__ import annotations
@@ -398,13 +400,14 @@ def task_roots(root: str) -> list[str]:
 
 def export_fdb_tree(engine, out_root: str, *, input_root: str | None = None,
                     episodes: Sequence[Episode] | None = None, seed: int = 0, overwrite: bool = False,
-                    n_iter: int | None = None) -> dict[str, list]:
+                    n_iter: int | None = None, timing: bool = True) -> dict[str, list]:
     """Every task root scored into `out_root/<root name>/` (self-contained: inputs copied beside outputs).
 
     With `episodes`, they are first written as task roots straight into `out_root`
     (`write_fdb_inputs`) and exported in place; with `input_root` (one FDB task root, or a folder
-    of them, e.g. FDB's `v1_0/`), each root is exported to `out_root/<its folder name>`.
-    Returns {root name: runs}.
+    of them, e.g. FDB's `v1_0/`), each root is exported to `out_root/<its folder name>`. With
+    `timing`, every exported root is then timed from its audio (`audio_timing.write_timing`, the
+    runs giving the text column all of their words). Returns {root name: runs}.
     """
     if (input_root is None) == (episodes is None):
         raise FdbError("fdb: pass exactly one of input_root or episodes")
@@ -415,8 +418,13 @@ def export_fdb_tree(engine, out_root: str, *, input_root: str | None = None,
         roots = [(d, os.path.join(out_root, os.path.basename(os.path.normpath(d)))) for d in task_roots(input_root)]
     for src, _ in roots:  # every root is checked before the first one runs
         detect_task(src)
-    return {os.path.basename(dst): export_fdb(engine, src, dst, seed=seed, overwrite=overwrite, n_iter=n_iter)
+    runs = {os.path.basename(dst): export_fdb(engine, src, dst, seed=seed, overwrite=overwrite, n_iter=n_iter)
             for src, dst in roots}
+    if timing:
+        from interaction_jax.eval.audio_timing import write_timing
+
+        write_timing(out_root, runs, roots=[dst for _, dst in roots])
+    return runs
 
 
 __all__ = ["FDB_TASKS", "FdbError", "detect_task", "export_fdb", "export_fdb_tree", "fdb_transcription",

@@ -48,14 +48,16 @@ def _mode(path):
 def test_one_root_per_task_holding_only_its_samples(episodes, exported):
     out, runs = exported
     tt, ui = episodes[0], episodes[1]
-    assert sorted(os.listdir(out)) == ["smooth_turn_taking", "user_interruption"]  # typed / others: no FDB task
+    # typed / others: no FDB task; the audio timing summary lies beside the task roots, never in one
+    assert sorted(os.listdir(out)) == ["smooth_turn_taking", "timing_summary.json", "user_interruption"]
     assert sorted(runs) == ["smooth_turn_taking", "user_interruption"]
     assert os.listdir(os.path.join(out, "smooth_turn_taking")) == [tt.episode_id]
     assert os.listdir(os.path.join(out, "user_interruption")) == [ui.episode_id]
     for task, ep in (("smooth_turn_taking", tt), ("user_interruption", ui)):
         d = os.path.join(out, task, ep.episode_id)
         assert sorted(os.listdir(d)) == sorted(["input.wav", "output.wav", "output.json", "transcription.json",
-                                                "episode.json", fdb.FDB_TASKS[task]])
+                                                "episode.json", fdb.FDB_TASKS[task], "timing.json",
+                                                "output_audio.json"])
         assert fdb.detect_task(os.path.join(out, task)) == task
 
 
@@ -112,6 +114,36 @@ def test_layout_as_fdb_readers_read_it(episodes, exported):
             assert _mode(os.path.join(d, name)) == 0o644, name
         assert _mode(d) == 0o755
     assert any(r.words for rs in runs.values() for r in rs)  # a random model babbles: chunk checks not vacuous
+
+
+def test_export_times_the_model_speech_from_its_audio(episodes, exported, tmp_path):
+    """timing.json of a real export: VAD of the Griffin-Lim output, the run's words beside their audio times."""
+    from interaction_jax.eval import corpus_formats
+
+    out, runs = exported
+    for task, ep in (("smooth_turn_taking", episodes[0]), ("user_interruption", episodes[1])):
+        d = os.path.join(out, task, ep.episode_id)
+        with open(os.path.join(d, "timing.json")) as f:
+            t = json.load(f)
+        run = runs[task][0]
+        assert [w["text"] for w in t["words_text"]] == [w.text for w in sorted(run.words, key=lambda w: w.start)]
+        assert all(s[0] >= run.mel_start - 0.02 for s in t["output_speech"])  # no speech before output plays
+        texts = [w["text"] for w in t["words_audio"]]
+        assert len(texts) <= len(t["words_text"]) and set(texts) <= {w["text"] for w in t["words_text"]}
+        assert set(t["metrics"]) == {"audio", "text"}
+        assert ("stop_latency_s" in t["metrics"]["audio"]) == (task == "user_interruption")
+        with open(os.path.join(d, "output_audio.json")) as f:
+            oa = json.load(f)
+        assert all(c["timestamp"][0] >= t["output_json_after_s"] for c in oa["chunks"])
+    with open(os.path.join(out, "timing_summary.json")) as f:
+        assert sorted(json.load(f)) == ["smooth_turn_taking", "user_interruption"]
+    manifest = corpus_formats.write_corpus(out, str(tmp_path / "corpus"))
+    ep = episodes[1]
+    m = next(m for m in manifest if m["sample"] == ep.episode_id)
+    user = [(w["text"], w["start"]) for w in m["words"] if w["speaker"] == "user"]
+    assert user == [(w.text, pytest.approx(w.start, abs=1e-3)) for w in ep.user_words]
+    with open(tmp_path / "corpus" / m["ctm"]) as f:
+        assert len(f.read().splitlines()) == len([w for w in m["words"] if w["text"].strip()])
 
 
 def test_backchannel_roots_need_folders_0_to_n(exported, tmp_path):
