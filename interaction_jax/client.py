@@ -23,10 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from interaction_jax.errors import UserError
 from interaction_jax.serve import PROTOCOL_VERSION, pcm16_encode
 
 
-class ClientError(RuntimeError):
+class ClientError(UserError, RuntimeError):
     """The server refused the session, or could not be reached."""
 
 
@@ -212,8 +213,11 @@ def _define_flags() -> None:
 
 
 def main(argv) -> None:
-    del argv
+    """Streams `--input` to a server and writes the session's outputs to `--out`."""
     from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: client takes only flags")
 
     from interaction_jax.features.audio import AudioError, load_audio
 
@@ -242,5 +246,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from interaction_jax.cli import run as run_cli
 
-    _define_flags()
-    run_cli(main)
+    run_cli(main, name="client", define_flags=_define_flags)

@@ -9,10 +9,13 @@ a clear message on an unknown key.
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import os
 
 import ml_collections
+
+from interaction_jax.errors import UserError, one_line
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -193,30 +196,44 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid."""
+class ConfigError(UserError, ValueError):
+    """A config file or override is invalid (the message names the field and what was expected)."""
 
 
-def _parse_value(text: str, old):
+NULLABLE = {"model.moe.capacity_factor"}  # fields where None is a meaningful value
+
+
+def _kind(value) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _parse_value(text: str, old, key: str = "value"):
+    """`text` as the type of the field's current value `old`; a ConfigError naming `key` otherwise."""
     if isinstance(old, bool):
         if text.lower() in ("true", "1", "yes"):
             return True
         if text.lower() in ("false", "0", "no"):
             return False
-        raise ConfigError(f"expected a boolean, got {text!r}")
+        raise ConfigError(f"{key}={text!r}: expected a boolean (true/false)")
     if isinstance(old, str):
         return text
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         value = text
-    if isinstance(old, float) and isinstance(value, int):
+    if value is None and (old is None or key in NULLABLE):
+        return None
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(old, (int, float)) and not isinstance(old, bool) and old is not None:
+        if type(value) is not type(old):
+            raise ConfigError(f"{key}={text!r}: expected {_kind(old)}")
     return value
 
 
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Sets `config.<key>` from a string, refusing keys the config does not define."""
+    """Sets `config.<key>` from a string, refusing keys the config does not define and wrong types."""
     parts = key.split(".")
     node = config
     for i, part in enumerate(parts):
@@ -229,26 +246,223 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         if i < len(parts) - 1:
             node = node[part]
     old = node[parts[-1]]
-    node[parts[-1]] = _parse_value(text, old)  # existing key: allowed even on a locked ConfigDict
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f"{key} is a group of fields ({sorted(old.keys())}); override one of them")
+    node[parts[-1]] = _parse_value(text, old, key)  # existing key: allowed even on a locked ConfigDict
+
+
+# ---- validation at load time -------------------------------------------------------------------
+# (field, lower bound, upper bound, lower inclusive, upper inclusive); None = unbounded
+_RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
+    ("seed", 0, None, True, True),
+    ("layout.micro_turn_ms", 0, None, False, True),
+    ("layout.frame_ms", 0, None, False, True),
+    ("layout.frames_per_audio_position", 1, None, True, True),
+    ("layout.patch_size", 1, None, True, True),
+    ("layout.video_frame_size", 1, None, True, True),
+    ("features.sample_rate", 1, None, True, True),
+    ("features.n_fft", 1, None, True, True),
+    ("features.win_length", 1, None, True, True),
+    ("features.hop_length", 1, None, True, True),
+    ("features.n_mels", 1, None, True, True),
+    ("features.dmel_bins", 2, None, True, True),
+    ("data.num_episodes", 1, None, True, True),
+    ("data.eval_num_episodes", 0, None, True, True),
+    ("data.episode_seconds", 0, None, False, True),
+    ("data.window_micro_turns", 1, None, True, True),
+    ("data.batch_size", 1, None, True, True),
+    ("data.start_at_zero_prob", 0, 1, True, True),
+    ("data.worker_count", 0, None, True, True),
+    ("data.read_threads", 1, None, True, True),
+    ("data.prefetch_batches", 0, None, True, True),
+    ("model.d_model", 1, None, True, True),
+    ("model.num_layers", 1, None, True, True),
+    ("model.num_heads", 1, None, True, True),
+    ("model.num_kv_heads", 1, None, True, True),
+    ("model.head_dim", 1, None, True, True),
+    ("model.ffn_dim", 1, None, True, True),
+    ("model.rope_theta", 0, None, False, True),
+    ("model.sliding_window", 0, None, True, True),
+    ("model.attention_sinks", 0, None, True, True),
+    ("model.hmlp_norm_eps", 0, None, False, True),
+    ("model.vocab_size", 0, None, True, True),
+    ("model.moe.num_experts", 1, None, True, True),
+    ("model.moe.top_k", 1, None, True, True),
+    ("model.moe.expert_ffn_dim", 1, None, True, True),
+    ("model.moe.capacity_factor", 0, None, False, True),
+    ("model.flow.hidden_dim", 1, None, True, True),
+    ("model.flow.num_layers", 1, None, True, True),
+    ("model.flow.ode_steps", 1, None, True, True),
+    ("model.flow.sigma_min", 0, 1, True, False),
+    ("train.num_steps", 0, None, True, True),
+    ("train.learning_rate", 0, None, True, True),
+    ("train.min_lr_ratio", 0, 1, True, True),
+    ("train.warmup_steps", 0, None, True, True),
+    ("train.weight_decay", 0, None, True, True),
+    ("train.grad_clip_norm", 0, None, True, True),
+    ("train.adam_b1", 0, 1, True, False),
+    ("train.adam_b2", 0, 1, True, False),
+    ("train.grad_accum_steps", 1, None, True, True),
+    ("train.log_every", 1, None, True, True),
+    ("train.eval_every", 0, None, True, True),
+    ("train.eval_batches", 0, None, True, True),
+    ("train.checkpoint_every", 0, None, True, True),
+    ("train.keep_last", 0, None, True, True),
+    ("train.keep_every", 0, None, True, True),
+    ("train.self_audio_dropout", 0, 1, True, True),
+    ("background.timeout_s", 0, None, False, True),
+    ("background.max_concurrent", 1, None, True, True),
+    ("background.tool_delay_s", 0, None, True, True),
+    ("background.sim_delay_s", 0, None, True, True),
+    ("inference.slots", 1, None, True, True),
+    ("inference.temperature", 0, None, True, True),
+    ("inference.top_p", 0, 1, False, True),
+    ("inference.max_session_seconds", 0, None, False, True),
+    ("inference.window_seconds", 0, None, False, True),
+    ("inference.sink_turns", 0, None, True, True),
+    ("inference.griffin_lim_iters", 0, None, True, True),
+]
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "text.tokenizer": ("byte", "sentencepiece"),
+    "model.remat": ("none", "full", "dots"),
+    "model.hmlp_gelu": ("tanh", "exact"),
+    "model.moe.router": ("softmax", "sigmoid"),
+    "model.flow.solver": ("euler", "midpoint"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "background.backend": ("tool", "http", "lm"),
+    "background.clock": ("wall", "session"),
+    "inference.context_policy": ("sliding", "hard"),
+    "inference.self_audio": ("generated", "silence"),
+    "inference.layer_loop": ("unrolled", "scan"),
+}
+_MISSING = object()
+
+
+def _get(config, path: str):
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _check_types(config, base, where: str = "") -> None:
+    """Every field the defaults define holds a value of the default's type (ints accepted for floats)."""
+    for key in base.keys():
+        if key not in config:
+            continue
+        b, v, name = base[key], config[key], f"{where}{key}"
+        if isinstance(b, ml_collections.ConfigDict):
+            if isinstance(v, ml_collections.ConfigDict):
+                _check_types(v, b, name + ".")
+            continue
+        if v is None and name in NULLABLE:
+            continue
+        if isinstance(b, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(b, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(b, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif isinstance(b, str):
+            ok = isinstance(v, str)
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"config: {name}={v!r} must be {_kind(b)}")
+
+
+def validate_config(config) -> None:
+    """Checks types, ranges, choices and consistency; raises ConfigError naming the first bad field.
+
+    Runs at load time (`load_config`, `load_run_config`, command-line overrides), so a bad value is
+    reported as one line before anything is built or compiled.
+    """
+    import math
+
+    _check_types(config, base_config())
+    for name, lo, hi, lo_in, hi_in in _RANGES:
+        v = _get(config, name)
+        if v is _MISSING or v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        bad = not math.isfinite(v) or (lo is not None and (v < lo if lo_in else v <= lo)) or (
+            hi is not None and (v > hi if hi_in else v >= hi))
+        if bad:
+            lo_s = "" if lo is None else ("[" if lo_in else "(") + f"{lo}"
+            hi_s = "inf)" if hi is None else f"{hi}" + ("]" if hi_in else ")")
+            raise ConfigError(f"config: {name}={v!r} is out of range; expected a value in {lo_s}, {hi_s}")
+    for name, choices in _CHOICES.items():
+        v = _get(config, name)
+        if v is not _MISSING and v not in choices:
+            raise ConfigError(f"config: {name}={v!r} is not one of {list(choices)}")
+    m = config.get("model") if isinstance(config, ml_collections.ConfigDict) else None
+    if isinstance(m, ml_collections.ConfigDict) and {"num_heads", "num_kv_heads"} <= set(m.keys()):
+        if int(m.num_heads) % int(m.num_kv_heads):
+            raise ConfigError(f"config: model.num_heads={m.num_heads} must be a multiple of "
+                              f"model.num_kv_heads={m.num_kv_heads} (grouped-query attention)")
+        moe = m.get("moe")
+        if isinstance(moe, ml_collections.ConfigDict) and "moe" in str(m.get("layer_pattern", "")):
+            if int(moe.top_k) > int(moe.num_experts):
+                raise ConfigError(f"config: model.moe.top_k={moe.top_k} must be <= model.moe.num_experts="
+                                  f"{moe.num_experts}")
+    task = _get(config, "data.task")
+    if isinstance(task, str) and task:
+        from interaction_jax.data.tasks import check_task
+
+        try:
+            check_task(task)
+        except ValueError as e:
+            raise ConfigError(f"config: data.task={task!r}: {e}") from None
+    if "layout" in config and "features" in config:
+        from interaction_jax.streams.layout import StreamLayout
+
+        try:
+            StreamLayout.from_config(config)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config: {e}") from None
 
 
 def load_config(path: str, overrides: dict[str, str] | list[str] | None = None, arg: str | None = None):
-    """Loads `get_config(arg)` from a config file and applies `key=value` overrides."""
+    """Loads `get_config(arg)` from a config file, applies `key=value` overrides and validates."""
     if ":" in os.path.basename(path) and arg is None:
         path, arg = path.rsplit(":", 1)
     if not os.path.exists(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_ij_config_{abs(hash(path))}", path)
+        raise ConfigError(f"config file {path!r} does not exist (expected a Python file defining get_config())")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} is not a file (expected a Python file defining get_config())")
+    name = f"_ij_config_{abs(hash(path))}"
+    loader = importlib.machinery.SourceFileLoader(name, path)  # any file name, not only *.py
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path!r} is not valid Python: {e.msg} (line {e.lineno})") from None
+    except (ImportError, NameError, AttributeError, TypeError, ValueError, OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config(arg=None)")
-    config = module.get_config(arg) if arg is not None else module.get_config()
-    items = overrides.items() if isinstance(overrides, dict) else [o.split("=", 1) for o in overrides or []]
+    try:
+        config = module.get_config(arg) if arg is not None else module.get_config()
+    except (TypeError, ValueError, KeyError) as e:
+        call = f"get_config({arg!r})" if arg is not None else "get_config()"
+        raise ConfigError(f"config file {path!r}: {call} failed: {type(e).__name__}: {one_line(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path!r}: get_config() returned {type(config).__name__}, not a ConfigDict")
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
     for key, value in items:
         apply_override(config, key.removeprefix("config."), str(value))
+    validate_config(config)
     config.lock()
     return config
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key, value
 
 
 def check_cli_overrides(argv: list[str], flag: str = "config") -> None:
@@ -324,9 +538,25 @@ def load_run_config(workdir: str):
                 raise ConfigError(f"{path}: unknown key {where}{k} (saved by another version?); pass --config=FILE")
             if isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
                 check(node[k], v, f"{where}{k}.")
+            elif not isinstance(node[k], ml_collections.ConfigDict):
+                probe = ml_collections.ConfigDict({k: v})
+                try:
+                    _check_types(probe, ml_collections.ConfigDict({k: node[k]}), where)
+                except ConfigError as e:
+                    raise ConfigError(f"{path}: {e}; pass --config=FILE") from None
 
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config fields, got {type(saved).__name__}; "
+                          "pass --config=FILE")
     check(config, saved, "")
-    config.update(saved)
+    try:
+        config.update(saved)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{path}: {one_line(e)}; pass --config=FILE") from None
+    try:
+        validate_config(config)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}; pass --config=FILE") from None
     return config
 
 

@@ -176,6 +176,10 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
 
         by_id = {ep.episode_id: ep for eps in episodes.values() for ep in eps}
         results["plots"] = plot_best_worst(results, out_dir, by_id)
+        if "visual" in benchmarks:  # timelines with frame thumbnails, per visual task
+            from interaction_jax.eval.visual import plot_visual
+
+            results["plots"] += plot_visual(results, out_dir, by_id)
         for p in results["plots"]:
             print(f"[eval] plot {p}")
     path = os.path.join(out_dir, "results.json")

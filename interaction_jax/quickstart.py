@@ -19,14 +19,20 @@ import time
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
+
+from interaction_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-flags.DEFINE_string("workdir", "runs/quickstart", "Where data, logs and pictures go.")
-flags.DEFINE_bool("overwrite_data", False, "Re-render the data sets even if they exist.")
-flags.DEFINE_integer("train_steps", 300, "Training steps (0 = data only).")
-flags.DEFINE_integer("eval_examples", 16, "Held-out episodes per benchmark task after training (0 = skip).")
+
+
+def _define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing never clashes)."""
+    cli.DEFINE_config("config", "Config file, e.g. configs/quickstart.py.")
+    flags.DEFINE_string("workdir", "runs/quickstart", "Where data, logs and pictures go.")
+    flags.DEFINE_bool("overwrite_data", False, "Re-render the data sets even if they exist.")
+    flags.DEFINE_integer("train_steps", 300, "Training steps (0 = data only).", lower_bound=0)
+    flags.DEFINE_integer("eval_examples", 16, "Held-out episodes per benchmark task after training (0 = skip).",
+                         lower_bound=0)
 
 
 def describe_batch(batch: dict, layout) -> str:
@@ -141,19 +147,15 @@ def train(config, workdir: str, train_dir: str, eval_dir: str, steps: int) -> di
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: quickstart takes only flags")
     config = FLAGS.config
     if config is None:
         raise app.UsageError("--config is required (e.g. --config=configs/tiny.py)")
+    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        raise cli.UserError(f"--workdir={FLAGS.workdir} is a file; expected a folder (new or earlier quickstart)")
     run(config, FLAGS.workdir, FLAGS.overwrite_data, FLAGS.train_steps, FLAGS.eval_examples)
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    check_cli_overrides(sys.argv)
-    from interaction_jax.cli import run as run_cli
-
-    run_cli(main)
+    cli.run(main, name="quickstart", define_flags=_define_flags)

@@ -654,6 +654,12 @@ class StreamServer:
             for ls in ticked:
                 if ls.finished:
                     continue
+                if ls.session.id not in outs:  # the scheduler closed this session alone (its input failed)
+                    ls.send_json({"type": "error", "code": "internal", "fatal": True,
+                                  "message": f"session input failed: {ls.session.error}"})
+                    ls.close(CLOSE_INTERNAL, "internal")
+                    self._close(ls)
+                    continue
                 o, pcm, mel = outs[ls.session.id]
                 if overrun and self.options.clock == "realtime":
                     ls.stats["missed_deadlines"] += 1
@@ -667,7 +673,9 @@ class StreamServer:
         outs = self.scheduler.tick()
         result = {}
         for ls in ticked:
-            o = outs[ls.session.id]
+            o = outs.get(ls.session.id)
+            if o is None:  # closed by the scheduler (Session.error); reported by the caller
+                continue
             audio = ls.resample_out(turn_audio(o.mel, self.feature_params, self.n_iter))
             result[ls.session.id] = (o, pcm16_encode(audio), o.mel if ls.return_mel else None)
         return result
@@ -738,30 +746,36 @@ def _page() -> str:
 
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (default: WORKDIR/config.json, else "
-                                    "configs/tiny.py).", lock_config=True)
+    from interaction_jax import cli
+
+    cli.DEFINE_config("config", "Config file (default: WORKDIR/config.json, else configs/tiny.py).")
     flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind (non-loopback needs --token or --insecure).")
-    flags.DEFINE_integer("port", 8998, "Port (0 = any free port; the bound one is printed).")
+    flags.DEFINE_integer("port", 8998, "Port (0 = any free port; the bound one is printed).", lower_bound=0,
+                         upper_bound=65535)
     flags.DEFINE_string("token", None, "Bearer token clients must send (Authorization header or ?token=).")
     flags.DEFINE_bool("insecure", False, "Allow a non-loopback --host without --token.")
     flags.DEFINE_enum("clock", "realtime", list(CLOCKS), "realtime: tick every micro-turn of wall time; step: tick "
                       "when every session has sent its next chunk (deterministic, for tests).")
-    flags.DEFINE_integer("slots", 0, "Concurrent sessions (0 = config.inference.slots).")
-    flags.DEFINE_integer("jitter_turns", 1, "Micro-turns of audio buffered before a session's first tick.")
-    flags.DEFINE_float("max_buffer_s", 10.0, "Audio a client may send ahead of the clock.")
-    flags.DEFINE_integer("max_frame_bytes", 1 << 20, "Largest WebSocket frame a client may send.")
-    flags.DEFINE_float("max_messages_per_s", 200.0, "Client messages per second per session.")
-    flags.DEFINE_float("max_session_s", 600.0, "Longest session in seconds of session time.")
+    flags.DEFINE_integer("slots", 0, "Concurrent sessions (0 = config.inference.slots).", lower_bound=0)
+    flags.DEFINE_integer("jitter_turns", 1, "Micro-turns of audio buffered before a session's first tick.",
+                         lower_bound=0)
+    flags.DEFINE_float("max_buffer_s", 10.0, "Audio a client may send ahead of the clock.", lower_bound=0.0)
+    flags.DEFINE_integer("max_frame_bytes", 1 << 20, "Largest WebSocket frame a client may send.", lower_bound=1)
+    flags.DEFINE_float("max_messages_per_s", 200.0, "Client messages per second per session.", lower_bound=0.0)
+    flags.DEFINE_float("max_session_s", 600.0, "Longest session in seconds of session time.", lower_bound=0.0)
     flags.DEFINE_bool("background", True, "Run delegation requests live with the configured background backend.")
 
 
 def main(argv) -> None:
-    del argv
+    """The serve command (module docstring); bad flags exit 2 with one line before anything compiles."""
     from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: serve takes only flags")
+    import os
 
     from interaction_jax.config_lib import ConfigError, config_for_run
     from interaction_jax.inference.params import ParamsError
@@ -772,6 +786,8 @@ def main(argv) -> None:
         check_bind(F.host, F.token, F.insecure)
         if F.init == "checkpoint" and not F.workdir:
             raise ValueError("--init=checkpoint needs --workdir (or pass --init=random)")
+        if F.workdir and not os.path.isdir(F.workdir):
+            raise ValueError(f"--workdir={F.workdir} does not exist (expected a training run directory)")
         options = ServeOptions(clock=F.clock, jitter_turns=F.jitter_turns, max_buffer_s=F.max_buffer_s,
                                max_frame_bytes=F.max_frame_bytes, max_messages_per_s=F.max_messages_per_s,
                                max_session_s=F.max_session_s, token=F.token)
@@ -808,12 +824,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    _define_flags()
-    check_cli_overrides(sys.argv)
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, name="serve", define_flags=_define_flags)

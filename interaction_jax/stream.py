@@ -23,15 +23,17 @@ import time
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
+
+from interaction_jax import cli
+from interaction_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
     """Command-line flags (defined only when run as a program, so importing `run` never clashes)."""
-    config_flags.DEFINE_config_file("config", None, "Config file (default: WORKDIR/config.json, which the trainer "
-                                    "writes, else configs/tiny.py).", lock_config=True)
+    cli.DEFINE_config("config", "Config file (default: WORKDIR/config.json, which the trainer writes, else "
+                      "configs/tiny.py).")
     flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"],
                       "Parameters: checkpoint (needs --workdir) or random.")
@@ -41,7 +43,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("video", None, "Directory of frames named <seconds>.<png|jpg>.")
     flags.DEFINE_string("out", "stream_out", "Output directory.")
     flags.DEFINE_bool("realtime", False, "Pace chunks at wall-clock micro-turns and report missed deadlines.")
-    flags.DEFINE_float("seconds", 6.0, "Length of the synthetic episode (no --input).")
+    flags.DEFINE_float("seconds", 6.0, "Length of the synthetic episode (no --input).", lower_bound=0.0)
     flags.DEFINE_string("task", "timespeak", "Synthetic task when no --input is given.")
     flags.DEFINE_integer("seed", 0, "Session sampling seed.")
 
@@ -61,7 +63,7 @@ class StreamOptions:
     seed: int = 0
 
 
-class StreamError(RuntimeError):
+class StreamError(UserError, RuntimeError):
     """A bad command-line input (missing checkpoint, unreadable file ...)."""
 
 
@@ -96,24 +98,56 @@ def _user_inputs(config, layout, opts: StreamOptions):
         text = [(e.time, e.text) for e in ep.user_text]
         video = [(f.time, f.image) for f in ep.video]
         print(f"[stream] synthetic {ep.task} episode {ep.episode_id}: {ep.duration:.1f} s")
+    duration = len(audio) / sr
     if opts.text_events:
         try:
             with open(opts.text_events) as f:
-                text += [(float(e["time"]), str(e["text"])) for e in json.load(f)]
+                events = json.load(f)
+            if not isinstance(events, list):
+                raise TypeError(f"the file holds a JSON {type(events).__name__}")
+            typed = [(float(e["time"]), e["text"]) for e in events]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StreamError(f"--text_events={opts.text_events}: expected a JSON list of {{time, text}} ({e})") from e
+        for k, (t_s, msg) in enumerate(typed):
+            if not isinstance(msg, str):
+                raise StreamError(f"--text_events={opts.text_events}: event {k} text must be a string, got {msg!r}")
+            _check_time(t_s, duration, f"--text_events={opts.text_events}: event {k}")
+        text += typed
     if opts.video:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         if not os.path.isdir(opts.video):
             raise StreamError(f"--video={opts.video}: not a directory")
         for name in sorted(os.listdir(opts.video)):
             stem, _ = os.path.splitext(name)
             try:
-                video.append((float(stem), np.asarray(Image.open(os.path.join(opts.video, name)).convert("RGB"))))
-            except ValueError as e:
-                raise StreamError(f"--video: frame {name!r} must be named <seconds>.<ext> ({e})") from e
-    return audio, text, video, len(audio) / sr
+                t_s = float(stem)
+            except ValueError:
+                raise StreamError(f"--video={opts.video}: frame {name!r} must be named <seconds>.<png|jpg>") from None
+            _check_time(t_s, duration, f"--video={opts.video}: frame {name!r}")
+            try:
+                with Image.open(os.path.join(opts.video, name)) as im:
+                    video.append((t_s, np.asarray(im.convert("RGB"))))
+            except (UnidentifiedImageError, OSError) as e:
+                raise StreamError(f"--video={opts.video}: {name!r} is not a readable image ({e})") from None
+    return audio, text, video, duration
+
+
+def _check_time(t_s: float, duration: float, what: str) -> None:
+    """An event time must lie inside the session: [0, duration]."""
+    if not np.isfinite(t_s) or t_s < 0 or t_s > duration:
+        raise StreamError(f"{what}: time {t_s} s is outside the session (expected 0 <= time <= {duration:.2f} s)")
+
+
+def json_safe(obj):
+    """`obj` with every non-finite float replaced by None (JSON has no Infinity/NaN; `JSON.parse` rejects them)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _channels(path: str) -> int:
@@ -178,6 +212,7 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
     from interaction_jax.streams.layout import StreamLayout
 
     layout, sr = StreamLayout.from_config(config), int(config.features.sample_rate)
+    cli.check_output_dir(out_dir, "--out")
     audio, text, video, duration = _user_inputs(config, layout, opts)  # bad inputs fail before any compile
     model = InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
     engine = StreamEngine(config, model, slots=1)
@@ -214,28 +249,34 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
         "missed_deadlines": int(missed),
         "memory": memory_report(engine.state, engine.policy, layout),
     }
+    summary = json_safe(summary)
     with open(os.path.join(out_dir, "events.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump(summary, f, indent=1, allow_nan=False)
     _timeline(os.path.join(out_dir, "timeline.png"), tr, layout)
     session.close()
     return summary
 
 
 def main(argv):
-    del argv
-    from interaction_jax.config_lib import ConfigError, config_for_run
-    from interaction_jax.features.audio import AudioError
-    from interaction_jax.train.checkpoint import CheckpointMismatchError
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: stream takes only flags")
+    from interaction_jax.config_lib import config_for_run
 
-    try:
-        opts = StreamOptions(workdir=FLAGS.workdir, init=FLAGS.init, input=FLAGS.input, text_events=FLAGS.text_events,
-                             video=FLAGS.video, realtime=FLAGS.realtime, seconds=FLAGS.seconds, task=FLAGS.task,
-                             seed=FLAGS.seed)
-        config = config_for_run(FLAGS.config, FLAGS.workdir if FLAGS.init == "checkpoint" else None,
-                                "configs/tiny.py")
-        summary = run(config, FLAGS.out, opts)
-    except (StreamError, AudioError, CheckpointMismatchError, ConfigError) as e:
-        raise app.UsageError(str(e)) from e
+    opts = StreamOptions(workdir=FLAGS.workdir, init=FLAGS.init, input=FLAGS.input, text_events=FLAGS.text_events,
+                         video=FLAGS.video, realtime=FLAGS.realtime, seconds=FLAGS.seconds, task=FLAGS.task,
+                         seed=FLAGS.seed)
+    if opts.init == "checkpoint" and not opts.workdir:
+        raise StreamError("--init=checkpoint needs --workdir (or pass --init=random)")
+    if opts.workdir and not os.path.isdir(opts.workdir):
+        raise StreamError(f"--workdir={opts.workdir} does not exist (expected a training run directory)")
+    if not opts.input:
+        from interaction_jax.data import tasks
+
+        tasks.check_task(opts.task)
+        if not opts.seconds > 0:
+            raise StreamError(f"--seconds={opts.seconds}: expected a positive length for the synthetic episode")
+    config = config_for_run(FLAGS.config, FLAGS.workdir if FLAGS.init == "checkpoint" else None, "configs/tiny.py")
+    summary = run(config, FLAGS.out, opts)
     print(f"[stream] {summary['micro_turns']} micro-turns, step median {summary['step_latency_ms']['median']:.1f} ms "
           f"(RTF {summary['real_time_factor']:.2f}), {len(summary['events'])} control events, "
           f"missed deadlines {summary['missed_deadlines']}; wrote {FLAGS.out}/model.wav, transcript.json, "
@@ -243,12 +284,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    _define_flags()
-    check_cli_overrides(sys.argv)
-    from interaction_jax.cli import run as run_cli
-
-    run_cli(main)
+    cli.run(main, name="stream", define_flags=_define_flags)

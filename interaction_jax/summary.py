@@ -80,20 +80,24 @@ def format_table(rows: list[tuple[str, int, int]]) -> str:
     return "\n".join(lines)
 
 
+def _define_flags() -> None:
+    from interaction_jax import cli
+
+    cli.DEFINE_config("config", "Config file (get_config), e.g. configs/tiny.py.")
+
+
 def main(argv) -> None:
-    del argv
-    print(format_table(param_rows(_CONFIG.value)))
+    """Prints the parameter table of `--config`'s model."""
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: summary takes only flags")
+    if flags.FLAGS.config is None:
+        raise app.UsageError("--config=FILE is required (e.g. --config=configs/tiny.py)")
+    print(format_table(param_rows(flags.FLAGS.config)))
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    check_cli_overrides(sys.argv)
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).", lock_config=True)
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, name="summary", define_flags=_define_flags)

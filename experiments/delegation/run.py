@@ -34,10 +34,12 @@ import time
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
+
+from interaction_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "tiny.py")
+cli.DEFINE_config("config", "Config file (default configs/tiny.py).")
 flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
 flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
 flags.DEFINE_integer("num_examples", 100, "Held-out delegation episodes.")
@@ -313,7 +315,7 @@ def run(config) -> dict:
     return {
         "summary": summary,
         "settings": {
-            "config": config_flags.get_config_filename(FLAGS["config"]),
+            "config": cli.config_filename("config") or DEFAULT_CONFIG,
             "workdir": FLAGS.workdir, "init": FLAGS.init, "num_examples": FLAGS.num_examples, "seed": FLAGS.seed,
             "episode_seconds": seconds, "sim_delay_s": delay, "teacher_force": FLAGS.teacher_force,
             "force_audio": FLAGS.force_audio, "backend": config.background.backend,
@@ -326,8 +328,13 @@ def run(config) -> dict:
 
 
 def main(argv):
-    del argv
-    result = run(FLAGS.config)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: run.py takes only flags")
+    if FLAGS.init == "checkpoint" and not FLAGS.workdir:
+        raise cli.UserError("--init=checkpoint needs --workdir (or pass --init=random)")
+    from interaction_jax.config_lib import load_config
+
+    result = run(FLAGS.config if FLAGS.config is not None else load_config(DEFAULT_CONFIG))
     s = result["settings"]
     source = s["workdir"] if s["init"] == "checkpoint" else "random init"
     source = "teacher-forced oracle" if s["teacher_force"] else source
@@ -342,6 +349,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from interaction_jax.cli import run as run_cli
-
-    run_cli(main)
+    cli.run(main, name="delegation")

@@ -33,6 +33,7 @@ from interaction_jax.data.episode import (
     VideoFrame,
     Word,
 )
+from interaction_jax.errors import UserError
 
 SPEAKERS = ("user", "model", "other")
 TIME_TOLERANCE = 0.05  # seconds a word may overhang the audio (alignment rounding)
@@ -60,6 +61,10 @@ class ConversationSpec:
     model_audio: str | None = None
     video: tuple[tuple[float, str], ...] = ()
     source: str = ""  # "manifest:line"
+
+
+class CorpusError(UserError, ValueError):
+    """A corpus manifest that cannot be used (every bad line and field is listed)."""
 
 
 class _LineError(Exception):
@@ -190,9 +195,11 @@ def _parse_line(obj: Any, base: str, seen: set[str], source: str) -> Conversatio
 
 
 def read_manifest(path: str) -> list[ConversationSpec]:
-    """Parses and validates a manifest; raises one ValueError listing every bad line and field."""
+    """Parses and validates a manifest; raises one CorpusError (a ValueError) listing every bad line and field."""
     base = os.path.dirname(os.path.abspath(path))
     specs, errors, seen = [], [], set()
+    if not os.path.isfile(path):
+        raise CorpusError(f"corpus manifest {path} does not exist (expected a JSON-lines file)")
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -209,7 +216,7 @@ def read_manifest(path: str) -> list[ConversationSpec]:
                 errors.append(f"{path} line {lineno}: {e}")
     if errors:
         more = f"\n... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
-        raise ValueError(f"{len(errors)} problem(s) in corpus manifest:\n" + "\n".join(errors[:_MAX_REPORTED])
+        raise CorpusError(f"{len(errors)} problem(s) in corpus manifest:\n" + "\n".join(errors[:_MAX_REPORTED])
                          + more)
     return specs
 

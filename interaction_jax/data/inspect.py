@@ -11,17 +11,18 @@ import os
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
+
+from interaction_jax import cli
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
     """Command-line flags (defined only when run as a program, so importing never clashes)."""
-    config_flags.DEFINE_config_file("config", None, "Config file (layout/features).", lock_config=True)
+    cli.DEFINE_config("config", "Config file (layout/features), e.g. configs/tiny.py.")
     flags.DEFINE_string("png", "", "Where to write the window picture (default <DIR name>_window.png here).")
-    flags.DEFINE_integer("episode", 0, "Which episode to render.")
-    flags.DEFINE_integer("start", 0, "First micro-turn of the rendered window.")
+    flags.DEFINE_integer("episode", 0, "Which episode to render.", lower_bound=0)
+    flags.DEFINE_integer("start", 0, "First micro-turn of the rendered window.", lower_bound=0)
 
 
 def dataset_stats(source) -> dict:
@@ -76,18 +77,15 @@ def main(argv):
 
         config = base_config()
     store = open_store(directory)
-    print(json.dumps(dataset_stats(store), indent=2))
+    if FLAGS.episode >= len(store):
+        raise cli.UserError(f"--episode={FLAGS.episode}: the store {directory} holds {len(store)} episodes "
+                            f"(expected 0..{len(store) - 1})")
     path = FLAGS.png or f"{os.path.basename(os.path.normpath(directory))}_window.png"
+    if os.path.dirname(os.path.abspath(path)) and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise cli.UserError(f"--png={path}: folder {os.path.dirname(os.path.abspath(path))} does not exist")
+    print(json.dumps(dataset_stats(store), indent=2))
     print("window picture:", render_window(config, store, FLAGS.episode, FLAGS.start, path))
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    check_cli_overrides(sys.argv)
-    _define_flags()
-    from interaction_jax.cli import run as run_cli
-
-    run_cli(main)
+    cli.run(main, name="inspect", define_flags=_define_flags)

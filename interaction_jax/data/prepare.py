@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from absl import app, flags
 
 from interaction_jax.data.episode import Episode
+from interaction_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -25,15 +26,17 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """Command-line flags (defined only when run as a program, so importing never clashes)."""
     flags.DEFINE_string("task", "mix", "Synthetic task name or 'mix'.")
-    flags.DEFINE_integer("num_episodes", 64, "Number of synthetic episodes.")
-    flags.DEFINE_integer("seed", 0, "Episode i uses seed + i. Keep train/eval seed ranges disjoint.")
+    flags.DEFINE_integer("num_episodes", 64, "Number of synthetic episodes.", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Episode i uses seed + i. Keep train/eval seed ranges disjoint.", lower_bound=0)
     flags.DEFINE_float("episode_seconds", 12.0, "Duration of each synthetic episode.")
     flags.DEFINE_string("manifest", "", "A conversation-corpus manifest (JSON lines) instead of synthetic tasks.")
-    flags.DEFINE_float("max_seconds", 60.0, "Corpus conversations are split into episodes of at most this long.")
+    flags.DEFINE_float("max_seconds", 60.0, "Corpus conversations are split into episodes of at most this long "
+                       "(0 = not split).", lower_bound=0.0)
     flags.DEFINE_string("out", None, "Output directory (created atomically).")
-    flags.DEFINE_integer("records_per_shard", 256, "Episodes per ArrayRecord shard.")
+    flags.DEFINE_integer("records_per_shard", 256, "Episodes per ArrayRecord shard.", lower_bound=1)
     flags.DEFINE_bool("overwrite", False, "Replace an existing store.")
-    flags.DEFINE_integer("workers", 0, "Processes rendering synthetic episodes (0 = one per CPU core, at most 8).")
+    flags.DEFINE_integer("workers", 0, "Processes rendering synthetic episodes (0 = one per CPU core, at most 8).",
+                         lower_bound=0)
 
 
 
@@ -126,9 +129,12 @@ def prepare(
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: prepare takes only flags")
     if not FLAGS.out:
         raise app.UsageError("--out=DIR is required")
+    if not FLAGS.manifest and not FLAGS.episode_seconds > 0:
+        raise UserError(f"--episode_seconds={FLAGS.episode_seconds}: expected a positive number of seconds")
     prepare(
         FLAGS.out,
         task=FLAGS.task,
@@ -144,7 +150,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, name="prepare", define_flags=_define_flags)

@@ -42,6 +42,20 @@ from interaction_jax.data.serialize import (
     episode_to_bytes,
     record_header,
 )
+from interaction_jax.errors import UserError
+
+
+class StoreError(UserError, ValueError):
+    """An episode store that is damaged or not a store (the message names the folder and the problem)."""
+
+
+class StoreExistsError(UserError, FileExistsError):
+    """Something is already at the output path and may not be replaced."""
+
+
+class StoreNotFoundError(UserError, FileNotFoundError):
+    """No episode store at the given path."""
+
 
 MANIFEST = "manifest.json"
 STORE_FORMAT = "interaction_jax.episode_store"
@@ -134,19 +148,19 @@ def write_store(
     out_dir = os.path.normpath(os.path.abspath(out_dir))
     if num_shards is not None:
         if num_shards <= 0:
-            raise ValueError(f"num_shards must be > 0, got {num_shards}")
+            raise StoreError(f"num_shards must be > 0, got {num_shards}")
         if not isinstance(episodes, Sized):
             raise ValueError("num_shards needs a sized episode collection; pass records_per_shard instead")
         records_per_shard = max(1, math.ceil(len(episodes) / num_shards))
     if records_per_shard <= 0:
-        raise ValueError(f"records_per_shard must be > 0, got {records_per_shard}")
+        raise StoreError(f"records_per_shard must be > 0, got {records_per_shard}")
     if os.path.lexists(out_dir):
         if not overwrite:
             if is_complete_store(out_dir):
-                raise FileExistsError(f"{out_dir} already holds an episode store; "
+                raise StoreExistsError(f"{out_dir} already holds an episode store; "
                                       "pass overwrite=True to replace it")
             if not os.path.isdir(out_dir) or os.listdir(out_dir):
-                raise FileExistsError(f"{out_dir} exists and is not an episode store (no {MANIFEST}); "
+                raise StoreExistsError(f"{out_dir} exists and is not an episode store (no {MANIFEST}); "
                                       "remove it or pass overwrite=True")
         else:
             _check_replaceable(out_dir)
@@ -208,19 +222,19 @@ def _check_replaceable(out_dir: str) -> None:
     `overwrite=True` means "replace my earlier store", never "delete whatever is at this path"."""
     if os.path.islink(out_dir) or not os.path.isdir(out_dir):
         kind = "a symlink" if os.path.islink(out_dir) else "a file"
-        raise FileExistsError(f"{out_dir} is {kind}, not an episode store; refusing to replace it "
+        raise StoreExistsError(f"{out_dir} is {kind}, not an episode store; refusing to replace it "
                               "(expected an empty folder or a store written by write_store)")
     names = os.listdir(out_dir)
     if not names:
         return
     entries = _store_entries(out_dir)
     if entries is None:
-        raise FileExistsError(f"{out_dir} is not an episode store (no valid {MANIFEST}) and holds "
+        raise StoreExistsError(f"{out_dir} is not an episode store (no valid {MANIFEST}) and holds "
                               f"{len(names)} entries ({_describe(names)}); refusing to overwrite it "
                               "(expected an empty folder or a store written by write_store)")
     foreign = [n for n in names if n not in entries]
     if foreign:
-        raise FileExistsError(f"{out_dir} holds an episode store plus {len(foreign)} other entries "
+        raise StoreExistsError(f"{out_dir} holds an episode store plus {len(foreign)} other entries "
                               f"({_describe(foreign)}); refusing to overwrite it (move them away first)")
 
 
@@ -362,8 +376,8 @@ class EpisodeStore:
 
 
 def _validate(path: str, m: Any) -> None:
-    def bad(msg: str) -> ValueError:
-        return ValueError(f"episode store {path}: {msg}")
+    def bad(msg: str) -> StoreError:
+        return StoreError(f"episode store {path}: {msg}")
 
     if not isinstance(m, dict) or m.get("format") != STORE_FORMAT:
         raise bad(f"{MANIFEST} is not an {STORE_FORMAT} manifest")
@@ -399,14 +413,14 @@ def open_store(path: str, *, with_extras: bool | None = None) -> EpisodeStore:
     """Opens and validates a store written by `write_store` (errors name what is wrong)."""
     path = os.path.normpath(os.path.abspath(path))
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"episode store {path} does not exist")
+        raise StoreNotFoundError(f"episode store {path} does not exist (expected a folder written by prepare)")
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isfile(mpath):
-        raise ValueError(f"{path} is not a complete episode store: no {MANIFEST} (an interrupted write?)")
+        raise StoreError(f"{path} is not a complete episode store: no {MANIFEST} (an interrupted write?)")
     try:
         with open(mpath) as f:
             manifest = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"episode store {path}: {MANIFEST} is not valid JSON: {e}") from e
+        raise StoreError(f"episode store {path}: {MANIFEST} is not valid JSON: {e}") from e
     _validate(path, manifest)
     return EpisodeStore(path, manifest, with_extras)

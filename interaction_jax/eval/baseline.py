@@ -28,6 +28,9 @@ Pipeline, per episode (deterministic, no model):
    are `REPLY_PAUSE_S` apart. The oracle thus knows the content and order of the dialogue but
    never its timing: no utterance keeps its target start time, and nothing is said before an
    EOT (a cascade has no notion of time passing without input; it never speaks unprompted).
+   Nor does it know the future: a target utterance that answers what the video shows (the
+   visual tasks list `metadata["reply_available_at"]`: [utterance start, time first visible])
+   is said only at an EOT at or after that time; the cascade looks at the frame when a turn ends.
    Target delegation requests are emitted the same way (DELEGATE at the reply start).
    With `filler="Okay."` a turn that has no target reply gets that word (a real cascade
    answers every turn its VAD passes; by default such turns get silence, a lower bound on
@@ -224,10 +227,21 @@ def _compose(start: float, parts: Sequence[list[Word]]) -> list[list[Word]]:
     return out
 
 
+def _available_at(episode: Episode, targets: Sequence[list[Word]]) -> list[float]:
+    """Per target utterance, when what it answers is first visible to the cascade (-inf: any EOT)."""
+    pairs = episode.metadata.get("reply_available_at") or []
+    out = []
+    for ws in targets:
+        times = [t for s, t in pairs if ws[0].start - 1e-6 <= s <= ws[-1].end + 1e-6]
+        out.append(max(times) if times else -np.inf)
+    return out
+
+
 def cascade(episode: Episode, opts: CascadeOptions, turns: Sequence[Turn] | None = None) -> list[_Reply]:
     """Simulates the cascade on one episode; returns the replies it said (after cancellations and cuts)."""
     turns = list(turns) if turns is not None else episode_turns(episode, opts)
     targets = [ws for _, _, ws in utterances(episode.model_words)]
+    seen = _available_at(episode, targets)
     requests = sorted((ev.time, ev.text) for ev in episode.background if ev.kind == "request")
     unsaid = list(range(len(targets)))
     unsent = list(range(len(requests)))
@@ -252,7 +266,7 @@ def cascade(episode: Episode, opts: CascadeOptions, turns: Sequence[Turn] | None
         if any(j != i and o.onset <= time and (o.end is None or o.end > time) for j, o in enumerate(turns)):
             continue  # another turn is still open: the EOT of that turn will answer
         boundary = min((o.onset for o in turns if o.onset > time), default=np.inf)
-        content = [k for k in unsaid if targets[k][0].start < boundary]
+        content = [k for k in unsaid if targets[k][0].start < boundary and seen[k] <= time]
         reqs = [k for k in unsent if requests[k][0] < boundary]
         parts = [targets[k] for k in content]
         if not parts and opts.filler and turn.source != "result":

@@ -223,6 +223,13 @@ BENCHMARK_TASKS["refusal"] = _refusal.TASKS
 METRICS["refusal"] = _refusal.metrics
 
 
+# Visual proactivity (eval/visual.py): speaking when the picture changes.
+from interaction_jax.eval import visual as _visual  # noqa: E402  (it does not import this module)
+
+BENCHMARK_TASKS["visual"] = _visual.VISUAL_TASKS
+METRICS["visual"] = _visual.visual
+
+
 def score_items(benchmark: str, items) -> dict:
     """Metrics of one benchmark from `graded` items."""
     if benchmark not in METRICS:
@@ -261,6 +268,9 @@ HEADLINE = {
 
 
 HEADLINE["refusal"] = _refusal.HEADLINE
+
+
+HEADLINE["visual"] = _visual.HEADLINE
 
 
 def _fmt(v, unit: str) -> str:

@@ -21,6 +21,8 @@ TASK_SEED_OFFSET = {"timespeak": 0, "cuespeak": 100_000, "turntaking": 200_000, 
                     "others": 400_000, "delegation": 500_000}
 # The refusal tasks (data/tasks/refusal.py, eval/refusal.py).
 TASK_SEED_OFFSET.update(refusal=600_000, refusal_benign=700_000, refusal_redteam=800_000)
+# The visual-proactivity tasks (eval/visual.py) sit far above the others, leaving room for new tasks in between.
+TASK_SEED_OFFSET.update(visual_cue=1_200_000, repcount=1_300_000, visual_qa=1_400_000, visual_negative=1_500_000)
 # Two disjoint ranges per task: "test" (the reported numbers) and "validation" (where decoding
 # settings are chosen), so nothing is tuned on the episodes it is reported on.
 SPLIT_OFFSET = {"test": 0, "validation": 50_000}

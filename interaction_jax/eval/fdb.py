@@ -59,6 +59,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from interaction_jax.data.episode import Episode, Word
+from interaction_jax.errors import UserError
 
 FDB_SAMPLE_RATE = 16000
 INPUT_WAV, OUTPUT_WAV, OUTPUT_JSON = "input.wav", "output.wav", "output.json"
@@ -71,7 +72,7 @@ FILE_MODE, DIR_MODE = 0o644, 0o755
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class FdbError(ValueError):
+class FdbError(UserError, ValueError):
     """A Full-Duplex-Bench folder that cannot be used (missing/undecodable input, wrong task layout, outputs there)."""
 
 

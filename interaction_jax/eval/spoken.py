@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from interaction_jax.data.episode import Word
+from interaction_jax.errors import UserError
 from interaction_jax.eval.runner import EpisodeRun
 from interaction_jax.features.mel import FeatureParams, mel_to_audio
 
 Transcriber = Callable[[np.ndarray, int], Sequence]
 
 
-class ASRError(ValueError):
+class ASRError(UserError, ValueError):
     """A bad --asr spec or a transcriber returning something that is not timed words."""
 
 

@@ -14,6 +14,8 @@ from typing import Literal, Union
 
 import numpy as np
 
+from interaction_jax.errors import UserError
+
 AudioSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 MonoMode = Literal["require", "mix"]
 _MAX_CHANNELS = 16  # more "channels" than this almost surely means a [channels, samples] array
@@ -23,7 +25,7 @@ PEAK_LEVEL = 0.9
 FILE_MODE = 0o644  # written files are readable by other users (tempfile.mkstemp makes 0600)
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite or with the wrong channels."""
 
 

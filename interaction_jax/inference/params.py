@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from interaction_jax.errors import UserError
 
-class ParamsError(RuntimeError):
+
+class ParamsError(UserError, RuntimeError):
     """No usable checkpoint (missing directory, nothing committed)."""
 
 

@@ -70,6 +70,58 @@ class SessionClosedError(RuntimeError):
     """push() on a closed session."""
 
 
+class ChunkError(ValueError):
+    """A chunk that is not one micro-turn of valid input; raised by `Session.push`, only for that session."""
+
+
+MAX_SAMPLE_RATE = 384_000
+
+
+def check_chunk(chunk: Chunk, layout: StreamLayout, session_id: str = "session", *, partial_seen: bool = False) -> bool:
+    """Validates one chunk before it is queued; returns True when its audio is a partial (short, last) chunk.
+
+    Audio: None (silence) or a 1-D real array of finite samples at an integer `sample_rate` in
+    [1, 384000], exactly one micro-turn long (round(micro_turn_s * sample_rate) samples) or shorter
+    as the session's last audio chunk. Text: a string or a sequence of strings. Video: [H, W, 3]
+    uint8. Every problem raises `ChunkError` naming the session and what was expected.
+    """
+    def bad(msg: str) -> ChunkError:
+        return ChunkError(f"{session_id}: {msg}")
+
+    sr = chunk.sample_rate
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or not 1 <= int(sr) <= MAX_SAMPLE_RATE:
+        raise bad(f"sample_rate={sr!r}: expected an integer number of samples per second in [1, {MAX_SAMPLE_RATE}]")
+    partial = False
+    if chunk.audio is not None:
+        a = np.asarray(chunk.audio)
+        if a.ndim == 2 and 1 in a.shape:
+            a = a.reshape(-1)
+        if a.ndim != 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise bad(f"audio must be a 1-D array of mono samples (float or int PCM), got shape {a.shape} {a.dtype}")
+        expected = int(round(layout.micro_turn_s * int(sr)))
+        if a.size > expected:
+            raise bad(f"audio chunk holds {a.size} samples at {int(sr)} Hz; expected one micro-turn: {expected} "
+                      f"samples ({layout.micro_turn_ms:g} ms)")
+        if partial_seen:
+            raise bad("audio after a partial (short) chunk: only the session's last audio chunk may be shorter "
+                      f"than {expected} samples")
+        partial = a.size < expected
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise bad("audio chunk contains NaN or infinite samples")
+    texts = [chunk.text] if isinstance(chunk.text, str) or chunk.text is None else chunk.text
+    if not isinstance(texts, (list, tuple)) or not all(t is None or isinstance(t, str) for t in texts):
+        raise bad(f"text must be a string or a list of strings, got {chunk.text!r:.60}")
+    if chunk.video is not None:
+        v = np.asarray(chunk.video)
+        if v.ndim != 3 or v.shape[2] != 3 or v.dtype != np.uint8:
+            raise bad(f"video frame must be [H, W, 3] uint8, got {v.shape} {v.dtype}")
+    if chunk.force is not None:
+        missing = {"token_ids", "dmel", "text_targets"} - set(chunk.force)
+        if missing:
+            raise bad(f"Chunk.force must be pack_window(grid, t, 1); missing {sorted(missing)}")
+    return partial
+
+
 @dataclasses.dataclass
 class Chunk:
     """One micro-turn of user input (see the module docstring)."""
@@ -174,21 +226,22 @@ class Session:
         self.user_typed: list[TextEvent] = []  # typed messages, stamped at their micro-turn's start
         self._scanner = DelegationScanner(self.layout, self.tokenizer)
         self._final_log: list[Delegation] | None = None  # delegation log frozen at close
+        self._partial_seen = False  # a short (last) audio chunk was pushed
+        self.error: BaseException | None = None  # why the scheduler closed this session, if it did
 
     # ---- client side ------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> None:
-        """Queues one micro-turn of input; it is processed by the next tick that reaches it."""
+        """Queues one micro-turn of input; it is processed by the next tick that reaches it.
+
+        The chunk is validated here (`check_chunk`), so a bad chunk raises `ChunkError` for this
+        session only and never reaches a shared tick.
+        """
         if self.closed:
-            raise SessionClosedError(f"{self.id}: push() after close()")
+            raise SessionClosedError(f"{self.id}: push() after close()"
+                                     + (f" (closed by the scheduler: {self.error})" if self.error else ""))
         self.scheduler.engine.policy.check_turn(self.turns_fed + len(self.pending), self.id)
-        if chunk.video is not None:
-            v = np.asarray(chunk.video)
-            if v.ndim != 3 or v.shape[2] != 3 or v.dtype != np.uint8:
-                raise ValueError(f"{self.id}: video frame must be [H, W, 3] uint8, got {v.shape} {v.dtype}")
-        if chunk.force is not None:
-            missing = {"token_ids", "dmel", "text_targets"} - set(chunk.force)
-            if missing:
-                raise ValueError(f"{self.id}: Chunk.force must be pack_window(grid, t, 1); missing {sorted(missing)}")
+        if check_chunk(chunk, self.layout, self.id, partial_seen=self._partial_seen):
+            self._partial_seen = True
         self.pending.append(chunk)
 
     def close(self) -> None:
@@ -311,6 +364,7 @@ class Scheduler:
         self._free = list(range(engine.slots))
         self._ids = itertools.count()
         self.latencies: list[float] = []
+        self.failures: dict[str, BaseException] = {}  # session id -> the error that closed it inside a tick
 
     def open_session(self, *, seed: int | None = None, temperature: float | None = None,
                      top_p: float | None = None, session_id: str | None = None,
@@ -372,9 +426,23 @@ class Scheduler:
         if not ready:
             return {}
         inputs = self.engine.empty_inputs()
+        idle = self.engine.empty_inputs()
         chunks = [s.pending.popleft() for s in ready]
+        kept = []
         for s, chunk in zip(ready, chunks, strict=True):
-            s.fill_inputs(inputs, chunk)
+            try:
+                s.fill_inputs(inputs, chunk)
+            except Exception as e:  # noqa: BLE001 - one session's failure closes that session only
+                for key, value in inputs.items():
+                    value[s.slot] = idle[key][s.slot]
+                s.error = e
+                self.failures[s.id] = e
+                self.close(s)
+                continue
+            kept.append((s, chunk))
+        if not kept:
+            return {}
+        ready, chunks = [s for s, _ in kept], [c for _, c in kept]
         t0 = time.perf_counter()
         out = self.engine.step(inputs)
         dt = time.perf_counter() - t0
@@ -398,6 +466,7 @@ class Scheduler:
 
 __all__ = [
     "Chunk",
+    "ChunkError",
     "DelegationScanner",
     "NoCapacityError",
     "Scheduler",
@@ -405,5 +474,6 @@ __all__ = [
     "SessionClosedError",
     "SessionLimitError",
     "TurnOutput",
+    "check_chunk",
     "model_text_pieces",
 ]

@@ -15,10 +15,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from interaction_jax.errors import UserError
 from interaction_jax.parallel.rules import LOGICAL_RULES, MESH_AXES, logical_to_spec
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
     """A mesh shape does not fit the devices."""
 
 

@@ -10,21 +10,38 @@ from __future__ import annotations
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from interaction_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard).")
-flags.DEFINE_string("distributed", "off", "'off', 'auto' (TPU pod / SLURM), or 'manual' (use the flags below).")
-flags.DEFINE_string("coordinator", os.environ.get("JAX_COORDINATOR_ADDRESS", ""), "host:port of process 0.")
-flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "1")), "Number of processes.")
-flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "0")), "This process's index.")
+
+
+def _define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing never clashes)."""
+    cli.DEFINE_config("config", "Config file, e.g. configs/tiny.py (overrides: --config.train.num_steps=...).")
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard).")
+    flags.DEFINE_enum("distributed", "off", ["off", "auto", "manual"],
+                      "'off', 'auto' (TPU pod / SLURM), or 'manual' (use the flags below).")
+    flags.DEFINE_string("coordinator", os.environ.get("JAX_COORDINATOR_ADDRESS", ""), "host:port of process 0.")
+    flags.DEFINE_integer("num_processes", _env_int("JAX_NUM_PROCESSES", 1), "Number of processes.", lower_bound=1)
+    flags.DEFINE_integer("process_id", _env_int("JAX_PROCESS_ID", 0), "This process's index.", lower_bound=0)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise cli.UserError(f"environment variable {name}={value!r}: expected an integer") from None
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: train takes only flags")
     if FLAGS.config is None or FLAGS.workdir is None:
-        raise app.UsageError("--config and --workdir are required")
+        raise app.UsageError("--config=FILE and --workdir=DIR are required")
+    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        raise cli.UserError(f"--workdir={FLAGS.workdir} is a file; expected a run directory (new or existing)")
     import jax
 
     if FLAGS.distributed == "auto":
@@ -46,11 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    check_cli_overrides(sys.argv)
-    from interaction_jax.cli import run as run_cli
-
-    run_cli(main)
+    cli.run(main, name="train", define_flags=_define_flags)

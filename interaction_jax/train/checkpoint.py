@@ -29,8 +29,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from interaction_jax.errors import UserError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint's arrays do not match the model the config builds."""
 
 

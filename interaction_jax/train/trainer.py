@@ -35,6 +35,7 @@ import time
 import jax
 import numpy as np
 
+from interaction_jax.config_lib import ConfigError
 from interaction_jax.data.pipeline import make_iterator
 from interaction_jax.data.sources import open_source
 from interaction_jax.parallel import make_mesh
@@ -85,24 +86,25 @@ class Trainer:
         self.config, self.workdir, self.log = config, workdir, log
         k = accumulation_steps(config.train)
         if int(config.train.num_steps) % k:
-            raise ValueError(
+            raise ConfigError(
                 f"train.num_steps={config.train.num_steps} must be a multiple of train.grad_accum_steps={k} "
                 f"(num_steps counts micro-batches and every optimizer update takes {k} of them)"
             )
+        # the data is opened first: a missing or damaged store fails before the run directory is touched
+        self.layout = StreamLayout.from_config(config)
+        self.train_source = open_source(config, split="train")
+        self.eval_source = open_source(config, split="eval")
         os.makedirs(workdir, exist_ok=True)
         self.mesh = mesh or make_mesh(config.mesh)
         shards = int(self.mesh.shape["data"]) * int(self.mesh.shape["fsdp"])
         if int(config.data.batch_size) % shards:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={config.data.batch_size} must be divisible by the batch shards "
                 f"(mesh data x fsdp = {shards}); raise the batch size or change config.mesh"
             )
         self.setup, self.state = create_train_state(config, self.mesh)
         self.train_step = make_train_step(config, self.setup)
         self.eval_step = make_eval_step(config, self.setup)
-        self.layout = StreamLayout.from_config(config)
-        self.train_source = open_source(config, split="train")
-        self.eval_source = open_source(config, split="eval")
         self.data = make_iterator(config, self.train_source)
         self.manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.train)
         self.writer = MetricWriter(os.path.join(workdir, "tb"), enabled=jax.process_index() == 0)

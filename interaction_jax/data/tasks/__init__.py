@@ -19,6 +19,7 @@ from interaction_jax.data.speech import SpeechRenderer, default_renderer
 from interaction_jax.data.tasks import cuespeak, delegation, interruption, others, refusal, timespeak, turntaking
 from interaction_jax.data.tasks.delegation import answer_request
 from interaction_jax.data.tasks.visual import TASKS as _VISUAL
+from interaction_jax.errors import UserError
 
 TaskFn = Callable[..., Episode]
 
@@ -49,6 +50,11 @@ for _name in INSTRUCTED_TASKS:
 _MIX_SALT = 0x6D6978  # decorrelates the task choice from the task's own draws
 
 
+
+class TaskError(UserError, ValueError):
+    """An unknown task name or a malformed mix spec."""
+
+
 def parse_mix(spec: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Task names and normalised weights of a mix spec.
 
@@ -58,20 +64,20 @@ def parse_mix(spec: str) -> tuple[tuple[str, ...], np.ndarray]:
     if spec == "mix":
         return TASK_NAMES, np.full(len(TASK_NAMES), 1.0 / len(TASK_NAMES))
     if not spec.startswith("mix:") or not spec[4:].strip():
-        raise ValueError(f"tasks: a mix spec is 'mix' or 'mix:task=weight,...', got {spec!r}")
+        raise TaskError(f"tasks: a mix spec is 'mix' or 'mix:task=weight,...', got {spec!r}")
     names, weights = [], []
     for item in spec[4:].split(","):
         name, _, w = item.strip().partition("=")
         if name not in TASKS:
-            raise ValueError(f"tasks: unknown task {name!r} in mix {spec!r}; choose from {sorted(TASKS)}")
+            raise TaskError(f"tasks: unknown task {name!r} in mix {spec!r}; choose from {sorted(TASKS)}")
         if name in names:
-            raise ValueError(f"tasks: task {name!r} listed twice in mix {spec!r}")
+            raise TaskError(f"tasks: task {name!r} listed twice in mix {spec!r}")
         try:
             weight = float(w) if w else 1.0
         except ValueError:
-            raise ValueError(f"tasks: weight of {name!r} in mix {spec!r} must be a number, got {w!r}") from None
+            raise TaskError(f"tasks: weight of {name!r} in mix {spec!r} must be a number, got {w!r}") from None
         if not np.isfinite(weight) or weight <= 0:
-            raise ValueError(f"tasks: weight of {name!r} in mix {spec!r} must be > 0, got {w!r}")
+            raise TaskError(f"tasks: weight of {name!r} in mix {spec!r} must be > 0, got {w!r}")
         names.append(name)
         weights.append(weight)
     p = np.asarray(weights, np.float64)
@@ -92,11 +98,11 @@ def mix_task(seed: int, spec: str = "mix") -> str:
 
 
 def check_task(task: str) -> None:
-    """Raises ValueError naming the problem when `task` is neither a task name nor a mix spec."""
+    """Raises TaskError (a ValueError) naming the problem when `task` is neither a task name nor a mix spec."""
     if is_mix(task):
         parse_mix(task)
     elif task not in TASKS:
-        raise ValueError(f"tasks: unknown task {task!r}; choose one of {sorted(TASKS)}, 'mix' or 'mix:task=weight,...'")
+        raise TaskError(f"tasks: unknown task {task!r}; choose one of {sorted(TASKS)}, 'mix' or 'mix:task=weight,...'")
 
 
 def generate(
