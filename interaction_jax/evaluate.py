@@ -22,20 +22,22 @@ import subprocess
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from interaction_jax import cli
+from interaction_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
     """Command-line flags (defined only when run as a program, so importing `evaluate` never clashes)."""
-    config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: WORKDIR/config.json, which "
-                                    "the trainer writes, else configs/tiny.py).", lock_config=True)
+    cli.DEFINE_config("config", "Config of the checkpoint (default: WORKDIR/config.json, which the trainer writes, "
+                      "else configs/tiny.py).")
     flags.DEFINE_string("workdir", None, "Training run directory (parameters from its newest checkpoint).")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
-    flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation.")
-    flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).")
-    flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).")
+    flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation, refusal.")
+    flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).", lower_bound=1)
+    flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).", lower_bound=0.0)
     flags.DEFINE_bool("baseline", False, "Also evaluate the turn-based VAD cascade.")
     flags.DEFINE_bool("oracle", False, "Also grade the episodes' own target behaviour.")
     flags.DEFINE_bool("plot", False, "Timelines of the best and worst examples per benchmark.")
@@ -45,14 +47,15 @@ def _define_flags() -> None:
                       "decoding settings on 'validation' (disjoint).")
     flags.DEFINE_enum("instruction_mode", "mixed", ["mixed", "typed", "spoken"], "How instructions reach the "
                       "model: the tasks' own mix of typed and spoken, or every one typed / spoken.")
-    flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).")
+    flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).",
+                         lower_bound=0)
     flags.DEFINE_string("asr", None, "Also grade the model's audio through this transcriber, "
                         "'package.module:function' (audio, sample_rate) -> timed words (eval/spoken.py).")
     flags.DEFINE_string("export_fdb", None, "Write Full-Duplex-Bench outputs (output.wav/json per sample) here.")
     flags.DEFINE_string("fdb_input", None, "Full-Duplex-Bench input folders (default: write them from the episodes).")
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(UserError, RuntimeError):
     """A bad command-line input."""
 
 
@@ -192,16 +195,22 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
 
 
 def main(argv):
-    del argv
     from interaction_jax.eval.fdb import FdbError
     from interaction_jax.eval.spoken import ASRError
     from interaction_jax.features.audio import AudioError
     from interaction_jax.inference.params import ParamsError
     from interaction_jax.train.checkpoint import CheckpointMismatchError
 
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: evaluate takes only flags")
     out = FLAGS.out or (os.path.join(FLAGS.workdir, "eval") if FLAGS.workdir else "eval_out")
     from interaction_jax.config_lib import ConfigError, config_for_run
 
+    if FLAGS.init == "checkpoint" and not FLAGS.workdir:
+        raise EvaluateError("--init=checkpoint needs --workdir (or pass --init=random)")
+    if FLAGS.workdir and not os.path.isdir(FLAGS.workdir):
+        raise EvaluateError(f"--workdir={FLAGS.workdir} does not exist (expected a training run directory)")
+    cli.check_output_dir(FLAGS.export_fdb or out, "--export_fdb" if FLAGS.export_fdb else "--out")
     try:
         config = config_for_run(FLAGS.config, FLAGS.workdir, "configs/tiny.py")
         if FLAGS.export_fdb:
@@ -227,12 +236,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from interaction_jax.config_lib import check_cli_overrides
-
-    _define_flags()
-    check_cli_overrides(sys.argv)
-    from interaction_jax.cli import run as run_cli
-
-    run_cli(main)
+    cli.run(main, name="evaluate", define_flags=_define_flags)
