@@ -20,6 +20,8 @@ never evicts a row any of the block's queries still needs, so "sliding" reproduc
 training attention exactly and memory stays bounded. "hard" uses the same mapping with a ring
 large enough for `max_session_seconds` and never wraps: the scheduler refuses to go past it.
 
+It is the `RowMap` (`model/kv_cache.py`) the model's cache-attention strategies read rows with.
+
 `scratch` extra rows follow the ring: slots that are idle this tick write their (ignored) K/V
 there, so an idle slot's cache is never touched and other slots are unaffected.
 """
@@ -54,6 +56,12 @@ class ContextPolicy:
     ring: int  # rows after the sinks
     scratch: int  # rows for idle slots' writes
     max_turns: int | None  # hard limit in micro-turns (None = unbounded)
+
+    @property
+    def wraps(self) -> bool:
+        """A ring (a row holds different positions over time): "sliding". "hard" never wraps
+        (row == position), so its live rows are the sink and window chunks of the queries."""
+        return self.max_turns is None
 
     @property
     def rows(self) -> int:

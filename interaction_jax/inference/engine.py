@@ -24,8 +24,6 @@ state is left untouched.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,8 +39,14 @@ from interaction_jax.inference.layer_params import (
     merge_engine_params,
     split_engine_params,
 )
-from interaction_jax.model.attention import NEG_INF, attention, make_mask
 from interaction_jax.model.interaction_model import InteractionModel
+from interaction_jax.model.kv_cache import (
+    BlockCache,
+    CacheView,
+    cache_attention_fn,
+    cache_attention_names,
+    resolve_strategy,
+)
 from interaction_jax.model.moe.experts import available_impls, check_expert_impl
 from interaction_jax.model.moe.layer import expert_impl
 from interaction_jax.streams.layout import Kind, StreamLayout
@@ -61,128 +65,27 @@ def segments(layout: StreamLayout) -> list[tuple[int, int]]:
     return [(a, z) for a, z in zip(bounds[:-1], bounds[1:], strict=True) if z > a]
 
 
-def invariant_cache_attention(
-    q: jax.Array,
-    q_positions: jax.Array,
-    valid: jax.Array,
-    k_all: jax.Array,
-    v_all: jax.Array,
-    layer: int | jax.Array,
-    kv_positions: jax.Array,
-    policy: ContextPolicy,
-) -> jax.Array:
-    """Batch-invariant attention of q [B, S, H, hd] over layer `layer` of the ring cache
-    k_all / v_all [layers, B, rows, ...].
-
-    Keys are gathered chunk by chunk in absolute-position order (chunk c = positions
-    [c*BLOCK_KV, (c+1)*BLOCK_KV), each mapped to its ring row; a row that does not hold that
-    position counts as no key), and only the live chunks (sinks, window) are visited. That is the
-    order and chunking of the training forward over a window starting at position 0, with the
-    chunks it visits in addition fully masked (exact no-ops), so the rows match it bitwise.
-    """
-    from pallas_kernels import batch_invariant as bi
-
-    block = bi.BLOCK_KV
-
-    def chunk(c, b):
-        p = c * block + jnp.arange(block, dtype=jnp.int32)
-        r = policy.position_rows(p)
-        kc, vc = k_all[layer, b, r].astype(q.dtype), v_all[layer, b, r].astype(q.dtype)
-        return kc, vc, jnp.where(kv_positions[b, r] == p, p, -1)
-
-    ranges = functools.partial(bi.live_chunk_ranges, window=policy.window, sinks=policy.sinks, block_kv=block)
-    return bi.chunked_attention(q, q_positions, chunk, ranges, window=policy.window, sinks=policy.sinks,
-                                q_valid=valid)
-
-
-LIVE_BLOCK = 512  # cache rows per key chunk of `live_window_attention`
-# `inference.decode_attention`: how the engine attends over its cache (see `cached_forward`).
-DECODE_ATTENTION_IMPLS = ("live_window", "pallas", "pallas_interpret")
+# `inference.decode_attention`: the cache-attention strategy the engine asks for (`model/kv_cache.py`);
+# any other registered strategy name works too.
+DECODE_ATTENTION_IMPLS = ("live_window", "dense", "pallas", "pallas_interpret")
 
 
 def check_decode_attention(name: str) -> str:
-    if name not in DECODE_ATTENTION_IMPLS:
-        raise ValueError(f"inference.decode_attention={name!r}; expected one of {DECODE_ATTENTION_IMPLS}")
+    """`name` if it names a cache-attention strategy, else a clear error."""
+    try:
+        cache_attention_fn(name)
+    except ValueError:
+        raise ValueError(f"inference.decode_attention={name!r}; expected one of {DECODE_ATTENTION_IMPLS} "
+                         f"(registered: {cache_attention_names()})") from None
     return name
 
 
-def rows_in_use(kv_positions: jax.Array) -> jax.Array:
-    """[B] int32: one past the last cache row holding a position (rows after it are all empty)."""
-    t = kv_positions.shape[1]
-    return jnp.max(jnp.where(kv_positions >= 0, jnp.arange(1, t + 1, dtype=jnp.int32)[None], 0), axis=1)
-
-
-def live_row_ranges(q_positions: jax.Array, valid: jax.Array, kv_positions: jax.Array, policy: ContextPolicy,
-                    block: int) -> list[tuple]:
-    """[(lo, hi), ...] of the `block`-row chunks of the cache that can hold a visible key.
-
-    "hard" never wraps (row == position), so the rows are the sink and window chunks of the
-    valid queries' positions (`live_chunk_ranges`). A ring ("sliding") holds about one window,
-    so every row written so far is visited: chunks [0, last row in use].
-    """
-    from pallas_kernels.batch_invariant import live_chunk_ranges
-
-    if policy.max_turns is not None:
-        return live_chunk_ranges(q_positions, valid, window=policy.window, sinks=policy.sinks, block_kv=block)
-    used = jnp.max(rows_in_use(kv_positions))
-    return [(0, (used + block - 1) // block)]
-
-
-def live_window_attention(
-    q: jax.Array,
-    q_positions: jax.Array,
-    valid: jax.Array,
-    k_all: jax.Array,
-    v_all: jax.Array,
-    layer: int | jax.Array,
-    kv_positions: jax.Array,
-    policy: ContextPolicy,
-    block: int = LIVE_BLOCK,
-) -> jax.Array:
-    """Attention of q [B, S, H, hd] over only the *live* rows of layer `layer` of the ring cache
-    k_all / v_all [layers, B, rows, kv_heads, hd].
-
-    The cache has rows for a whole window or session (plus sinks and scratch), but a session
-    shorter than that has written only a few of them: a `fori_loop` with traced bounds visits
-    only the chunks of `block` contiguous rows that can hold a visible key (`live_row_ranges`),
-    each read with one dynamic slice of the stacked cache (no gather, and no per-layer slice,
-    which XLA would copy whole on every call), online softmax in float32. The mask is on the
-    absolute position each row holds (`kv_positions`), so visiting rows in ring order is exact.
-    A last chunk that would run past the cache is moved back (the slice is clamped) and its
-    rows already visited are masked. Same result as full-cache attention (to float rounding).
-    """
-    from pallas_kernels.batch_invariant import loop_ranges
-
-    b, s, h, hd = q.shape
-    rows, kvh = k_all.shape[2], k_all.shape[3]
-    block = min(block, rows)
-    g = h // kvh
-    qg = q.reshape(b, s, kvh, g, hd)
-
-    def body(c, carry):
-        m, den, acc = carry  # [B, KVH, G, S], same, [B, KVH, G, S, hd]
-        r0 = jnp.minimum(c * block, rows - block)  # what dynamic_slice would clamp to, made explicit
-        kc = jax.lax.dynamic_slice(k_all, (layer, 0, r0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
-        vc = jax.lax.dynamic_slice(v_all, (layer, 0, r0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
-        fresh = r0 + jnp.arange(block, dtype=jnp.int32) >= c * block  # rows not seen in an earlier chunk
-        pos = jax.lax.dynamic_slice_in_dim(kv_positions, r0, block, axis=1)
-        pos = jnp.where(fresh[None], pos, -1)
-        logits = jnp.einsum("bskgd,bckd->bkgsc", qg, kc, preferred_element_type=jnp.float32) * (hd**-0.5)
-        mask = make_mask(q_positions, pos, window=policy.window, sinks=policy.sinks, kv_valid=pos >= 0)
-        mask = mask[:, None, None]
-        logits = jnp.where(mask, logits, NEG_INF)
-        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-        pr = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
-        alpha = jnp.exp(m - m_new)
-        pv = jnp.einsum("bkgsc,bckd->bkgsd", pr.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
-        return m_new, alpha * den + jnp.sum(pr, axis=-1), alpha[..., None] * acc + pv
-
-    init = (jnp.full((b, kvh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kvh, g, s), jnp.float32),
-            jnp.zeros((b, kvh, g, s, hd), jnp.float32))
-    ranges = live_row_ranges(q_positions, valid, kv_positions, policy, block)
-    _, den, acc = loop_ranges(ranges, body, init)
-    out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd).astype(q.dtype)
+def engine_strategy(config) -> str:
+    """The strategy the engine's blocks read the cache with (`kv_cache.resolve_strategy`)."""
+    m = config.model
+    requested = check_decode_attention(str(config.inference.get("decode_attention", "live_window")))
+    return resolve_strategy(requested, batch_invariant=bool(m.get("batch_invariant", False)),
+                            impl=str(m.attention_impl))
 
 
 def cached_forward(
@@ -193,109 +96,42 @@ def cached_forward(
     rows: jax.Array,
     kv_positions: jax.Array,
     *,
-    window: int,
-    sinks: int,
-    policy: ContextPolicy | None = None,
-    decode_attention: str = "live_window",
+    policy: ContextPolicy,
+    strategy: str = "live_window",
     groups: list | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """A block of S positions against the ring cache with the model's own sub-modules.
+    """A block of S positions through the model's own blocks against the ring cache.
 
-    Same computation as `Transformer.step` (norm -> GQA attention -> residual -> FFN, scanned over
-    layer groups) except where K/V go: to `rows` [B, S] (ring/scratch rows, `ContextPolicy`), and
-    attention masks on the absolute position each row holds (`kv_positions` [B, T], -1 empty).
-    The full cache rides in the scan carry and only the new rows are scattered in, so with the
-    state donated XLA updates it in place. Returns (hidden [B,S,D], text logits, k_all, v_all).
-    With `policy`, attention visits only the live key chunks (`live_window_attention`; a
-    batch-invariant model: `invariant_cache_attention`, bitwise the training forward's rows);
-    without it (or with a registered attention kernel) it reads every cache row.
-    `decode_attention="pallas"` (or "pallas_interpret", for CPU tests) instead runs the split-K
-    Pallas kernel (`pallas_kernels.decode_attention`) over the ring cache with its row -> position
-    map, reading rows up to the last one in use (GPU: Triton; CPU: its dense reference).
-    `groups` (the layer-group modules, unstacked: `layer_params.py`) runs the layers in an
-    unrolled loop over per-layer weights instead of scanning the model's stacked ones.
+    The cache is the explicit pytree `BlockCache(k_all, v_all, view)` in and out of
+    `Transformer.cached`: K/V go to `rows` [B, S] (ring / scratch rows, `ContextPolicy`), and
+    attention masks on the absolute position each row holds (`kv_positions` [B, T], -1 empty)
+    with the registered strategy `strategy`. The full cache rides in the layer loop's carry and
+    only the new rows are scattered in, so with the state donated XLA updates it in place.
+    `groups` (the layer-group modules, unstacked: `layer_params.py`) runs the layers over
+    per-layer weights instead of scanning the stacked ones. Returns (hidden, text logits, k, v).
     """
-    check_decode_attention(decode_attention)
-    invariant = bool(getattr(model, "batch_invariant", False))
-    if invariant and policy is None:
-        raise ValueError("cached_forward: a batch-invariant model needs the ContextPolicy (policy=...)")
-    backbone = model.backbone
     positions = block["positions"]
-    x = model.embed(block).astype(backbone.dtype)
-    per_group = len(backbone.pattern)
-    b_idx = jnp.arange(rows.shape[0])[:, None]
-    kv_valid = kv_positions >= 0
     mask = block.get("valid")
     q_valid = jnp.ones(positions.shape, bool) if mask is None else mask.astype(bool)
-
-    kernel = decode_attention != "live_window" and policy is not None and not invariant
-    if kernel:
-        from pallas_kernels.decode_attention import decode_attention as decode_kernel
-
-        used_rows = rows_in_use(kv_positions)  # the split-K kernel skips the splits past them
-        kernel_impl = "interpret" if decode_attention == "pallas_interpret" else None
-
-    def run_group(group, g, x, k_all, v_all):
-        for i, blk in enumerate(group.blocks):
-            layer = g * per_group + i
-            attn = blk.attn
-            q, k, v = attn._qkv(blk.attn_norm(x), positions)
-            k_all = k_all.at[layer, b_idx, rows].set(k.astype(k_all.dtype))
-            v_all = v_all.at[layer, b_idx, rows].set(v.astype(v_all.dtype))
-            if invariant:
-                o = invariant_cache_attention(q.astype(attn.dtype), positions, q_valid, k_all, v_all, layer,
-                                              kv_positions, policy)
-            elif kernel:
-                o = decode_kernel(q, k_all[layer].astype(attn.dtype), v_all[layer].astype(attn.dtype), used_rows,
-                                  q_positions=positions, kv_positions=kv_positions, window=policy.window,
-                                  sinks=policy.sinks, implementation=kernel_impl)
-            elif policy is not None and attn.impl == "xla":
-                o = live_window_attention(q.astype(attn.dtype), positions, q_valid, k_all, v_all, layer,
-                                          kv_positions, policy)
-            else:
-                o = attention(
-                    q,
-                    k_all[layer].astype(attn.dtype),
-                    v_all[layer].astype(attn.dtype),
-                    q_positions=positions,
-                    kv_positions=kv_positions,
-                    kv_valid=kv_valid,
-                    window=window,
-                    sinks=sinks,
-                    impl=attn.impl,
-                )
-            x = x + attn._out(o).astype(x.dtype)
-            x, _ = blk._ffn(x, mask)
-        return x, k_all, v_all
-
-    if groups is not None:
-        for g, group in enumerate(groups):
-            x, k_all, v_all = run_group(group, g, x, k_all, v_all)
-    else:
-        graphdef, gstate = nnx.split(backbone.groups)
-
-        def body(carry, xs):
-            gstate_g, g = xs
-            return run_group(nnx.merge(graphdef, gstate_g), g, *carry), None
-
-        xs = (gstate, jnp.arange(backbone.num_groups, dtype=jnp.int32))
-        (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), xs)
-    hidden = backbone.final_norm(x)
-    return hidden, model._logits(hidden), k_all, v_all
+    view = CacheView(rows, positions, kv_positions, q_valid)
+    cache = BlockCache(k_all, v_all, view, 0, policy, strategy)
+    hidden, _, cache = model.backbone.cached(model.embed(block), positions, cache, mask, groups)
+    return hidden, model._logits(hidden), cache.k, cache.v
 
 
 SELF_AUDIO = ("generated", "silence")
 
 
 def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPolicy, feature_params, *,
-                     debug_outputs: bool = False, decode_attention: str = "live_window",
+                     debug_outputs: bool = False, strategy: str = "live_window",
                      self_audio: str = "generated"):
     """Builds the pure `stream_step(params, state, inputs) -> (state, outputs)` (see the module docstring).
 
     `self_audio="silence"` feeds silence (dMel code 0) instead of the model's generated frames at
     its own audio inputs (`inference.self_audio`; forced slots still get the forced frames).
 
-    `graph` / `params` (an `EngineParams`) come from `layer_params.split_engine_params`.
+    `graph` / `params` (an `EngineParams`) come from `layer_params.split_engine_params`;
+    `strategy` is the cache attention (`engine_strategy(config)`).
 
     outputs: text_tokens [B, text_slots] int32 (sampled), mel [B, A, F, M] f32, codes [B, A, F, M]
     uint8, turn [B] (micro-turn each row belongs to); with `debug_outputs` also text_logits
@@ -305,7 +141,6 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
     kinds = layout.turn_kinds()
     P = layout.positions_per_turn
     text_sl, audio_sl = layout.block_slice(Kind.MODEL_TEXT), layout.block_slice(Kind.MODEL_AUDIO)
-    window, sinks = policy.window, policy.sinks
     if self_audio not in SELF_AUDIO:
         raise ValueError(f"inference.self_audio={self_audio!r}; expected one of {SELF_AUDIO}")
     mute_self = self_audio == "silence"
@@ -345,10 +180,8 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
             }
             rows = policy.write_rows(base + a, z - a, active)
             kv_pos = policy.row_positions(jnp.where(active, base + z, base))
-            hidden, logits, k_all, v_all = cached_forward(
-                model, block, k_all, v_all, rows, kv_pos, window=window, sinks=sinks, policy=policy,
-                decode_attention=decode_attention, groups=groups,
-            )
+            hidden, logits, k_all, v_all = cached_forward(model, block, k_all, v_all, rows, kv_pos, policy=policy,
+                                                          strategy=strategy, groups=groups)
             for p in range(a, z):
                 if text_sl.start <= p < text_sl.stop:
                     i = p - text_sl.start
@@ -445,9 +278,9 @@ class StreamEngine:
             temperature=float(inf.temperature),
             top_p=float(inf.top_p),
         )
-        decode_attention = check_decode_attention(str(inf.get("decode_attention", "live_window")))
+        self.strategy = engine_strategy(config)
         step = make_stream_step(self.graph, self.layout, self.policy, self.feature_params,
-                                debug_outputs=debug_outputs, decode_attention=decode_attention,
+                                debug_outputs=debug_outputs, strategy=self.strategy,
                                 self_audio=str(inf.get("self_audio", "generated")))
         self._step = jax.jit(step, donate_argnums=(1,))
         self._reset = jax.jit(reset_slot, donate_argnums=(0,))

@@ -9,10 +9,13 @@ from interaction_jax.model.flow import FlowHead, odeint
 from interaction_jax.model.heads import TextHead
 from interaction_jax.model.hmlp import HMLPStem
 from interaction_jax.model.interaction_model import InteractionModel, forward, loss_weights, text_loss
+from interaction_jax.model.kv_cache import BlockCache, CacheView, register_cache_attention
 from interaction_jax.model.transformer import KVCache, Transformer
 
 __all__ = [
     "Attention",
+    "BlockCache",
+    "CacheView",
     "DMelBag",
     "FlowHead",
     "HMLPStem",
@@ -28,6 +31,7 @@ __all__ = [
     "make_mask",
     "odeint",
     "register_attention_impl",
+    "register_cache_attention",
     "rope",
     "text_loss",
 ]

@@ -6,9 +6,11 @@ Two layers:
   pure function over [B, S, H, hd] queries and [B, T, KVH, hd] keys/values. `impl` picks the
   backend (`c.model.attention_impl`); "xla" is the einsum reference and a Pallas kernel can
   register itself with `register_attention_impl` without touching the model.
-* `Attention` — the module: projections, RoPE at the packed `positions`, and two entry points,
-  `__call__` (whole sequence, teacher forcing) and `cached` (a block of new positions against
-  an explicit KV cache, gemma-sampler style: the cache comes in and goes out as arrays).
+* `Attention` — the module: projections, RoPE at the packed `positions`, and one `__call__`
+  for training (the sequence over itself) and streaming (a block of new positions against an
+  explicit cache pytree, `kv_cache.BlockCache`, gemma-sampler style: the cache comes in and goes
+  out). How a block attends over the cache is a registered strategy (`kv_cache.py`,
+  `cache_attention.py`); the projections, RoPE and output projection are shared.
 
 Mask semantics (shared by both paths): key j is visible from query i iff
   kv_pos[j] <= q_pos[i]  and  (window == 0  or  q_pos[i] - kv_pos[j] < window  or  kv_pos[j] < sinks)
@@ -29,6 +31,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from interaction_jax.model.kv_cache import (
+    BlockCache,
+    LinearRows,
+    cache_attention_fn,
+    linear_view,
+    resolve_strategy,
+    write_rows,
+)
 from interaction_jax.model.layers import fan_in_init, matmul, param
 
 NEG_INF = -1e30
@@ -151,19 +161,10 @@ def attention(
             raise ValueError("attention: pass `mask` or both `q_positions` and `kv_positions`")
         mask = make_mask(q_positions, kv_positions, window=window, sinks=sinks, kv_valid=kv_valid)
     if impl not in _IMPLS and impl.startswith("pallas"):
-        import pallas_kernels.register  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
+        import interaction_jax.model.kernels  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(_IMPLS)}")
     return _IMPLS[impl](q, k, v, mask)
-
-
-def _write_rows(cache: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
-    """cache [B,T,...] with new [B,S,...] written at row offsets starts [B] (per-slot)."""
-
-    def one(c, n, s):
-        return jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), s, axis=0)
-
-    return jax.vmap(one)(cache, new, starts)
 
 
 class Attention(nnx.Module):
@@ -231,25 +232,34 @@ class Attention(nnx.Module):
             return matmul(o.astype(self.dtype).reshape(o.shape[:-2] + (-1,)), wo.reshape(-1, wo.shape[-1]), True)
         return jnp.einsum("bshk,hkd->bsd", o, self.wo[...].astype(self.dtype))
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """Full causal attention over x [B, L, D] with packed `positions` [B, L]."""
-        q, k, v = self._qkv(x, positions)
+    def _sequence(self, q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array) -> jax.Array:
+        """Causal (window / sinks) attention of a whole sequence over itself (teacher forcing)."""
         if self.batch_invariant:
             from pallas_kernels import batch_invariant as bi
 
-            o = bi.attention_sequence(q, k, v, positions, positions, window=self.window, sinks=self.sinks)
-            return self._out(o)
-        o = attention(
-            q,
-            k,
-            v,
-            q_positions=positions,
-            kv_positions=positions,
-            window=self.window,
-            sinks=self.sinks,
-            impl=self.impl,
-        )
-        return self._out(o)
+            return bi.attention_sequence(q, k, v, positions, positions, window=self.window, sinks=self.sinks)
+        return attention(q, k, v, q_positions=positions, kv_positions=positions, window=self.window,
+                         sinks=self.sinks, impl=self.impl)
+
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: BlockCache | None = None
+    ) -> jax.Array | tuple[jax.Array, BlockCache]:
+        """x [B, S, D] at packed `positions` [B, S] (RoPE).
+
+        Without a cache: causal attention over x itself, returns y [B, S, D]. With a cache: the
+        block's K/V are written to `cache.view.write_rows` of layer `cache.layer` and the queries
+        attend over the cache with the strategy `cache.strategy` (`kv_cache.py`); returns
+        (y, cache with the new K/V). Writing past the cache is the caller's error to prevent.
+        """
+        q, k, v = self._qkv(x, positions)
+        if cache is None:
+            return self._out(self._sequence(q, k, v, positions))
+        if self.batch_invariant and cache.strategy != "batch_invariant":
+            raise ValueError(f"a batch-invariant model reads its cache with 'batch_invariant', not {cache.strategy!r}")
+        kc = write_rows(cache.k, cache.layer, cache.view.write_rows, k)
+        vc = write_rows(cache.v, cache.layer, cache.view.write_rows, v)
+        o = cache_attention_fn(cache.strategy)(q, kc, vc, cache.layer, cache.view, cache.rows, self.impl)
+        return self._out(o), cache.replace(k=kc, v=vc)
 
     def cached(
         self,
@@ -259,35 +269,12 @@ class Attention(nnx.Module):
         v_cache: jax.Array,
         lengths: jax.Array,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """A block x [B, S, D] appended at per-slot offsets `lengths` [B] of the cache.
-
-        k_cache / v_cache: [B, max_len, KVH, hd]. The block's K/V are written at rows
-        [lengths[b], lengths[b] + S) of slot b, then the block attends over rows
-        [0, lengths[b] + S) with the causal / window mask taken on cache row indices (row
-        index = sequence index of the slot; RoPE uses the packed `positions`). Returns
-        (y [B, S, D], new k_cache, new v_cache); the caller advances `lengths`. Writing
-        past max_len is the caller's error to prevent (dynamic_update_slice would clamp).
-        """
-        b, s = x.shape[:2]
-        t = k_cache.shape[1]
-        q, k, v = self._qkv(x, positions)
-        k_cache = _write_rows(k_cache, k, lengths)
-        v_cache = _write_rows(v_cache, v, lengths)
-        q_rows = lengths[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]
-        kv_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))
-        if self.batch_invariant:
-            from pallas_kernels import batch_invariant as bi
-
-            o = bi.attention_sequence(q, k_cache, v_cache, q_rows, kv_rows, window=self.window, sinks=self.sinks)
-            return self._out(o), k_cache, v_cache
-        o = attention(
-            q,
-            k_cache.astype(self.dtype),
-            v_cache.astype(self.dtype),
-            q_positions=q_rows,
-            kv_positions=kv_rows,
-            window=self.window,
-            sinks=self.sinks,
-            impl=self.impl,
-        )
-        return self._out(o), k_cache, v_cache
+        """`__call__` against a one-layer linear cache k/v [B, max_len, KVH, hd]: the block is
+        appended at rows [lengths[b], lengths[b] + S) of slot b and masked on row indices (row =
+        sequence index of the slot). Returns (y, new k_cache, new v_cache); the caller advances
+        `lengths`."""
+        rows = LinearRows(self.window, self.sinks)
+        strategy = resolve_strategy("dense", batch_invariant=self.batch_invariant, impl=self.impl)
+        view = linear_view(lengths, x.shape[1], k_cache.shape[1])
+        y, cache = self(x, positions, BlockCache(k_cache[None], v_cache[None], view, 0, rows, strategy))
+        return y, cache.k[0], cache.v[0]

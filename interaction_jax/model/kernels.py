@@ -1,4 +1,7 @@
-"""Plugs the kernels into the model's registries (imported lazily by the model on an unknown impl).
+"""The model side of the Pallas kernels: registers the ones it uses into the model's registries.
+
+`pallas_kernels/` is a standalone library (it imports nothing from `interaction_jax`); this
+module, imported lazily by the model on an unknown "pallas..." name, plugs its kernels in.
 
 Attention (`c.model.attention_impl`), signature fn(q, k, v, mask [B, S, T] bool):
   "pallas"                  flash_attention with the dense mask; backend dispatch (CPU -> reference)
@@ -9,6 +12,12 @@ MoE expert compute (`c.model.moe.impl`), signature fn(x [T, D], routing, weights
   "pallas_gmm"   sort by expert -> grouped matmul (gate, up, down) -> unsort; differentiable
   "gather_gemv"  per-token gather of the routed experts + GEMVs (decode shapes)
   plus "*_interpret" variants of both for CPU tests.
+
+Cache attention (`inference.decode_attention`, `kv_cache.py`), fn(q, k, v, layer, view, rows, impl):
+  "pallas"            split-K decode kernel over the layer's rows with their row -> position map
+                      (GPU: Triton; CPU: its dense reference), splits past a slot's last used row
+                      (all of an idle slot's) skipped
+  "pallas_interpret"  the same kernel in Pallas interpret mode (CPU tests)
 """
 
 from __future__ import annotations
@@ -17,9 +26,12 @@ import jax
 import jax.numpy as jnp
 
 from interaction_jax.model.attention import register_attention_impl
+from interaction_jax.model.cache_attention import rows_in_use
+from interaction_jax.model.kv_cache import CacheView, RowMap, register_cache_attention
 from interaction_jax.model.moe.experts import ExpertWeights, register_expert_impl
 from interaction_jax.model.moe.router import Routing
 from pallas_kernels import batch_invariant
+from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.gather_gemv import gather_gemv
 from pallas_kernels.grouped_matmul import gmm
@@ -64,29 +76,44 @@ def make_gather_gemv_experts(implementation: str | None = None):
     return fn
 
 
+def make_decode_strategy(implementation: str | None = None):
+    """Cache attention by the split-K decode kernel, reading rows up to each slot's last used one."""
+
+    def fn(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:
+        del impl
+        used = jnp.where(jnp.any(view.q_valid, axis=1), rows_in_use(view.kv_positions), 0)
+        return decode_attention(q, k[layer].astype(q.dtype), v[layer].astype(q.dtype), used,
+                                q_positions=view.q_positions, kv_positions=view.kv_positions, window=rows.window,
+                                sinks=rows.sinks, implementation=implementation)
+
+    return fn
+
+
+def _register(register, impls: dict) -> None:
+    for name, fn in impls.items():
+        try:
+            register(name, fn)
+        except ValueError:  # already registered
+            pass
+
+
 def register_all() -> None:
     """Idempotent: registers every kernel impl not registered yet."""
-    attention_impls = {
+    _register(register_attention_impl, {
         "pallas": make_attention_impl(None),
         "pallas_interpret": make_attention_impl("interpret"),
         "pallas_batch_invariant": batch_invariant_attention_impl,
-    }
-    for name, fn in attention_impls.items():
-        try:
-            register_attention_impl(name, fn)
-        except ValueError:  # already registered
-            pass
-    expert_impls = {
+    })
+    _register(register_expert_impl, {
         "pallas_gmm": make_gmm_experts(None),
         "pallas_gmm_interpret": make_gmm_experts("interpret"),
         "gather_gemv": make_gather_gemv_experts(None),
         "gather_gemv_interpret": make_gather_gemv_experts("interpret"),
-    }
-    for name, fn in expert_impls.items():
-        try:
-            register_expert_impl(name, fn)
-        except ValueError:  # already registered
-            pass
+    })
+    _register(register_cache_attention, {
+        "pallas": make_decode_strategy(None),
+        "pallas_interpret": make_decode_strategy("interpret"),
+    })
 
 
 register_all()

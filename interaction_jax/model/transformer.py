@@ -15,9 +15,11 @@ recomputes the rest. Parameters live in `param_dtype`, activations in `dtype`.
 `model.batch_invariant` makes every matmul, norm and attention of the backbone batch-invariant
 (see `layers.py`, `attention.py`); dense layers only.
 
-The streaming KV cache is an explicit pytree `KVCache(k, v, lengths)` with
-k, v: [num_layers, B, max_len, num_kv_heads, head_dim] (layer l = group * len(pattern) + i)
-and lengths: [B] int32 (rows written per slot).
+Training and streaming run the same `Block`s: `__call__` (a sequence over itself), `cached`
+(a block against a `kv_cache.BlockCache`: any row layout, any registered cache-attention
+strategy; the streaming engine's path) and `step` (`cached` on the model's own linear
+`KVCache(k, v, lengths)`, k, v: [num_layers, B, max_len, num_kv_heads, head_dim], layer
+l = group * len(pattern) + i, lengths: [B] int32 rows written per slot).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interaction_jax.model.attention import Attention
+from interaction_jax.model.kv_cache import BlockCache, LinearRows, linear_view, resolve_strategy
 from interaction_jax.model.layers import RMSNorm, fan_in_init, matmul, param
 
 LAYER_KINDS = ("dense", "moe")
@@ -109,27 +112,23 @@ class Block(nnx.Module):
         else:
             self.ffn = SwiGLU(d, int(cfg.ffn_dim), dtype=dtype, param_dtype=param_dtype, batch_invariant=bi, rngs=rngs)
 
-    def _ffn(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict]:
-        h = self.ffn_norm(x)
-        if self.kind == "moe":
-            y, aux = self.ffn(h, mask)
-            return x + y.astype(x.dtype), aux
-        return x + self.ffn(h).astype(x.dtype), {}
-
-    def __call__(self, x, positions, cache=None, mask=None):
-        """cache=None: full sequence. cache=(k, v, lengths): cached block; returns new (k, v).
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: BlockCache | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, dict, BlockCache | None]:
+        """One block for training (cache=None) and streaming (a `BlockCache`, returned updated).
         `mask` [B, L] (valid positions) only enters the MoE losses/counts, never the outputs."""
         h = self.attn_norm(x)
         if cache is None:
-            x = x + self.attn(h, positions).astype(x.dtype)
-            new_kv = None
+            y = self.attn(h, positions)
         else:
-            k, v, lengths = cache
-            y, k, v = self.attn.cached(h, positions, k, v, lengths)
-            x = x + y.astype(x.dtype)
-            new_kv = (k, v)
-        x, aux = self._ffn(x, mask)
-        return x, aux, new_kv
+            y, cache = self.attn(h, positions, cache)
+        x = x + y.astype(x.dtype)
+        h = self.ffn_norm(x)
+        if self.kind == "moe":
+            y, aux = self.ffn(h, mask)
+        else:
+            y, aux = self.ffn(h), {}
+        return x + y.astype(x.dtype), aux, cache
 
 
 class LayerGroup(nnx.Module):
@@ -138,16 +137,14 @@ class LayerGroup(nnx.Module):
     def __init__(self, cfg, pattern: tuple[str, ...], *, dtype, param_dtype, rngs: nnx.Rngs):
         self.blocks = nnx.List([Block(cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for kind in pattern])
 
-    def __call__(self, x, positions, kv=None, lengths=None, mask=None):
-        """kv=None or (k, v) each [P, B, T, KVH, hd]. Returns (x, aux, new kv or None)."""
+    def __call__(self, x, positions, cache: BlockCache | None = None, mask=None, group: int | jax.Array = 0):
+        """Blocks in pattern order; with a cache, block i of group `group` is layer
+        group * len(pattern) + i of it. Returns (x, aux, cache or None)."""
         lb, z, counts, dropped = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), [], []
-        new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
-            cache = None if kv is None else (kv[0][i], kv[1][i], lengths)
-            x, aux, new = block(x, positions, cache, mask)
-            if new is not None:
-                new_k.append(new[0])
-                new_v.append(new[1])
+            layer_cache = None if cache is None else cache.replace(layer=group * len(self.blocks) + i)
+            x, aux, layer_cache = block(x, positions, layer_cache, mask)
+            cache = layer_cache if cache is not None else None
             if aux:
                 lb = lb + aux["load_balance_loss"].astype(jnp.float32)
                 z = z + aux["z_loss"].astype(jnp.float32)
@@ -157,8 +154,7 @@ class LayerGroup(nnx.Module):
         if counts:  # per MoE block of the group, in pattern order: [n_moe_in_group, E]
             out_aux["expert_counts"] = jnp.stack(counts)
             out_aux["dropped_fraction"] = jnp.stack(dropped)
-        new_kv = None if kv is None else (jnp.stack(new_k), jnp.stack(new_v))
-        return x, out_aux, new_kv
+        return x, out_aux, cache
 
 
 def _remat(fn, policy: str):
@@ -183,6 +179,8 @@ class Transformer(nnx.Module):
         self.num_moe = self.num_groups * sum(k == "moe" for k in self.pattern)
         self.remat = str(cfg.remat)
         self.scan_layers = bool(cfg.scan_layers)
+        self.window, self.sinks = int(cfg.sliding_window), int(cfg.attention_sinks)
+        self.impl, self.batch_invariant = str(cfg.attention_impl), batch_invariant(cfg)
         _remat(lambda x: x, self.remat)  # validate early
         dtype, pattern = self.dtype, self.pattern
 
@@ -195,25 +193,42 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(int(cfg.d_model), param_dtype=param_dtype, batch_invariant=batch_invariant(cfg),
                                   rngs=rngs)
 
-    def _run(self, x, positions, kv, lengths, mask):
-        graphdef, state = nnx.split(self.groups)
+    def _run(self, x, positions, mask, cache: BlockCache | None = None, groups=None):
+        """The layer loop. The cache's K/V ride in the carry (whole, stacked over layers); each
+        group rebuilds its `BlockCache` around them. `groups`: the layer-group modules with
+        unstacked weights (the engine's decode layout, `inference/layer_params.py`), run in an
+        unrolled loop; otherwise the stacked groups are scanned (or sliced, `scan_layers=False`)."""
 
-        def body(x, xs):
-            gstate, gkv = xs
-            group = nnx.merge(graphdef, gstate)
-            x, aux, new_kv = group(x, positions, gkv, lengths, mask)
-            return x, (aux, new_kv)
+        def run_group(group, g, x, kv):
+            c = None if kv is None else cache.replace(k=kv[0], v=kv[1])
+            x, aux, c = group(x, positions, c, mask, g)
+            return x, (None if c is None else (c.k, c.v)), aux
 
-        body = _remat(body, self.remat)
-        if self.scan_layers:
-            x, (aux, new_kv) = jax.lax.scan(body, x, (state, kv))
-        else:
+        kv = None if cache is None else (cache.k, cache.v)
+        if groups is not None:
             outs = []
-            for g in range(self.num_groups):
-                xs = jax.tree.map(lambda a, g=g: a[g], (state, kv))
-                x, out = body(x, xs)
-                outs.append(out)
-            aux, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+            for g, group in enumerate(groups):
+                x, kv, aux = run_group(group, g, x, kv)
+                outs.append(aux)
+            aux = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        else:
+            graphdef, state = nnx.split(self.groups)
+
+            def body(carry, xs):
+                gstate, g = xs
+                x, kv, aux = run_group(nnx.merge(graphdef, gstate), g, *carry)
+                return (x, kv), aux
+
+            body = _remat(body, self.remat)
+            index = jnp.arange(self.num_groups, dtype=jnp.int32)
+            if self.scan_layers:
+                (x, kv), aux = jax.lax.scan(body, (x, kv), (state, index))
+            else:
+                outs = []
+                for g in range(self.num_groups):
+                    (x, kv), out = body((x, kv), (jax.tree.map(lambda a, g=g: a[g], state), index[g]))
+                    outs.append(out)
+                aux = jax.tree.map(lambda *a: jnp.stack(a), *outs)
         # aux leaves are stacked over groups: mean the losses over MoE layers, sum the counts; the
         # per-layer counts [groups, n_moe_in_group, E] feed the sigmoid router's bias update.
         denom = max(self.num_moe, 1)
@@ -225,29 +240,31 @@ class Transformer(nnx.Module):
             out_aux["expert_counts"] = jnp.sum(aux["expert_counts"], axis=(0, 1))
             out_aux["expert_counts_per_layer"] = aux["expert_counts"]
             out_aux["dropped_fraction"] = jnp.mean(aux["dropped_fraction"])
-        return self.final_norm(x), out_aux, new_kv
+        return self.final_norm(x), out_aux, None if cache is None else cache.replace(k=kv[0], v=kv[1])
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """x [B, L, D], positions [B, L] -> (final-normed hidden [B, L, D], aux losses).
         `mask` [B, L] (e.g. `valid`) restricts the MoE losses / counts to real positions."""
-        h, aux, _ = self._run(x.astype(self.dtype), positions, None, None, mask)
+        h, aux, _ = self._run(x.astype(self.dtype), positions, mask)
         return h, aux
 
     def init_cache(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int) -> KVCache:
         shape = (self.num_layers, batch_size, max_len, num_kv_heads, head_dim)
         return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros((batch_size,), jnp.int32))
 
+    def cached(
+        self, x: jax.Array, positions: jax.Array, cache: BlockCache, mask: jax.Array | None = None, groups=None
+    ) -> tuple[jax.Array, dict, BlockCache]:
+        """A block x [B, S, D] against `cache` (any row layout and strategy, `kv_cache.py`):
+        (final-normed hidden, aux, cache with the block's K/V written). The streaming engine's path."""
+        return self._run(x.astype(self.dtype), positions, mask, cache, groups)
+
     def step(
         self, x: jax.Array, positions: jax.Array, cache: KVCache, mask: jax.Array | None = None
     ) -> tuple[jax.Array, dict, KVCache]:
-        """A block x [B, S, D] against `cache`; returns (hidden, aux, cache advanced by S)."""
-        p = len(self.pattern)
-
-        def to_groups(a):
-            return a.reshape((self.num_groups, p) + a.shape[1:])
-
-        kv = (to_groups(cache.k), to_groups(cache.v))
-        h, aux, (k, v) = self._run(x.astype(self.dtype), positions, kv, cache.lengths, mask)
-        k = k.reshape(cache.k.shape)
-        v = v.reshape(cache.v.shape)
-        return h, aux, KVCache(k, v, cache.lengths + x.shape[1])
+        """A block x [B, S, D] appended to a linear `cache`; returns (hidden, aux, cache advanced by S)."""
+        rows = LinearRows(self.window, self.sinks)
+        strategy = resolve_strategy("dense", batch_invariant=self.batch_invariant, impl=self.impl)
+        view = linear_view(cache.lengths, x.shape[1], cache.k.shape[2])
+        h, aux, out = self.cached(x, positions, BlockCache(cache.k, cache.v, view, 0, rows, strategy), mask)
+        return h, aux, KVCache(out.k, out.v, cache.lengths + x.shape[1])

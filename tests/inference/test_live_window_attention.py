@@ -1,6 +1,7 @@
-"""`live_window_attention` (row chunks of the stacked cache) against `jax.nn.dot_product_attention`
-on the same rows with the mask written out from the positions: a "hard" cache whose last chunk
-is clamped, a wrapped "sliding" ring with sinks, two slots of different lengths, a traced layer."""
+"""The "live_window" cache attention (per-slot row chunks of the stacked cache) against
+`jax.nn.dot_product_attention` on the same rows with the mask written out from the positions: a
+"hard" cache whose last chunk is clamped, a wrapped "sliding" ring with sinks, two slots of
+different lengths, a traced layer; and a young slot visits only its own chunks."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from interaction_jax.inference.cache import ContextPolicy
-from interaction_jax.inference.engine import live_window_attention
+from interaction_jax.model.cache_attention import live_chunk_counts, live_window
+from interaction_jax.model.kv_cache import CacheView
 
 L, KVH, H, HD = 3, 2, 4, 16
 
@@ -43,11 +45,26 @@ def test_live_window_attention_matches_dense(policy, lengths):
     q_pos = length[:, None] - s + jnp.arange(s)[None]
     kv_pos = policy.row_positions(length)
     valid = jnp.ones((b, s), bool).at[1, 0].set(False)
+    view = CacheView(q_pos, q_pos, kv_pos, valid)
     for layer in (0, 2):
-        got = live_window_attention(q, q_pos, valid, k_all, v_all, layer, kv_pos, policy, block=64)
+        got = live_window(q, k_all, v_all, layer, view, policy, "xla", block=64)
         want = _reference(q, q_pos, k_all[layer], v_all[layer], kv_pos, policy.window, policy.sinks)
         np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5, rtol=0)
     # a traced layer index (the engine's scan over stacked layers) reads the same rows
-    traced = jax.jit(lambda i: live_window_attention(q, q_pos, valid, k_all, v_all, i, kv_pos, policy, block=64))(1)
+    traced = jax.jit(lambda i: live_window(q, k_all, v_all, i, view, policy, "xla", block=64))(1)
     want = _reference(q, q_pos, k_all[1], v_all[1], kv_pos, policy.window, policy.sinks)
     np.testing.assert_allclose(np.asarray(traced)[valid], np.asarray(want)[valid], atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("policy", [ContextPolicy("hard", 0, 0, 1000, 5, 200),
+                                    ContextPolicy("sliding", 6, 400, 404, 5, None)])
+def test_a_young_slot_visits_only_its_own_chunks(policy):
+    """Per-slot ranges: next to a slot 900 positions old, a 10-position-old slot visits one
+    64-row chunk (not the old slot's count), and an idle slot visits none."""
+    s = 1
+    length = jnp.asarray([900, 10, 900], jnp.int32)
+    q_pos = length[:, None] - s + jnp.arange(s)[None]
+    valid = jnp.asarray([[True], [True], [False]])
+    view = CacheView(q_pos, q_pos, policy.row_positions(length), valid)
+    counts = np.asarray(live_chunk_counts(view, policy, policy.rows, block=64))
+    assert counts[1] == 1 and counts[2] == 0 and counts[0] > 5, counts

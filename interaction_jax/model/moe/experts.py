@@ -53,7 +53,7 @@ def available_impls() -> tuple[str, ...]:
 def check_expert_impl(impl: str) -> str:
     """`impl` if it names a registered backend (registering the Pallas ones on first use), else a clear error."""
     if impl not in _REGISTRY and impl.startswith(("pallas", "gather_gemv")):
-        import pallas_kernels.register  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
+        import interaction_jax.model.kernels  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
     if impl not in _REGISTRY:
         raise ValueError(f"unknown MoE impl {impl!r}; available: {available_impls()}")
     return impl

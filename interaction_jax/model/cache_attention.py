@@ -1,0 +1,131 @@
+"""Built-in cache-attention strategies (signature and registry: `kv_cache.py`).
+
+* "dense": `attention.attention` over every row of the layer, with the module's `impl` (the
+  reference; also the path of a model whose attention is a registered kernel).
+* "live_window": visits, **per slot**, only the chunks of `LIVE_BLOCK` contiguous rows that can
+  hold a key visible to that slot's valid queries: the sink and window chunks of its query
+  positions when rows do not wrap, or the rows it has written so far in a ring. Each chunk is
+  one dynamic slice of the stacked cache (no gather, no per-layer copy) and the softmax is
+  online in float32. Slots are mapped one after another (`lax.map`) with their own traced
+  loop bounds, so a young session reads its own few chunks whatever the oldest session's age,
+  an idle slot reads none, and a slot's result never depends on the other slots.
+* "batch_invariant": `pallas_kernels.batch_invariant.chunked_attention` with keys gathered in
+  absolute-position order from the rows (chunks of `BLOCK_KV` positions, only the live ones):
+  bitwise the training forward's rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from interaction_jax.model.attention import NEG_INF, attention, make_mask
+from interaction_jax.model.kv_cache import CacheView, RowMap, register_cache_attention
+from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
+
+LIVE_BLOCK = 512  # cache rows per key chunk of "live_window"
+
+
+def rows_in_use(kv_positions: jax.Array) -> jax.Array:
+    """[B] int32: one past the last cache row holding a position (rows after it are all empty)."""
+    t = kv_positions.shape[1]
+    return jnp.max(jnp.where(kv_positions >= 0, jnp.arange(1, t + 1, dtype=jnp.int32)[None], 0), axis=1)
+
+
+def dense(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:
+    """Every row of the layer through `attention` (mask from the view's positions)."""
+    return attention(q, k[layer].astype(q.dtype), v[layer].astype(q.dtype), q_positions=view.q_positions,
+                     kv_positions=view.kv_positions, kv_valid=view.kv_positions >= 0, window=rows.window,
+                     sinks=rows.sinks, impl=impl)
+
+
+def slot_chunk_ranges(q_positions: jax.Array, valid: jax.Array, kv_positions: jax.Array, rows: RowMap,
+                      block: int) -> list[tuple]:
+    """[(lo, hi), ...] of one slot's `block`-row chunks that can hold a visible key.
+
+    q_positions / valid [S], kv_positions [T] of ONE slot. Rows that do not wrap (row ==
+    position): the sink and window chunks of the valid queries' positions. A ring holds about
+    one window, so every row written so far: chunks [0, last row in use]. No valid query: none.
+    """
+    if not rows.wraps:
+        return live_chunk_ranges(q_positions, valid, window=rows.window, sinks=rows.sinks, block_kv=block)
+    used = rows_in_use(kv_positions[None])[0]
+    return [(0, jnp.where(jnp.any(valid), (used + block - 1) // block, 0))]
+
+
+def live_chunk_counts(view: CacheView, rows: RowMap, t: int, block: int = LIVE_BLOCK) -> jax.Array:
+    """[B] int32: how many chunks "live_window" visits per slot (a measure of its cost)."""
+    block = min(block, t)
+
+    def count(qp, valid, kvp):
+        return sum(jnp.maximum(hi - lo, 0) for lo, hi in slot_chunk_ranges(qp, valid, kvp, rows, block))
+
+    return jax.vmap(count)(view.q_positions, view.q_valid, view.kv_positions).astype(jnp.int32)
+
+
+def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, block: int = LIVE_BLOCK) -> jax.Array:
+    """Per-slot live-chunk attention over layer `layer` of the stacked cache (module docstring).
+
+    A last chunk that would run past the cache is moved back (the slice is clamped) and its rows
+    already visited are masked. Same result as "dense" to float rounding.
+    """
+    del impl
+    b, s, h, hd = q.shape
+    t, kvh = k.shape[2], k.shape[3]
+    block = min(block, t)
+    g = h // kvh
+
+    def one_slot(args):
+        qb, q_pos, valid, kv_pos, slot = args  # [S, KVH, G, hd], [S], [S], [T], ()
+
+        def body(c, carry):
+            m, den, acc = carry  # [KVH, G, S], same, [KVH, G, S, hd]
+            r0 = jnp.minimum(c * block, t - block)  # what dynamic_slice would clamp to, made explicit
+            kc = jax.lax.dynamic_slice(k, (layer, slot, r0, 0, 0), (1, 1, block, kvh, hd))[0, 0].astype(q.dtype)
+            vc = jax.lax.dynamic_slice(v, (layer, slot, r0, 0, 0), (1, 1, block, kvh, hd))[0, 0].astype(q.dtype)
+            fresh = r0 + jnp.arange(block, dtype=jnp.int32) >= c * block  # rows not seen in an earlier chunk
+            pos = jnp.where(fresh, jax.lax.dynamic_slice_in_dim(kv_pos, r0, block), -1)
+            logits = jnp.einsum("skgd,ckd->kgsc", qb, kc, preferred_element_type=jnp.float32) * (hd**-0.5)
+            mask = make_mask(q_pos[None], pos[None], window=rows.window, sinks=rows.sinks, kv_valid=pos[None] >= 0)
+            mask = mask[0][None, None]  # [1, 1, S, C]
+            logits = jnp.where(mask, logits, NEG_INF)
+            m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+            pr = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+            alpha = jnp.exp(m - m_new)
+            pv = jnp.einsum("kgsc,ckd->kgsd", pr.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+            return m_new, alpha * den + jnp.sum(pr, axis=-1), alpha[..., None] * acc + pv
+
+        init = (jnp.full((kvh, g, s), NEG_INF, jnp.float32), jnp.zeros((kvh, g, s), jnp.float32),
+                jnp.zeros((kvh, g, s, hd), jnp.float32))
+        _, den, acc = loop_ranges(slot_chunk_ranges(q_pos, valid, kv_pos, rows, block), body, init)
+        out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+        return out.transpose(2, 0, 1, 3).reshape(s, h, hd)
+
+    xs = (q.reshape(b, s, kvh, g, hd), view.q_positions, view.q_valid.astype(bool), view.kv_positions,
+          jnp.arange(b, dtype=jnp.int32))
+    return jax.lax.map(one_slot, xs).astype(q.dtype)
+
+
+def batch_invariant(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:
+    """Chunks of absolute positions gathered from the rows, in order (bitwise the training rows)."""
+    del impl
+    from pallas_kernels import batch_invariant as bi
+
+    block, t = bi.BLOCK_KV, k.shape[2]
+
+    def chunk(c, b):
+        p = c * block + jnp.arange(block, dtype=jnp.int32)
+        r = jnp.clip(rows.position_rows(p), 0, t - 1)  # a row that does not hold p counts as no key
+        kc, vc = k[layer, b, r].astype(q.dtype), v[layer, b, r].astype(q.dtype)
+        return kc, vc, jnp.where(view.kv_positions[b, r] == p, p, -1)
+
+    ranges = functools.partial(live_chunk_ranges, window=rows.window, sinks=rows.sinks, block_kv=block)
+    return bi.chunked_attention(q, view.q_positions, chunk, ranges, window=rows.window, sinks=rows.sinks,
+                                q_valid=view.q_valid)
+
+
+register_cache_attention("dense", dense)
+register_cache_attention("live_window", live_window)
+register_cache_attention("batch_invariant", batch_invariant)

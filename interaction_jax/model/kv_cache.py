@@ -1,0 +1,145 @@
+"""The KV cache a block of new positions runs against, and the registry of cache-attention strategies.
+
+Training and streaming share one `Block` / `Attention` code path (`attention.py`,
+`transformer.py`). With a cache, `Attention` projects the block, writes its K/V into the
+stacked cache and hands the queries to a *strategy*: how to attend over the cache is the only
+thing that differs between the model's own `step`, the streaming engine's ring cache, the
+Pallas decode kernel and the bitwise batch-invariant mode. A change to a block is therefore
+made once and served at once; a new way to read the cache is one registered function.
+
+    BlockCache(k, v, view, layer, rows, strategy)
+      k, v      [layers, B, T, kv_heads, head_dim]  the whole cache, stacked over layers (it rides
+                in the layer loop's carry and only the new rows are scattered in, so a donated
+                cache is updated in place)
+      view      CacheView: where this block writes and which positions every row holds
+      layer     the layer a block reads / writes (set by the layer loop; static or traced)
+      rows      RowMap (static): window, sinks, whether rows wrap (a ring) and position -> row
+      strategy  (static) the registered name of the cache attention
+
+A strategy is `fn(q, k, v, layer, view, rows, impl) -> out`: q [B, S, H, hd] (RoPE applied),
+k / v the stacked cache *after* this block's write, `impl` the module's `attention_impl`; out
+[B, S, H, hd]. Key j of slot b is visible to query i iff kv_positions[b, j] >= 0 (written),
+kv_positions[b, j] <= q_positions[b, i] and the window / sinks rule of `attention.py` holds.
+Built-ins ("dense", "live_window", "batch_invariant": `cache_attention.py`; "pallas",
+"pallas_interpret": `kernels.py`) load on first use; `register_cache_attention` adds more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+class RowMap(Protocol):
+    """How cache rows relate to positions (`inference.cache.ContextPolicy` is one)."""
+
+    window: int  # attention window in positions (0 = full causal)
+    sinks: int  # leading positions visible forever
+
+    @property
+    def wraps(self) -> bool:
+        """True for a ring (a row holds different positions over time), False when row == position."""
+        ...
+
+    def position_rows(self, p: jax.Array) -> jax.Array:
+        """The row that holds absolute position p."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearRows:
+    """Row r holds position r (the model's own `KVCache`: one row per position of a slot)."""
+
+    window: int = 0
+    sinks: int = 0
+    wraps: bool = False
+
+    def position_rows(self, p: jax.Array) -> jax.Array:
+        return jnp.asarray(p, jnp.int32)
+
+
+class CacheView(NamedTuple):
+    """Per-block arrays the caller builds: where K/V go and what the mask sees."""
+
+    write_rows: jax.Array  # [B, S] int32 rows the block's K/V are written to
+    q_positions: jax.Array  # [B, S] int32 positions of the queries (for the mask)
+    kv_positions: jax.Array  # [B, T] int32 position each row holds after the write (-1: empty)
+    q_valid: jax.Array  # [B, S] bool; False rows (idle slots) may be skipped, their output is unused
+
+
+def linear_view(lengths: jax.Array, size: int, rows: int) -> CacheView:
+    """The view of a block of `size` positions appended at `lengths` [B] of a linear cache."""
+    q = lengths[:, None] + jnp.arange(size, dtype=jnp.int32)[None, :]
+    r = jnp.arange(rows, dtype=jnp.int32)[None, :]
+    kv = jnp.where(r < (lengths + size)[:, None], r, -1)
+    return CacheView(q.astype(jnp.int32), q.astype(jnp.int32), kv, jnp.ones(q.shape, bool))
+
+
+@struct.dataclass
+class BlockCache:
+    """The cache a block runs against (see the module docstring); a pytree of its arrays."""
+
+    k: jax.Array
+    v: jax.Array
+    view: CacheView
+    layer: int | jax.Array = 0
+    rows: RowMap = struct.field(pytree_node=False, default=LinearRows())
+    strategy: str = struct.field(pytree_node=False, default="dense")
+
+
+def write_rows(cache: jax.Array, layer: int | jax.Array, rows: jax.Array, new: jax.Array) -> jax.Array:
+    """cache [layers, B, T, ...] with new [B, S, ...] scattered to rows [B, S] of `layer`."""
+    b_idx = jnp.arange(rows.shape[0])[:, None]
+    return cache.at[layer, b_idx, rows].set(new.astype(cache.dtype))
+
+
+CacheAttentionFn = Callable[..., jax.Array]
+_STRATEGIES: dict[str, CacheAttentionFn] = {}
+_BUILTINS = "interaction_jax.model.cache_attention"
+_KERNELS = "interaction_jax.model.kernels"  # imports Pallas: only for names starting with "pallas"
+# attention impls that are plain XLA: the live-window strategy reads the cache the same way
+PURE_XLA_IMPLS = ("xla", "xla_causal_blocks")
+
+
+def register_cache_attention(name: str, fn: CacheAttentionFn, *, overwrite: bool = False) -> None:
+    """Makes `fn(q, k, v, layer, view, rows, impl)` selectable by name (`BlockCache.strategy`,
+    `inference.decode_attention`)."""
+    if name in _STRATEGIES and not overwrite:
+        raise ValueError(f"cache attention {name!r} is already registered")
+    _STRATEGIES[name] = fn
+
+
+def cache_attention_names() -> tuple[str, ...]:
+    """Every registered strategy name (imports the Pallas ones too)."""
+    importlib.import_module(_BUILTINS)
+    importlib.import_module(_KERNELS)
+    return tuple(sorted(_STRATEGIES))
+
+
+def cache_attention_fn(name: str) -> CacheAttentionFn:
+    """The strategy registered as `name` (built-ins are imported on first use)."""
+    if name not in _STRATEGIES:
+        importlib.import_module(_BUILTINS)
+    if name not in _STRATEGIES and name.startswith("pallas"):
+        importlib.import_module(_KERNELS)
+    if name not in _STRATEGIES:
+        raise ValueError(f"unknown cache attention {name!r}; available: {cache_attention_names()}")
+    return _STRATEGIES[name]
+
+
+def resolve_strategy(requested: str, *, batch_invariant: bool, impl: str) -> str:
+    """The strategy a module runs for `requested`: a batch-invariant model always reads its cache
+    with "batch_invariant" (the bitwise claim needs it); "live_window" is pure XLA, so a model
+    whose `attention_impl` is a registered kernel reads the whole cache with "dense" (its kernel)."""
+    if batch_invariant:
+        return "batch_invariant"
+    if requested == "live_window" and impl not in PURE_XLA_IMPLS:
+        return "dense"
+    cache_attention_fn(requested)  # a clear error for an unknown name
+    return requested
