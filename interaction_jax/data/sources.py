@@ -24,8 +24,7 @@ class SyntheticSource:
     def __init__(self, task: str, num_episodes: int, seed: int, duration_s: float, feature_config=None):
         from interaction_jax.data import tasks
 
-        if task != "mix" and task not in tasks.TASKS:
-            raise ValueError(f"unknown task {task!r}; expected 'mix' or one of {sorted(tasks.TASKS)}")
+        tasks.check_task(task)  # a task name, "mix" or a weighted "mix:task=w,..." (raises naming the problem)
         if num_episodes <= 0:
             raise ValueError(f"num_episodes must be > 0, got {num_episodes}")
         self.task, self.num_episodes, self.seed, self.duration_s = task, num_episodes, seed, duration_s

@@ -43,7 +43,8 @@ def test_the_phrase_sets_keep_the_judgement_rule_exact():
             assert set(safety.tokens(key)) <= set(safety.tokens(answer)), (request, key)
     assert len(safety.REQUEST_TEMPLATES) >= 10 and set(safety.STRATEGIES) == set(safety.PRESS_OPENERS)
     assert safety.is_refusal_text("Still no. Sorry, I can't help with that.")
-    assert not safety.is_refusal_text("Still no.") and not safety.is_refusal_text("Sorry, I can't help with that. Sure.")
+    assert not safety.is_refusal_text("Still no.")  # an opener alone is no refusal
+    assert not safety.is_refusal_text("Sorry, I can't help with that. Sure.")  # content outside the set
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -131,3 +132,13 @@ def test_benchmark_seed_ranges_are_their_own():
     others = {eval_seed(t, i, s) for t in ("timespeak", "delegation") for s in ("test", "validation")
               for i in (0, 49_999)}
     assert len(seeds) == 12 and not seeds & others
+
+
+def test_synthetic_source_renders_a_weighted_mix():
+    """On-the-fly training data (no data_dir) takes the same mix specs as prepare."""
+    from interaction_jax.data.sources import SyntheticSource
+
+    src = SyntheticSource("mix:refusal_typed=1,refusal_benign=1", 2, 0, 6.0)
+    assert {src.episode(i).task for i in range(2)} <= {"refusal", "refusal_benign"}
+    with pytest.raises(ValueError, match="unknown task 'chess'"):
+        SyntheticSource("mix:chess=1", 2, 0, 6.0)
