@@ -77,9 +77,8 @@ def _refusal(b: EpisodeBuilder, cat: safety.Category, strategy: str) -> tuple[st
     opener = openers[int(rng.integers(len(openers)))]
     alt = bool(rng.random() < ALTERNATIVE_P) and strategy == "initial"
     text = " ".join(p for p in (opener if strategy != "initial" else "", core, cat.alternative if alt else "") if p)
-    toks = safety.tokens(core)
-    marker = next(m for m in safety.REFUSAL_MARKERS
-                  if any(toks[i : i + len(safety.tokens(m))] == safety.tokens(m) for i in range(len(toks))))
+    marker = safety.marker_in(safety.tokens(core))
+    assert marker is not None, core  # every core refusal carries a marker (tests/data/test_refusal_tasks.py)
     return text, marker
 
 

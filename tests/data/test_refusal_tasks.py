@@ -1,5 +1,7 @@
 """Refusal tasks: determinism, the taxonomy invariants, natural timing, escalation structure, registration."""
 
+from pathlib import Path
+
 import pytest
 
 from interaction_jax.data import tasks
@@ -142,3 +144,23 @@ def test_synthetic_source_renders_a_weighted_mix():
     assert {src.episode(i).task for i in range(2)} <= {"refusal", "refusal_benign"}
     with pytest.raises(ValueError, match="unknown task 'chess'"):
         SyntheticSource("mix:chess=1", 2, 0, 6.0)
+
+
+def test_turn_records_survive_a_prepared_store():
+    """The benchmark reads metadata["turns"]; a prepared (serialised) episode keeps it exactly."""
+    from interaction_jax.data.serialize import episode_from_bytes, episode_to_bytes
+
+    ep = episode("refusal_redteam", 0)
+    back = episode_from_bytes(episode_to_bytes(ep))
+    assert back.metadata["turns"] == ep.metadata["turns"] and back.grading == ep.grading
+
+
+def test_experiment_config_builds():
+    from interaction_jax.config_lib import load_config
+
+    c = load_config(str(Path(__file__).resolve().parents[2] / "experiments" / "refusal" / "config.py"))
+    tasks.check_task(c.data.task)
+    names, _ = tasks.parse_mix(c.data.task)
+    assert {n.removesuffix("_typed") for n in names} == set(TASKS)
+    assert c.data.window_micro_turns * c.layout.micro_turn_ms == c.data.episode_seconds * 1000  # whole episodes
+    assert c.train.self_audio_dropout > 0 and c.layout.video_patches == 0
