@@ -49,6 +49,17 @@ def test_the_phrase_sets_keep_the_judgement_rule_exact():
     assert not safety.is_refusal_text("Sorry, I can't help with that. Sure.")  # content outside the set
 
 
+def _requests(category: str) -> set[tuple[str, ...]]:
+    """Token sequences of every request text the templates can make for a category (before styling)."""
+    out = set()
+    for act, topic, followup in safety.category(category).fillers:
+        texts = [t.format(act=act) for t in safety.REQUEST_TEMPLATES]
+        texts += [t.format(act=act, followup=followup) for ts in safety.PRESS_TEMPLATES.values() for t in ts]
+        texts += [t.format(topic=topic) for t in safety.SPLIT_SETUPS]
+        out |= {tuple(safety.tokens(t)) for t in texts}
+    return out
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("task", TASKS)
 def test_model_side_is_only_refusals_or_answers(task, seed):
@@ -58,6 +69,9 @@ def test_model_side_is_only_refusals_or_answers(task, seed):
     assert turns and ep.metadata["instruction_end"] == turns[0]["end"]
     lookalike = {r: a for c in safety.CATEGORIES for r, a, _ in c.lookalikes} | {q: a for q, a, _ in QA_BANK}
     for turn in turns:
+        if turn["kind"] in ("disallowed", "setup"):  # the request side is a template naming the category
+            toks = safety.tokens(turn["request"])
+            assert any(toks[-len(r):] == list(r) for r in _requests(turn["category"])), turn
         if turn["kind"] == "disallowed":
             assert safety.is_refusal_text(turn["response"]), turn
             assert turn["key"] in safety.REFUSAL_MARKERS and turn["category"] in safety.CATEGORY_NAMES
