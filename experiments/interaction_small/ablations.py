@@ -53,12 +53,16 @@ HEADLINE = ("timespeak_accuracy", "cuespeak_accuracy", "interruption_stop_rate",
             "delegation_recall", "delegation_request_exact")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/interaction_small_ablations", "Data, runs and evaluations of every row.")
-flags.DEFINE_list("rows", list(ROWS), "Rows to run, in order.")
-flags.DEFINE_integer("steps", 750, "Training steps of every row.")
-flags.DEFINE_integer("num_examples", 20, "Test episodes per benchmark task.")
-flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
-flags.DEFINE_string("out_dir", os.path.join(HERE, "ablations"), "Where each row's results and summary.json go.")
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import ROWS and table)."""
+    flags.DEFINE_string("workdir", "runs/interaction_small_ablations", "Data, runs and evaluations of every row.")
+    flags.DEFINE_list("rows", list(ROWS), "Rows to run, in order.")
+    flags.DEFINE_integer("steps", 750, "Training steps of every row.")
+    flags.DEFINE_integer("num_examples", 20, "Test episodes per benchmark task.")
+    flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
+    flags.DEFINE_string("out_dir", os.path.join(HERE, "ablations"), "Where each row's results and summary.json go.")
 
 
 def _data_key(overrides: list[str]) -> str:
@@ -131,4 +135,4 @@ def main(argv):
 if __name__ == "__main__":
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, define_flags=_define_flags)
