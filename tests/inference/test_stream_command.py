@@ -39,7 +39,7 @@ def test_stream_command_writes_outputs(tmp_path):
 
 def test_stream_command_bad_inputs(tmp_path):
     r = _run(f"--workdir={tmp_path / 'nothing'}")
-    assert r.returncode != 0 and "no checkpoints/ directory" in r.stderr
+    assert r.returncode == 2 and "does not exist (expected a training run directory)" in r.stderr
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
     r = _run("--init=random", f"--input={bad}", f"--out={tmp_path / 'o'}")
