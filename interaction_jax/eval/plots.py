@@ -10,6 +10,20 @@ from interaction_jax.eval.grading import WindowResult
 from interaction_jax.eval.runner import EpisodeRun
 
 
+def word_bars(ax, y: float, words: Sequence[Word], color: str) -> None:
+    """One timeline row: a bar per word from its start to its end, labelled with the word."""
+    for w in words:
+        ax.barh(y, max(w.end - w.start, 0.03), left=w.start, height=0.6, color=color, alpha=0.5)
+        ax.text(w.start, y, w.text, fontsize=6, va="center", parse_math=False)
+
+
+def user_rows(ax, y: float, episode: Episode) -> None:
+    """The user's row: spoken words as bars, typed messages as labels above them."""
+    word_bars(ax, y, episode.user_words, "tab:blue")
+    for ev in episode.user_text:
+        ax.text(ev.time, y + 0.35, f"typed: {ev.text}", fontsize=6, color="tab:blue", parse_math=False)
+
+
 def plot_example(path: str, episode: Episode, runs: Sequence[EpisodeRun], results: Sequence[WindowResult],
                  title: str = "") -> str:
     """One PNG: user / other-voice / target words, each system's words, grading windows (green pass, red fail)."""
@@ -25,13 +39,9 @@ def plot_example(path: str, episode: Episode, runs: Sequence[EpisodeRun], result
     y = {name: len(rows) - 1 - i for i, name in enumerate(rows)}
 
     def words(row: str, ws, color: str) -> None:
-        for w in ws:
-            ax.barh(y[row], max(w.end - w.start, 0.03), left=w.start, height=0.6, color=color, alpha=0.5)
-            ax.text(w.start, y[row], w.text, fontsize=6, va="center", parse_math=False)
+        word_bars(ax, y[row], ws, color)
 
-    words("user", episode.user_words, "tab:blue")
-    for ev in episode.user_text:
-        ax.text(ev.time, y["user"] + 0.35, f"typed: {ev.text}", fontsize=6, color="tab:blue", parse_math=False)
+    user_rows(ax, y["user"], episode)
     words("other", episode.other_words, "tab:gray")
     words("target", episode.model_words, "tab:green")
     for run in runs:

@@ -34,6 +34,7 @@ import numpy as np
 
 from interaction_jax.data.episode import Episode, GradingWindow
 from interaction_jax.eval.grading import WindowResult, normalise
+from interaction_jax.eval.plots import user_rows, word_bars
 from interaction_jax.eval.runner import EpisodeRun
 
 VISUAL_TASKS = ("visual_cue", "repcount", "visual_qa", "visual_negative")
@@ -180,17 +181,10 @@ def plot_visual_example(path: str, episode: Episode, runs: Sequence[EpisodeRun],
     top.set_title(title or f"{episode.episode_id} ({episode.task})", fontsize=9)
     y = {name: len(rows) - 1 - i for i, name in enumerate(rows)}
 
-    def words(row: str, ws, color: str) -> None:
-        for w in ws:
-            ax.barh(y[row], max(w.end - w.start, 0.03), left=w.start, height=0.6, color=color, alpha=0.5)
-            ax.text(w.start, y[row], w.text, fontsize=6, va="center", parse_math=False)
-
-    words("user", episode.user_words, "tab:blue")
-    for ev in episode.user_text:
-        ax.text(ev.time, y["user"] + 0.35, f"typed: {ev.text}", fontsize=6, color="tab:blue", parse_math=False)
-    words("target", episode.model_words, "tab:green")
+    user_rows(ax, y["user"], episode)
+    word_bars(ax, y["target"], episode.model_words, "tab:green")
     for run in runs:
-        words(run.system, run.words, "tab:orange")
+        word_bars(ax, y[run.system], run.words, "tab:orange")
     for r in results:
         ax.axvspan(r.start, r.end, color="tab:green" if r.passed else "tab:red", alpha=0.12)
     for a in (top, ax):
