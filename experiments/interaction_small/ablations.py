@@ -1,7 +1,7 @@
 """Ablations of the interaction_small recipe: each row removes (or adds) one ingredient, same budget.
 
     python experiments/interaction_small/ablations.py --workdir=runs/interaction_small_ablations \
-        [--rows=recipe,cropped_windows,no_self_audio_dropout,spoken_content,one_head,plus_user_speech,...] \
+        [--rows=recipe,cropped_windows,no_self_audio_dropout,spoken_content,one_head,no_user_speech,...] \
         [--steps=750] [--num_examples=20] [--temperature=0.3]
 
 Every row is `run.py` (prepare, train, evaluate, report) with the recipe's config plus the row's
@@ -43,8 +43,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                        [f"data.task={SPOKEN_MIX}"]),
     "one_head": ("1 attention head of 128 (1 KV head) instead of 4 of 32", [
         "model.num_heads=1", "model.num_kv_heads=1", "model.head_dim=128"]),
-    "plus_user_speech": ("+ the user-speech transcription target (model.user_speech_loss_weight=0.5)",
-                         ["model.user_speech_loss_weight=0.5"]),
+    "no_user_speech": ("no user-speech transcription target (model.user_speech_loss_weight=0)",
+                       ["model.user_speech_loss_weight=0.0"]),
     "plus_speak_weight": ("+ silence targets weighted 0.3 in the text loss (model.text_nothing_loss_weight)",
                           ["model.text_nothing_loss_weight=0.3"]),
 }

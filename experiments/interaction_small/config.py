@@ -12,6 +12,9 @@ The recipe generalises what made the delegation experiment work (experiments/del
 * **`train.self_audio_dropout=0.5`**: half of the windows mute the model's own audio inputs, so
   its text does not lean on hearing itself; served, it hears its own generated voice.
 * **Enough heads for copy circuits**: 4 heads of 32 (2 KV heads), width 128, 4 layers.
+* **A transcript of what the user says** (`model.user_speech_loss_weight=0.5`): at its USER_AUDIO
+  positions the model also writes the text of each user word the micro-turn after it ends, so the
+  audio embedding carries word identity (CueSpeak's cue words, spoken questions), not only timing.
 
 The task weights give the content tasks more of the budget (TimeSpeak, CueSpeak, delegation: 3,
 3, 3) than the timing-only ones (turn-taking, interruption: 2; talking-to-others/background: 1).
@@ -48,6 +51,7 @@ def get_config(arg=None):
     c.model.flow.hidden_dim = 128
     c.model.flow.num_layers = 2
     c.model.flow.ode_steps = 4
+    c.model.user_speech_loss_weight = 0.5
     # speed on CPU, same function: unrolled layers (XLA:CPU's scanned backward is ~1.6x slower at
     # 4 layers) and attention that skips the key blocks above the diagonal
     c.model.scan_layers = False

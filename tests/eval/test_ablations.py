@@ -46,7 +46,7 @@ def test_every_row_loads_and_changes_only_what_it_names(ablations):
 
 def test_rows_with_the_same_mix_share_rendered_data(ablations):
     keys = {name: ablations._data_key(o) for name, (_, o) in ablations.ROWS.items()}
-    assert keys["recipe"] == keys["one_head"] == keys["no_self_audio_dropout"] == keys["plus_user_speech"]
+    assert keys["recipe"] == keys["one_head"] == keys["no_self_audio_dropout"] == keys["no_user_speech"]
     assert keys["spoken_content"] != keys["recipe"]
     assert "_typed" not in ablations.SPOKEN_MIX and "timespeak=3" in ablations.SPOKEN_MIX
 
