@@ -422,6 +422,7 @@ class StreamServer:
                 "format": ls.format, "output_sample_rate": ls.out_rate,
                 "model_sample_rate": int(self.feature_params.sample_rate),
                 "output_delay_s": lay.output_window(0)[0], "text_slots": lay.model_text_slots,
+                "video_patches": lay.video_patches, "video_frame_size": lay.video_frame_size,
                 "clock": self.options.clock, "jitter_turns": self.options.jitter_turns,
                 "max_buffer_s": self.options.max_buffer_s, "max_frame_bytes": self.options.max_frame_bytes,
                 "max_messages_per_s": self.options.max_messages_per_s, "max_session_s": self.options.max_session_s,

@@ -22,7 +22,7 @@ from interaction_jax.config_lib import load_config
 from interaction_jax.data.episode import Episode, TextEvent, VideoFrame
 from interaction_jax.eval.episodes import episode_chunks
 from interaction_jax.inference.engine import StreamEngine
-from interaction_jax.inference.session import Scheduler
+from interaction_jax.inference.session import Chunk, Scheduler
 from interaction_jax.model.interaction_model import InteractionModel
 from interaction_jax.serve import (
     CLOSE_POLICY,
@@ -44,6 +44,12 @@ def engine():
     c = load_config(config_path("tiny.py"), ["inference.slots=3"])  # same compiled step as test_sessions
     eng = StreamEngine(c, InteractionModel(c, rngs=nnx.Rngs(0)))
     eng.step(eng.empty_inputs())  # compile here (an all-idle tick changes nothing), not inside a test's deadline
+    sched = Scheduler(eng)  # and the first micro-turn's lazy imports (STFT, vocoder): minutes on a loaded machine
+    s = sched.open_session()
+    s.push(Chunk(audio=np.zeros(int(round(eng.layout.micro_turn_s * 16000)), np.float32), sample_rate=16000))
+    (out,) = sched.tick().values()
+    turn_audio(out.mel, eng.feature_params, 2)
+    s.close()
     return eng
 
 
@@ -296,10 +302,14 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-async def _page_state(devtools_port: int, page_port: int, done, timeout_s: float) -> dict:
-    """Polls `window.state` of the served page through the DevTools protocol until `done(state)`."""
+async def _page_state(devtools_port: int, page_port: int, done, timeout_s: float, actions=()) -> dict:
+    """Polls `window.state` of the served page through the DevTools protocol until `done(state)`.
+
+    `actions` [(when(state), js_expression)]: each expression is evaluated once, at the first poll where
+    `when` holds (e.g. typing a message once the session is live)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    pending = list(actions)
     async with aiohttp.ClientSession() as http:
         target = None
         while target is None:
@@ -313,31 +323,96 @@ async def _page_state(devtools_port: int, page_port: int, done, timeout_s: float
                 pass
             await asyncio.sleep(0.5)
         async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            state, n = {}, 0
-            while loop.time() < deadline:
+            n = 0
+
+            async def evaluate(expression: str):
+                nonlocal n
                 n += 1
                 await ws.send_str(json.dumps({"id": n, "method": "Runtime.evaluate", "params": {
-                    "expression": "JSON.stringify(window.state || null)", "returnByValue": True}}))
+                    "expression": expression, "returnByValue": True}}))
                 reply = {}
-                try:  # a loaded machine can be slow to answer; the overall deadline bounds the wait
-                    while reply.get("id") != n:
-                        reply = json.loads((await ws.receive(timeout=max(1.0, deadline - loop.time()))).data)
+                while reply.get("id") != n:  # a loaded machine can be slow; the overall deadline bounds the wait
+                    reply = json.loads((await ws.receive(timeout=max(1.0, deadline - loop.time()))).data)
+                return reply["result"]["result"].get("value")
+
+            state = {}
+            while loop.time() < deadline:
+                try:
+                    state = json.loads(await evaluate("JSON.stringify(window.state || null)") or "null") or {}
+                    for action in [a for a in pending if a[0](state)]:
+                        pending.remove(action)
+                        await evaluate(action[1])
                 except asyncio.TimeoutError:
                     break
-                state = json.loads(reply["result"]["result"].get("value") or "null") or {}
-                if done(state):
+                if done(state) and not pending:
                     return state
                 await asyncio.sleep(0.5)
             return state
 
 
+class ServerRecord:
+    """What the server received and sent, recorded at LiveSession's methods (the page test's reference)."""
+
+    def __init__(self, monkeypatch):
+        self.received: list[np.ndarray] = []  # decoded audio frames, in arrival order
+        self.texts: list[tuple[str, int, int]] = []  # (text, micro-turn it went into, underruns so far)
+        self.video_turns: list[tuple[int, int]] = []  # (micro-turn it went into, underruns so far)
+        self.chunks: list[tuple[np.ndarray, int]] = []  # (audio fed, underruns so far incl. this one)
+        self.sent: list[dict] = []  # JSON messages sent
+        self.turn_audio: dict[int, np.ndarray] = {}
+        from interaction_jax import serve
+
+        cls = serve.LiveSession
+        add_audio, add_text, add_video, next_chunk = cls.add_audio, cls.add_text, cls.add_video, cls.next_chunk
+        send_json, send_turn = cls.send_json, serve.StreamServer._send_turn
+
+        def rec_audio(ls, data):
+            self.received.append(pcm16_decode(data))
+            return add_audio(ls, data)
+
+        def rec_text(ls, text):
+            self.texts.append((text, ls.stream_turn(), ls.stats["underruns"]))
+            return add_text(ls, text)
+
+        def rec_video(ls, data):
+            self.video_turns.append((ls.stream_turn(), ls.stats["underruns"]))
+            return add_video(ls, data)
+
+        def rec_chunk(ls):
+            chunk = next_chunk(ls)
+            self.chunks.append((chunk.audio, ls.stats["underruns"]))
+            return chunk
+
+        def rec_send(ls, obj):
+            self.sent.append(obj)
+            return send_json(ls, obj)
+
+        def rec_turn(srv, ls, o, pcm, *rest):
+            self.turn_audio[o.turn] = pcm16_decode(pcm)
+            return send_turn(srv, ls, o, pcm, *rest)
+
+        for name, f in (("add_audio", rec_audio), ("add_text", rec_text), ("add_video", rec_video),
+                        ("next_chunk", rec_chunk), ("send_json", rec_send)):
+            monkeypatch.setattr(cls, name, f)
+        monkeypatch.setattr(serve.StreamServer, "_send_turn", rec_turn)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+
+
 @pytest.mark.skipif(_chromium() is None, reason="needs chromium (Debian package 'chromium')")
-def test_browser_page_streams_the_microphone_and_plays_the_model(engine, tmp_path):
+def test_browser_page_streams_the_microphone_and_plays_the_model(engine, tmp_path, monkeypatch):
+    """Fake microphone (a wav file) and fake camera; the page's transcript, timeline and camera frames
+    are checked against what the server received and sent."""
     from interaction_jax.features.audio import save_wav
 
     wav = tmp_path / "mic.wav"
     save_wav(wav, _audio(3.0, 5), 16000)
-    srv = ThreadServer(engine, clock="realtime")
+    record = ServerRecord(monkeypatch)
+    # Slack for a loaded machine: 3 micro-turns of jitter buffer, and room for all the audio a slow clock has not
+    # fed yet (dropped audio would move the server's stream position away from the page's).
+    srv = ThreadServer(engine, clock="realtime", jitter_turns=3, max_buffer_s=600.0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         devtools = s.getsockname()[1]
@@ -345,15 +420,58 @@ def test_browser_page_streams_the_microphone_and_plays_the_model(engine, tmp_pat
                              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                              f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required",
                              f"--remote-debugging-port={devtools}", "--remote-allow-origins=*",
-                             f"--user-data-dir={tmp_path / 'profile'}", f"http://127.0.0.1:{srv.port}/?autostart=1"],
+                             f"--user-data-dir={tmp_path / 'profile'}",
+                             f"http://127.0.0.1:{srv.port}/?autostart=1&camera=1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    typed = "hello model"
     try:
-        state = asyncio.run(_page_state(devtools, srv.port, lambda s: s.get("turns", 0) >= 5 and s["audioBytes"] > 0,
-                                        timeout_s=TIMEOUT))
+        state = asyncio.run(_page_state(
+            devtools, srv.port, lambda s: len(s.get("timeline", [])) >= 8 and s.get("videoFrames", 0) >= 4,
+            timeout_s=TIMEOUT, actions=[(lambda s: s.get("turns", 0) >= 2, f"sendText({json.dumps(typed)})")]))
     finally:
         proc.terminate()
         proc.wait(30)
         srv.stop()
-    assert state.get("ready") and state["ready"]["sample_rate"] == 16000, state
+    ready = state.get("ready")
+    assert ready and ready["sample_rate"] == 16000 and ready["video_patches"] == engine.layout.video_patches, state
     assert state["turns"] >= 5 and state["audioBytes"] > 0 and state["sentSamples"] > 0, state
     assert not [e for e in state["errors"] if e.get("code") != "buffer_full"], state["errors"]
+    T, S = ready["micro_turn_s"], ready["samples_per_chunk"]
+
+    # Camera: one JPEG per micro-turn of sent audio, in the micro-turn the page computed (while no audio was late).
+    assert state["camera"] == "on" and state["videoFrames"] >= 4 and len(record.video_turns) >= state["videoFrames"]
+    page_turns = state["videoTurns"]
+    assert all(b > a for a, b in zip(page_turns, page_turns[1:])), page_turns
+    server_turns = [t for t, _ in record.video_turns]
+    assert all(b > a for a, b in zip(server_turns, server_turns[1:])), server_turns
+    on_time = [(t, p) for (t, late), p in zip(record.video_turns, page_turns) if late == 0]
+    assert len(on_time) >= 3 and all(t == p for t, p in on_time), on_time
+
+    # Transcript, user side: the typed text at the micro-turn the server put it in.
+    (text, turn, underruns), = record.texts
+    user = [e for e in state["transcript"] if e["side"] == "user"]
+    assert text == typed and [e["text"] for e in user] == [typed]
+    if underruns == 0:  # the page's stream position equals the server's while no audio was late
+        assert user[0]["time"] == pytest.approx(turn * T)
+    assert {"time": user[0]["time"], "kind": "user", "text": typed} in state["marks"]
+    # Transcript, model side: every word the server sent, in order, joined into lines.
+    sent_words = [w for m in record.sent if m.get("type") in ("turn", "words") for w in m["words"]]
+    page_words = state["words"]
+    assert page_words == sent_words[: len(page_words)]
+    model_lines = " ".join(e["text"] for e in state["transcript"] if e["side"] == "model")
+    assert model_lines == " ".join(w["text"] for w in page_words)
+    assert sum(m["kind"] == "word" for m in state["marks"]) == len(page_words)
+
+    # Timeline: one entry per micro-turn; model energy = the RMS of that turn's audio as the server sent it,
+    # user energy = the RMS of the chunk the server fed for that turn (where no audio was late).
+    timeline = state["timeline"]
+    assert [e["turn"] for e in timeline] == list(range(len(timeline)))
+    for e in timeline:
+        assert e["modelRms"] == pytest.approx(_rms(record.turn_audio[e["turn"]]), abs=1e-5)
+        assert e["modelSpeaking"] == (e["modelRms"] > 0.01)
+    on_time = [e for e in timeline if e["turn"] < len(record.chunks) and record.chunks[e["turn"]][1] == 0
+               and len(np.concatenate(record.received)) >= (e["turn"] + 1) * S]
+    assert len(on_time) >= 3, (len(on_time), [c[1] for c in record.chunks])
+    for e in on_time:
+        assert e["userRms"] == pytest.approx(_rms(record.chunks[e["turn"]][0]), abs=1e-5)
+    assert max(e["userRms"] for e in on_time) > 0.05  # the fake microphone's tone reached the server
