@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch_batches = 2
     c.data.seed = 0
     c.data.eval_seed = 1_000_003  # disjoint from training seeds
+    c.data.on_corrupt_record = "skip"  # "skip" (warn, count, next record) | "stop" (see data/corrupt.py)
+    c.data.max_corrupt_records = 100  # with "skip": more distinct corrupt records than this stop the run
 
     # --- Model. ---
     c.model = ml_collections.ConfigDict()
@@ -275,6 +277,7 @@ _RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("data.worker_count", 0, None, True, True),
     ("data.read_threads", 1, None, True, True),
     ("data.prefetch_batches", 0, None, True, True),
+    ("data.max_corrupt_records", 0, None, True, True),
     ("model.d_model", 1, None, True, True),
     ("model.num_layers", 1, None, True, True),
     ("model.num_heads", 1, None, True, True),
@@ -329,6 +332,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.moe.router": ("softmax", "sigmoid"),
     "model.flow.solver": ("euler", "midpoint"),
     "train.on_nonfinite": ("stop", "skip"),
+    "data.on_corrupt_record": ("skip", "stop"),
     "background.backend": ("tool", "http", "lm"),
     "background.clock": ("wall", "session"),
     "inference.context_policy": ("sliding", "hard"),

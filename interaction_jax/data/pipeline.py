@@ -1,6 +1,7 @@
 """The Grain input pipeline: episodes -> random windows of W micro-turns -> packed static batches.
 
-    MapDataset(source)                 random access to episodes (a prepared store or synthetic)
+    MapDataset(SkipCorrupt(source))    random access to episodes (a prepared store or synthetic);
+                                       corrupt records skipped or stopped on (data/corrupt.py)
       .slice(process_index::count)     each host reads a disjoint shard
       .shuffle(seed).repeat()          reshuffled every epoch
       .map(ToGrid)                     features + text streams on the micro-turn grid
@@ -21,6 +22,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from interaction_jax.data.corrupt import SkipCorrupt
 from interaction_jax.data.episode import Episode
 from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.streams.pack import EpisodeGrid, pack_window
@@ -105,7 +107,7 @@ def make_dataset(
         raise ValueError(f"data.batch_size={bs} is the global batch; it must divide by {pc} processes")
     per_host = bs // pc if batch_size is None else bs
     layout = StreamLayout.from_config(config)
-    ds = grain.MapDataset.source(source)
+    ds = grain.MapDataset.source(SkipCorrupt.from_config(config, source))
     if pc > 1:
         ds = ds.slice(slice(pi, None, pc))
     if len(ds) == 0:

@@ -59,7 +59,8 @@ def open_source(config, *, split: str = "train"):
     if path:
         from interaction_jax.data.store import open_store
 
-        return open_store(path)
+        # with "skip", an unreadable shard is reported and its records skipped, not a failed run
+        return open_store(path, allow_damaged=d.get("on_corrupt_record", "skip") == "skip")
     if split == "train":
         return SyntheticSource(d.task, d.num_episodes, d.seed, d.episode_seconds, config.features)
     return SyntheticSource(d.task, d.eval_num_episodes, d.eval_seed, d.episode_seconds, config.features)

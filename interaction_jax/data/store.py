@@ -17,6 +17,12 @@ pid is no longer running) are removed by the next write; a live writer's folder 
 
 `EpisodeStore` is a Grain `RandomAccessDataSource` (len + getitem). It pickles without
 its open readers (they are reopened lazily in each worker process).
+
+Damage: a record whose bytes fail the shard's checksums or do not decode raises
+`CorruptRecordError` naming the shard file and the record's index (in the store and in the
+shard). `open_store(..., allow_damaged=True)` (what training uses) also opens a store with an
+unreadable shard (truncated, header bits flipped): its records then raise `CorruptRecordError`
+when read, so the training pipeline can skip them (`interaction_jax.data.corrupt`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,14 @@ class StoreExistsError(UserError, FileExistsError):
 
 class StoreNotFoundError(UserError, FileNotFoundError):
     """No episode store at the given path."""
+
+
+class CorruptRecordError(StoreError):
+    """One record of a store cannot be read or decoded; names the shard and the record index."""
+
+    def __init__(self, message: str, *, index: int = -1, shard: str = ""):
+        super().__init__(message)
+        self.index, self.shard = index, shard
 
 
 MANIFEST = "manifest.json"
@@ -304,9 +318,11 @@ class EpisodeStore:
     store carries extras such as precomputed log-mels) — the form the Grain pipeline takes.
     """
 
-    def __init__(self, path: str, manifest: dict[str, Any], with_extras: bool | None = None):
+    def __init__(self, path: str, manifest: dict[str, Any], with_extras: bool | None = None,
+                 damaged: dict[int, str] | None = None):
         self.path = path
         self.manifest = manifest
+        self.damaged = dict(damaged or {})  # shard number -> why it is unreadable
         self.with_extras = bool(manifest.get("extras")) if with_extras is None else with_extras
         counts = [s["num_records"] for s in manifest["shards"]]
         self._ends = np.cumsum(counts, dtype=np.int64)
@@ -342,13 +358,29 @@ class EpisodeStore:
             raise IndexError(f"episode index {index} out of range for a store of {self._len}")
         shard = int(np.searchsorted(self._ends, i, side="right"))
         pos = i - (int(self._ends[shard - 1]) if shard else 0)
-        return self._reader(shard).read([pos])[0]
+        if shard in self.damaged:
+            raise self._corrupt(i, shard, pos, f"its shard is unreadable: {self.damaged[shard]}")
+        try:
+            return self._reader(shard).read([pos])[0]
+        except (RuntimeError, OSError, ValueError) as e:  # riegeli: checksum mismatch, truncated chunk
+            raise self._corrupt(i, shard, pos, str(e)) from e
+
+    def _corrupt(self, index: int, shard: int, pos: int, why: str) -> CorruptRecordError:
+        name = self.manifest["shards"][shard]["file"]
+        return CorruptRecordError(f"episode store {self.path}: record {index} (record {pos} of shard {name}) "
+                                  f"is corrupt: {why}", index=index, shard=name)
 
     def episode(self, index: int) -> Episode:
-        return episode_and_extras_from_bytes(self.raw(index))[0]
+        return self.episode_and_extras(index)[0]
 
     def episode_and_extras(self, index: int) -> tuple[Episode, dict[str, np.ndarray]]:
-        return episode_and_extras_from_bytes(self.raw(index))
+        data = self.raw(index)
+        try:
+            return episode_and_extras_from_bytes(data)
+        except ValueError as e:
+            i = int(index) % max(self._len, 1)
+            shard = int(np.searchsorted(self._ends, i, side="right"))
+            raise self._corrupt(i, shard, i - (int(self._ends[shard - 1]) if shard else 0), str(e)) from e
 
     def __getitem__(self, index: int) -> Episode | tuple[Episode, dict[str, np.ndarray]]:
         ep, extras = self.episode_and_extras(index)
@@ -375,7 +407,9 @@ class EpisodeStore:
         return f"EpisodeStore({self.path!r}, {self._len} episodes, {len(self._readers)} shards)"
 
 
-def _validate(path: str, m: Any) -> None:
+def _validate(path: str, m: Any, allow_damaged: bool = False) -> dict[int, str]:
+    """Raises on a bad manifest or shard; returns {shard: why} of unreadable shards if `allow_damaged`."""
+
     def bad(msg: str) -> StoreError:
         return StoreError(f"episode store {path}: {msg}")
 
@@ -390,6 +424,7 @@ def _validate(path: str, m: Any) -> None:
         raise bad("manifest 'shards' must be a list")
     from array_record.python.array_record_module import ArrayRecordReader
 
+    damaged: dict[int, str] = {}
     for k, s in enumerate(m["shards"]):
         if not isinstance(s, dict) or "file" not in s or "num_records" not in s:
             raise bad(f"manifest shard entry {k} needs 'file' and 'num_records', got {s!r}")
@@ -401,16 +436,28 @@ def _validate(path: str, m: Any) -> None:
             n = r.num_records()
             r.close()
         except Exception as e:  # noqa: BLE001 - any reader failure means a damaged shard
-            raise bad(f"shard {s['file']} is unreadable: {e}") from e
+            if not allow_damaged:
+                raise bad(f"shard {s['file']} is unreadable: {e}") from e
+            damaged[k] = str(e)
+            continue
         if n != s["num_records"]:
-            raise bad(f"shard {s['file']} holds {n} records but the manifest says {s['num_records']}")
+            why = f"shard {s['file']} holds {n} records but the manifest says {s['num_records']}"
+            if not allow_damaged:
+                raise bad(why)
+            damaged[k] = why
     total = sum(s["num_records"] for s in m["shards"])
     if total != m["num_episodes"]:
         raise bad(f"shards hold {total} records but the manifest says num_episodes={m['num_episodes']}")
+    if damaged and len(damaged) == len(m["shards"]):
+        raise bad(f"every shard is unreadable (first: {m['shards'][min(damaged)]['file']}: {damaged[min(damaged)]})")
+    return damaged
 
 
-def open_store(path: str, *, with_extras: bool | None = None) -> EpisodeStore:
-    """Opens and validates a store written by `write_store` (errors name what is wrong)."""
+def open_store(path: str, *, with_extras: bool | None = None, allow_damaged: bool = False) -> EpisodeStore:
+    """Opens and validates a store written by `write_store` (errors name what is wrong).
+
+    `allow_damaged`: an unreadable shard is reported on stderr and its records raise
+    `CorruptRecordError` when read, instead of the whole store failing to open."""
     path = os.path.normpath(os.path.abspath(path))
     if not os.path.isdir(path):
         raise StoreNotFoundError(f"episode store {path} does not exist (expected a folder written by prepare)")
@@ -422,5 +469,10 @@ def open_store(path: str, *, with_extras: bool | None = None) -> EpisodeStore:
             manifest = json.load(f)
     except json.JSONDecodeError as e:
         raise StoreError(f"episode store {path}: {MANIFEST} is not valid JSON: {e}") from e
-    _validate(path, manifest)
-    return EpisodeStore(path, manifest, with_extras)
+    damaged = _validate(path, manifest, allow_damaged)
+    for k, why in damaged.items():
+        s = manifest["shards"][k]
+        first = sum(x["num_records"] for x in manifest["shards"][:k])
+        print(f"[data] warning: episode store {path}: shard {s['file']} is unreadable ({why}); its records "
+              f"{first}..{first + s['num_records'] - 1} will be skipped as corrupt", file=sys.stderr, flush=True)
+    return EpisodeStore(path, manifest, with_extras, damaged)

@@ -15,13 +15,19 @@
   the device except at logs, evals and checkpoints, where the current step is checked first
   (a non-finite state is never saved).
 * A checkpoint save that fails stops the run (`CheckpointSaveError`), the last good one kept.
+* A corrupt record of a prepared store is skipped with a warning naming its shard and index
+  (`data.on_corrupt_record`, `data.max_corrupt_records`; see `data/corrupt.py`); the count is
+  logged with the losses (`corrupt_records_skipped`) and at the end of the run, like the
+  number of skipped non-finite updates (`skipped_updates`).
 * `train.num_steps` counts training steps (micro-batches); with `train.grad_accum_steps=k` an
   optimizer update takes k of them and the learning-rate schedule is laid out over the
   num_steps / k updates (`optimizer.learning_rate_schedule`); the logged learning rate is the
   one applied to that step's gradients.
 * TensorBoard events in `workdir/tb`: every loss term, learning rate, grad norm, tokens/s,
   MFU, MoE expert load; at eval intervals the held-out losses, a generated-speech audio
-  summary and a micro-turn timeline image.
+  summary and a micro-turn timeline image. The summaries work on a multi-host mesh: process 0's
+  first eval window is broadcast, every process runs the forward on the sharded parameters, and
+  only the window's small predictions come back, replicated, for process 0 to render and write.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import jax
 import numpy as np
 
 from interaction_jax.config_lib import ConfigError
+from interaction_jax.data.corrupt import SkipCorrupt
 from interaction_jax.data.pipeline import make_iterator
 from interaction_jax.data.sources import open_source
 from interaction_jax.parallel import make_mesh
@@ -58,6 +65,8 @@ class TrainResult:
     history: list[dict]  # logged metrics (one dict per log interval)
     eval_history: list[dict]
     preempted: bool = False
+    skipped_updates: int = 0  # non-finite updates skipped (train.on_nonfinite="skip")
+    corrupt_records: int = 0  # corrupt training records skipped (data.on_corrupt_record="skip")
 
 
 def _to_host(metrics: dict) -> dict:
@@ -92,8 +101,8 @@ class Trainer:
             )
         # the data is opened first: a missing or damaged store fails before the run directory is touched
         self.layout = StreamLayout.from_config(config)
-        self.train_source = open_source(config, split="train")
-        self.eval_source = open_source(config, split="eval")
+        self.train_source = SkipCorrupt.from_config(config, open_source(config, split="train"))
+        self.eval_source = SkipCorrupt.from_config(config, open_source(config, split="eval"))
         os.makedirs(workdir, exist_ok=True)
         self.mesh = mesh or make_mesh(config.mesh)
         shards = int(self.mesh.shape["data"]) * int(self.mesh.shape["fsdp"])
@@ -166,38 +175,71 @@ class Trainer:
                 if np.ndim(v) == 0:
                     sums[k] = sums.get(k, 0.0) + v / n
         self.writer.scalars(step, {f"eval/{k}": v for k, v in sums.items()})
-        if summaries and batch is not None and jax.process_index() == 0:
-            try:
-                self._write_summaries(step, host_batch)
-            except Exception as e:  # noqa: BLE001 - summaries must never kill a run
-                self.log(f"[train] eval summaries failed: {e!r}")
+        if summaries and batch is not None:
+            self._summaries(step, host_batch)
         return sums
 
-    def _write_summaries(self, step: int, host_batch: dict) -> None:
-        """Generated speech (flow-head samples -> Griffin-Lim) and a timeline of predictions."""
-        from flax import nnx
+    def _summaries(self, step: int, host_batch: dict) -> None:
+        """Called on every process (the forward is a collective on a multi-host mesh); process 0 writes.
+        A failure is logged, never raised: summaries must not kill a run."""
+        try:
+            one, text_pred, mel = self._summary_predictions(step, host_batch)
+        except Exception as e:  # noqa: BLE001 - the same program on every process, so every one skips
+            self.log(f"[train] eval summaries skipped: the summary forward failed: {e!r}")
+            return
+        if jax.process_index() != 0:
+            return
+        try:
+            self._write_summaries(step, one, text_pred, mel)
+        except Exception as e:  # noqa: BLE001 - rendering / writing (Griffin-Lim, matplotlib, disk)
+            self.log(f"[train] eval summaries not written: {e!r}")
 
+    def _summary_predictions(self, step: int, host_batch: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(process 0's first eval window, its argmax text at MODEL_TEXT, flow-head mel at MODEL_AUDIO).
+
+        Multi-host safe without gathering parameters: the window is broadcast from process 0, the
+        jitted forward runs on the sharded state on every process, and only the predictions (one
+        window's) come out, replicated, so each process reads them locally.
+        """
+        from flax import nnx
+        from jax.experimental import multihost_utils
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from interaction_jax.streams.layout import Kind
+
+        local = {k: np.asarray(v[:1]) for k, v in host_batch.items()}
+        one = multihost_utils.broadcast_one_to_all(local)  # no-op on one process
+        one = {k: np.asarray(v).astype(local[k].dtype) for k, v in one.items()}  # the psum made bools ints
+        W = len(one["video_present"][0])
+        audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
+        text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
+        replicated = NamedSharding(self.mesh, P())
+        if self._predict is None:
+            graphdef = self.setup.graphdef
+
+            def predict(params, rest, batch, seed):
+                model = nnx.merge(graphdef, params, rest)
+                out = model(batch)
+                key = jax.random.key(seed)
+                return out["text_logits"][0, text_idx].argmax(-1), model.sample_mel(out["hidden"][0, audio_idx], key)
+
+            self._predict = jax.jit(predict, out_shardings=replicated)
+        inputs = multihost_utils.host_local_array_to_global_array(
+            (one, np.asarray(step, np.uint32)), self.mesh, P())
+        text_pred, mel = self._predict(self.state["params"], self.state["rest"], *inputs)
+        return one, np.asarray(text_pred.addressable_data(0)), np.asarray(mel.addressable_data(0))
+
+    def _write_summaries(self, step: int, one: dict, text_pred: np.ndarray, mel: np.ndarray) -> None:
+        """Generated speech (flow-head samples -> Griffin-Lim) and a timeline of predictions."""
         from interaction_jax.features.mel import FeatureParams, mel_to_audio
         from interaction_jax.streams.layout import Kind
         from interaction_jax.streams.plot import plot_window
         from interaction_jax.streams.tokenizer import make_tokenizer
 
-        one = {k: v[:1] for k, v in host_batch.items()}
         W = len(one["video_present"][0])
         audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
         text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
-        if self._predict is None:
-            graphdef = self.setup.graphdef
-
-            def predict(params, rest, batch, key):
-                model = nnx.merge(graphdef, params, rest)
-                out = model(batch)
-                return out["text_logits"][0, text_idx].argmax(-1), model.sample_mel(out["hidden"][0, audio_idx], key)
-
-            self._predict = jax.jit(predict)
-        params, rest = jax.device_get(self.state["params"]), jax.device_get(self.state["rest"])
-        text_pred, mel = self._predict(params, rest, jax.tree.map(np.asarray, one), jax.random.key(step))
-        mel = np.asarray(mel)
         window = {k: np.asarray(v[0]).copy() for k, v in one.items()}
         window["mel_targets"][audio_idx] = mel
         window["text_targets"][text_idx] = np.asarray(text_pred)
@@ -266,8 +308,8 @@ class Trainer:
                 if self._preempt:
                     self.save(step, force=True)
                     ckpt.wait_for_saves(self.manager)
-                    self.log(f"[train] preempted: saved step {step} and exiting")
-                    return TrainResult(step, history, eval_history, preempted=True)
+                    self.log(f"[train] preempted: saved step {step} and exiting{self._skip_summary()}")
+                    return TrainResult(step, history, eval_history, True, self._skipped, self.train_source.count)
                 if is_ckpt:
                     self.save(step)
             if self.manager.latest_step() != step:
@@ -277,7 +319,17 @@ class Trainer:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             self.writer.flush()
-        return TrainResult(step, history, eval_history)
+        self.log(f"[train] finished at step {step}{self._skip_summary()}")
+        return TrainResult(step, history, eval_history, False, self._skipped, self.train_source.count)
+
+    def _skip_summary(self) -> str:
+        """What this run left out, for its last line ('' when nothing was skipped and nothing could be)."""
+        parts = []
+        if self._skipped or self.config.train.on_nonfinite == "skip":
+            parts.append(f"{self._skipped} non-finite updates skipped")
+        if self.train_source.count:
+            parts.append(f"{self.train_source.count} corrupt records skipped")
+        return f" ({', '.join(parts)})" if parts else ""
 
     def _log_interval(self, step, start, interval_steps, interval, t_last, t_start) -> dict:
         """Logs the interval's means (non-finite, skipped steps left out) and rates; one device fetch."""
@@ -296,7 +348,8 @@ class Trainer:
         scalars = {k: float(np.mean([m[k] for m in good])) for k, v in host[-1].items() if np.ndim(v) == 0}
         scalars["learning_rate"] = host[-1]["learning_rate"]  # the rate at this step, not an interval mean
         scalars.update(
-            {"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": self._skipped}
+            {"steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_updates": self._skipped,
+             "corrupt_records_skipped": self.train_source.count}
         )
         if "expert_counts" in host[-1]:
             counts = np.sum([np.asarray(m["expert_counts"], np.float64) for m in good], axis=0)
@@ -305,6 +358,8 @@ class Trainer:
             scalars["moe/max_load_ratio"] = float(load.max() * len(load)) if len(load) else 0.0
         self.writer.scalars(step, scalars)
         skipped = f", {self._skipped} non-finite updates skipped" if self._skipped else ""
+        if self.train_source.count:
+            skipped += f", {self.train_source.count} corrupt records skipped"
         self.log(
             f"[train] step {step}/{cfg.num_steps} loss {scalars.get('loss', float('nan')):.4f} "
             f"(text {scalars.get('text_loss', float('nan')):.3f} audio {scalars.get('audio_loss', float('nan')):.3f}) "

@@ -101,10 +101,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_non_finite_update_can_be_skipped(tmp_path):
-    t = Trainer(cfg("train.num_steps=4", "train.on_nonfinite=skip"), str(tmp_path), log=quiet)
+    lines: list[str] = []
+    t = Trainer(cfg("train.num_steps=4", "train.on_nonfinite=skip"), str(tmp_path), log=lines.append)
     t.batch_hook = hook(_nan_at(2))
     result = t.run()
-    assert result.step == 4 and result.history[-1]["skipped_updates"] == 1
+    assert result.step == 4 and result.history[-1]["skipped_updates"] == 1 and result.skipped_updates == 1
+    assert any("step 3/4" in line and "1 non-finite updates skipped" in line for line in lines), lines
+    assert lines[-1] == "[train] finished at step 4 (1 non-finite updates skipped)", lines
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(t.state["params"]))
 
 
