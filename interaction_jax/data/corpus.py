@@ -223,9 +223,9 @@ def read_manifest(path: str) -> list[ConversationSpec]:
 
 def _read_audio(path: str, sample_rate: int) -> np.ndarray:
     """(frames, channels) float32 at `sample_rate`."""
-    import soundfile as sf
+    from interaction_jax.features.audio import read_checked
 
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
+    data, sr = read_checked(path)
     if sr != sample_rate:
         # soxr "HQ" is exactly what librosa.resample uses by default, without librosa's
         # multi-second import (numba); fall back to librosa where soxr is absent.

@@ -3,6 +3,11 @@
 Mono is required unless the caller asks to mix channels down (`mono="mix"`): silently mixing a
 two-channel conversation would merge the user and the model. Two-channel corpora go through
 `load_stereo`, which keeps the channels apart. Resampling is librosa.resample (soxr_hq).
+
+Files that decode but are suspect are used as they are with one warning line on stderr naming
+the file: a WAV whose header promises more audio than the file holds (cut short in a copy or a
+download; the frames that are there are read), and float samples far above full scale
+(peak > `LOUD_PEAK`, e.g. audio saved without normalising).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ _MAX_CHANNELS = 16  # more "channels" than this almost surely means a [channels,
 # many times full scale, which 16-bit PCM would clip into square-wave noise.
 PEAK_LEVEL = 0.9
 FILE_MODE = 0o644  # written files are readable by other users (tempfile.mkstemp makes 0600)
+LOUD_PEAK = 2.0  # float samples above this many times full scale get a warning
 
 
 class AudioError(UserError, ValueError):
@@ -94,6 +100,58 @@ def ensure_audio(
     return _resample(audio, int(sr), int(target_sr))
 
 
+def _wav_data_shortfall(handle) -> tuple[int, int] | None:
+    """(promised, present) bytes of a RIFF/WAVE file's `data` chunk when the file is shorter than its header says.
+
+    Reads only the chunk headers (RIFF: "RIFF" size "WAVE", then id + little-endian u32 size chunks)."""
+    import struct
+
+    start = handle.tell()
+    try:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        handle.seek(0)
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= end:
+            handle.seek(pos)
+            cid, size = struct.unpack("<4sI", handle.read(8))
+            if cid == b"data":
+                present = end - pos - 8
+                # 0 and 0xFFFFFFFF are streaming writers' "unknown length" placeholders
+                return (size, present) if size not in (0, 0xFFFFFFFF) and size > present else None
+            pos += 8 + size + (size & 1)
+        return None
+    finally:
+        handle.seek(start)
+
+
+def _warn_if_suspect(name: str, handle, data: np.ndarray) -> None:
+    """One stderr line per problem for audio that decodes but is probably not what was meant."""
+    import sys
+
+    short = _wav_data_shortfall(handle)
+    if short is not None:
+        print(f"[audio] warning: {name}: the WAV header promises {short[0]} bytes of audio but the file holds "
+              f"{short[1]} (truncated?); using the {data.shape[0]} frames that are there", file=sys.stderr, flush=True)
+    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    if peak > LOUD_PEAK:
+        print(f"[audio] warning: {name}: float samples reach {peak:.1f}x full scale (expected within [-1, 1]); "
+              "the audio is used as it is (normalise it if that is not intended)", file=sys.stderr, flush=True)
+
+
+def read_checked(path: str) -> tuple[np.ndarray, int]:
+    """`soundfile.read(path)` as float32 [frames, channels], warning about a truncated or over-loud file."""
+    import soundfile as sf
+
+    data, sr = sf.read(path, dtype="float32", always_2d=True)
+    with open(path, "rb") as f:
+        _warn_if_suspect(path, f, data)
+    return data, int(sr)
+
+
 def _read(source: AudioSource) -> tuple[np.ndarray, int, str]:
     """[samples, channels] float32, sample rate, and a name for error messages."""
     import soundfile as sf
@@ -122,6 +180,11 @@ def _read(source: AudioSource) -> tuple[np.ndarray, int, str]:
         raise AudioError(f"{name}: audio file has no samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: audio contains NaN or inf")
+    if isinstance(handle, str):
+        with open(handle, "rb") as f:
+            _warn_if_suspect(name, f, data)
+    else:
+        _warn_if_suspect(name, handle, data)
     return data, int(sr), name
 
 

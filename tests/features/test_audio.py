@@ -154,3 +154,36 @@ def test_on_input_clock_is_exactly_the_input_length():
     short = on_input_clock(speech[:100], 0.0, 16000, 300)
     assert short.shape == (300,) and short[:100].all() and not short[100:].any()
     assert on_input_clock(speech, 1.0, 16000, 100).shape == (100,)  # starts after the end: silence
+
+
+def _warnings(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+
+def test_a_wav_cut_short_is_read_with_one_warning_naming_it(tmp_path, capsys):
+    path = str(tmp_path / "cut.wav")
+    sf.write(path, np.zeros(16000, np.float32), 16000, subtype="PCM_16")  # 44-byte header + 32,000 bytes
+    data = open(path, "rb").read()
+    assert data[36:40] == b"data" and int.from_bytes(data[40:44], "little") == 32000  # the RIFF layout
+    open(path, "wb").write(data[: 44 + 10000])
+    audio = load_audio(path)
+    lines = _warnings(capsys)
+    assert len(lines) == 1 and path in lines[0], lines
+    assert "promises 32000 bytes of audio but the file holds 10000" in lines[0]
+    assert len(audio) == 5000
+    load_audio(open(path, "rb").read())  # the same bytes from memory
+    assert len(_warnings(capsys)) == 1
+
+
+def test_a_float_wav_far_above_full_scale_warns(tmp_path, capsys):
+    path = str(tmp_path / "loud.wav")
+    t = np.arange(8000) / 16000
+    sf.write(path, (50 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, subtype="FLOAT")
+    load_audio(path)
+    lines = _warnings(capsys)
+    assert len(lines) == 1 and path in lines[0] and "50.0x full scale" in lines[0], lines
+    sf.write(path, (1.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, subtype="FLOAT")
+    load_audio(path)  # a little over full scale (common after processing): no warning
+    sf.write(path, np.full(8000, 0.5, np.float32), 16000, subtype="PCM_16")
+    load_audio(path)  # a well-formed file: no warning
+    assert _warnings(capsys) == []
