@@ -8,15 +8,19 @@ Key j is visible from query i iff every enabled condition holds:
 * window:    q_pos - kv_pos < window  or  kv_pos < sinks            (window counts the query itself)
 * mask:      mask[b, i, j]                                          (optional dense [B, S, T] bool)
 
-Positions default to `arange`. This is the model's mask (`interaction_jax.model.attention`), so
-the dense-mask form doubles as the registered model impl.
+Positions default to `arange`. This is the model's mask rule (`interaction_jax.model.attention`),
+so the model passes the structure, not a dense mask: nothing of size S x T is built outside the
+kernel either.
 
 Why this structure: the grid is (batch, head, q-block); each program keeps its q block and walks
 the kv blocks in a *fixed* order with an online softmax, so nothing of size S x T is materialised
 and, because each row's reduction order is fixed by `block_k` alone, results do not depend on the
 batch size (used by `batch_invariant.py`). A fully masked kv block is an exact no-op (alpha = 1,
-p = 0), which is also why skipping blocks never changes a result. With default positions the
-loop bounds skip blocks that causality / the window rule out; otherwise every block is visited.
+p = 0), which is also why skipping blocks never changes a result. With default positions, or
+given positions that the caller promises are ordered (`ordered_positions`: q and kv are the same
+sequence and positions strictly increase with the index within a segment, as in a packed training
+window), the loop bounds skip blocks that causality / the window rule out by index; otherwise
+every block is visited.
 
 The backward pass recomputes probabilities from the saved log-sum-exp: one kernel for dq (grid
 over q blocks) and one for dk/dv (grid over kv blocks, per query head; GQA groups are summed
@@ -351,8 +355,12 @@ def _block(requested: int, n: int) -> int:
 
 def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int = 0, q_positions=None,
                     kv_positions=None, q_segment_ids=None, kv_segment_ids=None, mask=None, scale: float | None = None,
-                    block_q: int = 128, block_k: int = 128, implementation: str | None = None) -> jax.Array:
+                    ordered_positions: bool = False, block_q: int = 128, block_k: int = 128,
+                    implementation: str | None = None) -> jax.Array:
     """Attention q [B,S,H,hd], k/v [B,T,KVH,hd] -> [B,S,H,hd] (mask rules: module docstring).
+
+    `ordered_positions` lets given positions bound the loops by index (module docstring); it
+    requires S == T and is the caller's promise, not checked.
 
     `implementation`: None (by backend: GPU -> "triton", TPU -> "mosaic", CPU -> reference),
     "reference", "interpret", "triton", "mosaic", "mosaic_interpret" (the TPU kernel in the TPU
@@ -374,7 +382,9 @@ def flash_attention(q, k, v, *, causal: bool = True, window: int = 0, sinks: int
     if impl in MOSAIC:  # Mosaic: key blocks span whole 128-lane vregs (the [bq, bk] scores and key rows)
         bk = max(bk, 128)
     sp, tp = round_up(s, bq), round_up(t, bk)
-    index_bounds = q_positions is None and kv_positions is None
+    if ordered_positions and s != t:
+        raise ValueError(f"flash_attention: ordered_positions needs one sequence (S == T), got S={s}, T={t}")
+    index_bounds = (q_positions is None and kv_positions is None) or bool(ordered_positions)
     q_pos, kv_pos, q_seg, kv_seg = _defaults(q, k, q_positions, kv_positions, q_segment_ids, kv_segment_ids)
     # Padded queries / keys get segment ids that match nothing, so they are invisible both ways.
     q_pos, q_seg = pad_axis(q_pos, 1, sp), pad_axis(q_seg, 1, sp, -2)

@@ -102,8 +102,9 @@ def cached_forward(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """A block of S positions through the model's own blocks against the ring cache.
 
-    The cache is the explicit pytree `BlockCache(k_all, v_all, view)` in and out of
-    `Transformer.cached`: K/V go to `rows` [B, S] (ring / scratch rows, `ContextPolicy`), and
+    The cache is the explicit pytree `BlockCache(k_all, v_all, view)` in and out of the model's
+    own call (`InteractionModel.__call__`, the training forward's path): K/V go to `rows` [B, S]
+    (ring / scratch rows, `ContextPolicy`), and
     attention masks on the absolute position each row holds (`kv_positions` [B, T], -1 empty)
     with the registered strategy `strategy`. The full cache rides in the layer loop's carry and
     only the new rows are scattered in, so with the state donated XLA updates it in place.
@@ -115,8 +116,8 @@ def cached_forward(
     q_valid = jnp.ones(positions.shape, bool) if mask is None else mask.astype(bool)
     view = CacheView(rows, positions, kv_positions, q_valid)
     cache = BlockCache(k_all, v_all, view, 0, policy, strategy)
-    hidden, _, cache = model.backbone.cached(model.embed(block), positions, cache, mask, groups)
-    return hidden, model._logits(hidden), cache.k, cache.v
+    out, cache = model(block, cache, groups=groups)
+    return out["hidden"], out["text_logits"], cache.k, cache.v
 
 
 SELF_AUDIO = ("generated", "silence")

@@ -2,10 +2,13 @@
 
 Two layers:
 
-* `attention(q, k, v, *, mask=None | q_positions/kv_positions/window/sinks, impl="xla")` — a
-  pure function over [B, S, H, hd] queries and [B, T, KVH, hd] keys/values. `impl` picks the
+* `attention(q, k, v, *, mask=None | q_positions/kv_positions/window/sinks/segment ids, impl="xla")`
+  — a pure function over [B, S, H, hd] queries and [B, T, KVH, hd] keys/values. `impl` picks the
   backend (`c.model.attention_impl`); "xla" is the einsum reference and a Pallas kernel can
-  register itself with `register_attention_impl` without touching the model.
+  register itself with `register_attention_impl` without touching the model. An impl receives
+  an `AttentionMask`: the mask's *structure* (positions, window, sinks, segment ids, validity),
+  so a kernel can skip blocks and never build the dense [B, S, T] mask; `AttentionMask.dense()`
+  gives it to the impls that want it.
 * `Attention` — the module: projections, RoPE at the packed `positions`, and one `__call__`
   for training (the sequence over itself) and streaming (a block of new positions against an
   explicit cache pytree, `kv_cache.BlockCache`, gemma-sampler style: the cache comes in and goes
@@ -14,7 +17,8 @@ Two layers:
 
 Mask semantics (shared by both paths): key j is visible from query i iff
   kv_pos[j] <= q_pos[i]  and  (window == 0  or  q_pos[i] - kv_pos[j] < window  or  kv_pos[j] < sinks)
-and, for the cache, j is a written entry. `window` counts the query itself; the first `sinks`
+and, when segment ids are given, q_seg[i] == kv_seg[j] (packed sequences), and, for the cache,
+j is a written entry. `window` counts the query itself; the first `sinks`
 positions stay visible forever (attention sinks, Xiao et al. 2023).
 
 `batch_invariant=True` replaces the projections with fixed-tile matmuls and the attention with
@@ -25,6 +29,7 @@ of the batch, the number of queries and the cache extent (the streaming engine r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -63,6 +68,8 @@ def make_mask(
     window: int = 0,
     sinks: int = 0,
     kv_valid: jax.Array | None = None,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Boolean mask [B, S, T] from positions [B, S] / [B, T] (see the module docstring)."""
     q = q_positions[:, :, None]
@@ -72,7 +79,40 @@ def make_mask(
         mask &= (q - k < window) | (k < sinks)
     if kv_valid is not None:
         mask &= kv_valid[:, None, :]
+    if q_segment_ids is not None:
+        mask &= q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
     return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """What an attention impl is told about visibility: the structure, or a caller's dense mask.
+
+    Structured (`dense_mask` None): positions [B, S] / [B, T], static `window` / `sinks`,
+    optional `kv_valid` [B, T] and segment ids [B, S] / [B, T] (>= 0). `ordered` promises that
+    queries and keys are the same sequence and positions strictly increase with the index
+    (within a segment), as in every packed training window: a kernel may then bound its loops
+    by index (skip the blocks above the diagonal / left of the window). Kept as structure so a
+    kernel never needs the [B, S, T] mask; `dense()` builds it for the impls that do.
+    """
+
+    q_positions: jax.Array | None = None
+    kv_positions: jax.Array | None = None
+    window: int = 0
+    sinks: int = 0
+    kv_valid: jax.Array | None = None
+    q_segment_ids: jax.Array | None = None
+    kv_segment_ids: jax.Array | None = None
+    ordered: bool = False
+    dense_mask: jax.Array | None = None
+
+    def dense(self) -> jax.Array:
+        """The boolean [B, S, T] mask (built here unless the caller gave one)."""
+        if self.dense_mask is not None:
+            return self.dense_mask
+        return make_mask(self.q_positions, self.kv_positions, window=self.window, sinks=self.sinks,
+                         kv_valid=self.kv_valid, q_segment_ids=self.q_segment_ids,
+                         kv_segment_ids=self.kv_segment_ids)
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -131,12 +171,15 @@ def causal_block_attention(
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, s, h, hd).astype(q.dtype)
 
 
-AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-_IMPLS: dict[str, AttentionFn] = {"xla": xla_attention, "xla_causal_blocks": causal_block_attention}
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, AttentionMask], jax.Array]
+_IMPLS: dict[str, AttentionFn] = {
+    "xla": lambda q, k, v, mask: xla_attention(q, k, v, mask.dense()),
+    "xla_causal_blocks": lambda q, k, v, mask: causal_block_attention(q, k, v, mask.dense()),
+}
 
 
 def register_attention_impl(name: str, fn: AttentionFn, *, overwrite: bool = False) -> None:
-    """Makes `fn(q, k, v, mask)` selectable as `c.model.attention_impl = name`."""
+    """Makes `fn(q, k, v, mask: AttentionMask)` selectable as `c.model.attention_impl = name`."""
     if name in _IMPLS and not overwrite:
         raise ValueError(f"attention impl {name!r} is already registered")
     _IMPLS[name] = fn
@@ -153,18 +196,27 @@ def attention(
     kv_valid: jax.Array | None = None,
     window: int = 0,
     sinks: int = 0,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    ordered: bool = False,
     impl: str = "xla",
 ) -> jax.Array:
-    """Dispatching attention: give either `mask` [B,S,T] or the positions to build it from."""
-    if mask is None:
-        if q_positions is None or kv_positions is None:
-            raise ValueError("attention: pass `mask` or both `q_positions` and `kv_positions`")
-        mask = make_mask(q_positions, kv_positions, window=window, sinks=sinks, kv_valid=kv_valid)
+    """Dispatching attention: give either a dense `mask` [B,S,T] or the structure (positions,
+    window, sinks, `kv_valid`, segment ids, `ordered`: `AttentionMask`) it follows from."""
+    if mask is not None:
+        spec = AttentionMask(dense_mask=mask)
+    elif q_positions is None or kv_positions is None:
+        raise ValueError("attention: pass `mask` or both `q_positions` and `kv_positions`")
+    elif (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("attention: pass both `q_segment_ids` and `kv_segment_ids`, or neither")
+    else:
+        spec = AttentionMask(q_positions, kv_positions, int(window), int(sinks), kv_valid, q_segment_ids,
+                             kv_segment_ids, bool(ordered))
     if impl not in _IMPLS and impl.startswith("pallas"):
         import interaction_jax.model.kernels  # noqa: F401  (registers the kernel impls; lazy: no Pallas import otherwise)
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(_IMPLS)}")
-    return _IMPLS[impl](q, k, v, mask)
+    return _IMPLS[impl](q, k, v, spec)
 
 
 class Attention(nnx.Module):
@@ -239,7 +291,7 @@ class Attention(nnx.Module):
 
             return bi.attention_sequence(q, k, v, positions, positions, window=self.window, sinks=self.sinks)
         return attention(q, k, v, q_positions=positions, kv_positions=positions, window=self.window,
-                         sinks=self.sinks, impl=self.impl)
+                         sinks=self.sinks, ordered=True, impl=self.impl)
 
     def __call__(
         self, x: jax.Array, positions: jax.Array, cache: BlockCache | None = None

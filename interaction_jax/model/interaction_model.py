@@ -24,6 +24,7 @@ from flax import nnx
 from interaction_jax.model.embeddings import InputEmbedding
 from interaction_jax.model.flow import FlowHead
 from interaction_jax.model.heads import TextHead
+from interaction_jax.model.kv_cache import BlockCache
 from interaction_jax.model.transformer import KVCache, Transformer
 from interaction_jax.streams.layout import Kind, StreamLayout
 from interaction_jax.streams.tokenizer import Control, make_tokenizer
@@ -87,14 +88,26 @@ class InteractionModel(nnx.Module):
             rngs=rngs,
         )
 
-    def _logits(self, hidden: jax.Array) -> jax.Array:
+    def text_logits(self, hidden: jax.Array) -> jax.Array:
+        """Text logits [..., V] (float32) of backbone hidden states: the text head tied to the embedding."""
         return self.text_head(hidden, self.embed.text)
 
-    def __call__(self, batch: dict) -> dict:
-        """Teacher-forced forward: {text_logits [B,L,V] f32, hidden [B,L,D], aux (MoE losses)}."""
+    def __call__(
+        self, batch: dict, cache: BlockCache | None = None, groups=None
+    ) -> dict | tuple[dict, BlockCache]:
+        """The one forward path: {text_logits [B,L,V] f32, hidden [B,L,D], aux (MoE losses)}.
+
+        Without a cache: teacher forcing over the whole window (training). With a `BlockCache`
+        (the streaming engine, `step`): `batch` is a block of packed positions run against the
+        cache (its row layout and attention strategy, `kv_cache.py`); returns (outputs, the cache
+        with the block's K/V). `groups`: unstacked per-layer weights (`inference/layer_params.py`).
+        """
         x = self.embed(batch)
-        hidden, aux = self.backbone(x, batch["positions"], batch.get("valid"))
-        return {"text_logits": self._logits(hidden), "hidden": hidden, "aux": aux}
+        if cache is None:
+            hidden, aux = self.backbone(x, batch["positions"], batch.get("valid"))
+            return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}
+        hidden, aux, cache = self.backbone.cached(x, batch["positions"], cache, batch.get("valid"), groups)
+        return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}, cache
 
     # ---- streaming ------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -107,7 +120,7 @@ class InteractionModel(nnx.Module):
         slot's cache offset. Returns ({text_logits, hidden, aux}, cache with lengths + S)."""
         x = self.embed(block)
         hidden, aux, cache = self.backbone.step(x, block["positions"], cache, block.get("valid"))
-        return {"text_logits": self._logits(hidden), "hidden": hidden, "aux": aux}, cache
+        return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}, cache
 
     def sample_mel(
         self, hidden: jax.Array, rng: jax.Array, steps: int | None = None, solver: str | None = None

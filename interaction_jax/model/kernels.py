@@ -3,8 +3,12 @@
 `pallas_kernels/` is a standalone library (it imports nothing from `interaction_jax`); this
 module, imported lazily by the model on an unknown "pallas..." name, plugs its kernels in.
 
-Attention (`c.model.attention_impl`), signature fn(q, k, v, mask [B, S, T] bool):
-  "pallas"                  flash_attention with the dense mask; backend dispatch (CPU -> reference)
+Attention (`c.model.attention_impl`), signature fn(q, k, v, mask: AttentionMask):
+  "pallas"                  flash_attention given the mask's structure (causal, window, sinks,
+                            positions, segment ids; `kv_valid` as a segment no query has), so no
+                            [B, S, T] mask is built and, for a training window (`ordered`), blocks
+                            above the diagonal / outside the window are skipped; a caller's dense
+                            mask goes in as is; backend dispatch (CPU -> reference)
   "pallas_interpret"        the same kernel forced into Pallas interpret mode (tests / debugging)
   "pallas_batch_invariant"  fixed-block flash kernel (bitwise batch/sequence-length invariant)
 
@@ -25,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from interaction_jax.model.attention import register_attention_impl
+from interaction_jax.model.attention import AttentionMask, register_attention_impl
 from interaction_jax.model.cache_attention import rows_in_use
 from interaction_jax.model.kv_cache import CacheView, RowMap, register_cache_attention
 from interaction_jax.model.moe.experts import ExpertWeights, register_expert_impl
@@ -37,15 +41,29 @@ from pallas_kernels.gather_gemv import gather_gemv
 from pallas_kernels.grouped_matmul import gmm
 
 
+def flash_mask_kwargs(mask: AttentionMask) -> dict:
+    """The kernel's mask arguments for the model's `AttentionMask` (module docstring)."""
+    if mask.dense_mask is not None:
+        return {"causal": False, "mask": mask.dense_mask}
+    q_seg, kv_seg = mask.q_segment_ids, mask.kv_segment_ids
+    if mask.kv_valid is not None:  # an unwritten key joins segment -1, which no query (ids >= 0) has
+        q_seg = jnp.zeros(mask.q_positions.shape, jnp.int32) if q_seg is None else q_seg
+        kv_seg = jnp.zeros(mask.kv_positions.shape, jnp.int32) if kv_seg is None else kv_seg
+        kv_seg = jnp.where(mask.kv_valid, kv_seg, -1)
+    return {"causal": True, "window": mask.window, "sinks": mask.sinks, "q_positions": mask.q_positions,
+            "kv_positions": mask.kv_positions, "q_segment_ids": q_seg, "kv_segment_ids": kv_seg,
+            "ordered_positions": mask.ordered}
+
+
 def make_attention_impl(implementation: str | None = None):
-    def fn(q, k, v, mask):
-        return flash_attention(q, k, v, causal=False, mask=mask, implementation=implementation)
+    def fn(q, k, v, mask: AttentionMask):
+        return flash_attention(q, k, v, implementation=implementation, **flash_mask_kwargs(mask))
 
     return fn
 
 
-def batch_invariant_attention_impl(q, k, v, mask):
-    return batch_invariant.attention(q, k, v, causal=False, mask=mask)
+def batch_invariant_attention_impl(q, k, v, mask: AttentionMask):
+    return batch_invariant.attention(q, k, v, **flash_mask_kwargs(mask))
 
 
 def make_gmm_experts(implementation: str | None = None):
