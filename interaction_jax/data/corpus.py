@@ -4,14 +4,17 @@ A corpus manifest is JSON lines, one conversation per line:
 
     {"id": "fe_03_00001",
      "audio": "a.wav", "model_channel": 1,                 # one stereo file, or
-     "audio": {"user": "u.wav", "model": "m.wav"},          # one mono file per speaker
+     "audio": {"user": "u.wav", "model": "m.wav"},          # one mono file per speaker, or
+     "audio": "mix.wav", "rttm": "mix.rttm",                # one mono recording of both + speaker turns
+     "speakers": {"user": "A", "model": "B"},               #   (+ "stm" / "ctm"; data/corpus_segments.py)
      "words": [{"speaker": "user"|"model"|"other", "text": "hi", "start": 0.1, "end": 0.3}, ...],
      "words_file": "w.json",                                # instead of "words" (a list, or {"words": [...]})
      "video": [{"time": 0.0, "path": "f0.png"}, ...],       # optional
      "duration": 600.0}                                     # optional; defaults to the audio length
 
 Relative paths resolve against the manifest's folder. One speaker of the conversation plays
-the model (its channel is the ground-truth model speech); the other is the user. `read_manifest`
+the model (its channel is the ground-truth model speech); the other is the user. The same file
+for both roles is refused (its model speech would leak into the user channel). `read_manifest`
 checks every line up front (all problems reported at once, each naming line and field) so a
 long preparation run never dies on conversation 9,000. Audio headers are read, not samples.
 """
@@ -50,7 +53,10 @@ class SpeakerWord:
 
 @dataclasses.dataclass(frozen=True)
 class ConversationSpec:
-    """One validated manifest line, paths absolute. Exactly one of `audio` / (`user_audio`, `model_audio`)."""
+    """One validated manifest line, paths absolute. Exactly one of `audio` / (`user_audio`, `model_audio`).
+
+    With `turns`, `audio` is a mono recording of both parties split by the role turns.
+    """
 
     id: str
     duration: float
@@ -61,6 +67,8 @@ class ConversationSpec:
     model_audio: str | None = None
     video: tuple[tuple[float, str], ...] = ()
     source: str = ""  # "manifest:line"
+    turns: tuple[tuple[str, float, float], ...] = ()  # mono mix: (role, start, end) speaker turns
+    overlap: str = "user"  # mono mix: where overlapped stretches go (corpus_segments.split_channels)
 
 
 class CorpusError(UserError, ValueError):
@@ -150,9 +158,24 @@ def _parse_line(obj: Any, base: str, seen: set[str], source: str) -> Conversatio
             kw[f"{who}_audio"] = p
             lengths.append(secs)
         audio_secs = max(lengths)
+        if os.path.samefile(kw["user_audio"], kw["model_audio"]):
+            raise _LineError("audio", f"'user' and 'model' are the same file {kw['user_audio']}: a recording of "
+                                      "both parties needs 'audio': FILE with 'rttm' speaker turns")
+    elif audio is not None and "rttm" in obj:
+        p = _resolve(base, audio, "audio")
+        channels, audio_secs = _audio_info(p, "audio")
+        if channels != 1:
+            raise _LineError("audio", f"{p} has {channels} channels; 'rttm' turns split a mono recording "
+                                      "(give a stereo file with 'model_channel' instead)")
+        if "model_channel" in obj:
+            raise _LineError("model_channel", "only applies to a stereo 'audio' file")
+        kw.update(audio=p, **_mono_turns(obj, base, cid))
     elif audio is not None:
         p = _resolve(base, audio, "audio")
         channels, audio_secs = _audio_info(p, "audio")
+        if channels == 1:
+            raise _LineError("audio", f"{p} is mono: a recording of both parties needs 'rttm' speaker turns "
+                                      "(+ 'speakers': {'user': NAME, 'model': NAME})")
         if channels != 2:
             raise _LineError("audio", f"{p} must be a stereo (2-channel) file, has {channels} channel(s)")
         ch = obj.get("model_channel")
@@ -168,9 +191,12 @@ def _parse_line(obj: Any, base: str, seen: set[str], source: str) -> Conversatio
         raise _LineError("duration", f"must be a positive number, got {duration!r}")
     if duration > audio_secs + TIME_TOLERANCE:
         raise _LineError("duration", f"{duration} s is longer than the audio ({audio_secs:.3f} s)")
-    if ("words" in obj) == ("words_file" in obj):
-        raise _LineError("words", "give exactly one of 'words' and 'words_file'")
-    if "words" in obj:
+    if kw.get("turns") and "words" not in obj and "words_file" not in obj:
+        words = kw.pop("words")
+    elif ("words" in obj) == ("words_file" in obj):
+        raise _LineError("words", "give exactly one of 'words' and 'words_file'"
+                         + (" (or 'stm' / 'ctm')" if kw.get("turns") else ""))
+    elif "words" in obj:
         words = _parse_words(obj["words"], "words")
     else:
         wpath = _resolve(base, obj["words_file"], "words_file")
@@ -180,6 +206,10 @@ def _parse_line(obj: Any, base: str, seen: set[str], source: str) -> Conversatio
         except json.JSONDecodeError as e:
             raise _LineError("words_file", f"{wpath} is not valid JSON: {e}") from e
         words = _parse_words(raw, "words_file")
+    kw.pop("words", None)
+    for k, (role, _, end) in enumerate(kw.get("turns", ())):
+        if end > duration + TIME_TOLERANCE:
+            raise _LineError("rttm", f"turn {k} ({role}) ends at {end:.3f} s, outside the audio ({duration:.3f} s)")
     for k, w in enumerate(words):
         if w.end > duration + TIME_TOLERANCE:
             raise _LineError(f"words[{k}].end", f"word {w.text!r} ends at {w.end} s, outside the audio "
@@ -192,6 +222,30 @@ def _parse_line(obj: Any, base: str, seen: set[str], source: str) -> Conversatio
     words.sort(key=lambda w: w.start)
     return ConversationSpec(id=cid, duration=float(duration), words=tuple(words), video=tuple(sorted(video)),
                             source=source, **kw)
+
+
+def _mono_turns(obj: dict, base: str, cid: str) -> dict:
+    """turns / overlap / words of a mono recording with RTTM (+ STM / CTM) files (data/corpus_segments.py)."""
+    from interaction_jax.data import corpus_segments as cs
+
+    rec = obj.get("recording")
+    if rec is not None and not isinstance(rec, str):
+        raise _LineError("recording", f"must be a string (a file id of the RTTM/STM/CTM), got {rec!r}")
+    overlap = obj.get("overlap", "user")
+    if overlap not in cs.OVERLAP_MODES:
+        raise _LineError("overlap", f"must be one of {cs.OVERLAP_MODES}, got {overlap!r}")
+    try:
+        raw = cs.read_rttm(cs.resolve(base, obj["rttm"], "rttm"), rec, cid)
+        turns, mapping = cs.roles(raw, obj.get("speakers"), obj["rttm"])
+        listed = "words" in obj or "words_file" in obj  # speaker-labelled words win over STM / CTM
+        stm = cs.read_stm(cs.resolve(base, obj["stm"], "stm"), rec, cid) if "stm" in obj and not listed else None
+        ctm = cs.read_ctm(cs.resolve(base, obj["ctm"], "ctm"), rec, cid) if "ctm" in obj and not listed else None
+    except cs.SegmentsError as e:
+        raise _LineError(e.field, str(e)) from e
+    if not listed and stm is None and ctm is None:
+        raise _LineError("words", "missing: a mono recording needs 'stm', 'ctm', 'words' or 'words_file'")
+    words = [SpeakerWord(*w) for w in cs.role_words(turns, mapping, stm, ctm)] if not listed else []
+    return {"turns": tuple(turns), "overlap": overlap, "words": words}
 
 
 def read_manifest(path: str) -> list[ConversationSpec]:
@@ -249,7 +303,12 @@ def _read_frame(path: str) -> np.ndarray:
 
 def load_conversation(spec: ConversationSpec, sample_rate: int = 16000) -> Episode:
     """Reads (and resamples) the audio of `spec` into an Episode with task "conversation"."""
-    if spec.audio is not None:
+    if spec.turns:
+        from interaction_jax.data.corpus_segments import split_channels
+
+        user, model = split_channels(_read_audio(spec.audio, sample_rate)[:, 0], spec.turns, sample_rate,
+                                     spec.overlap)
+    elif spec.audio is not None:
         data = _read_audio(spec.audio, sample_rate)
         model, user = data[:, spec.model_channel], data[:, 1 - spec.model_channel]
     else:
@@ -268,7 +327,8 @@ def load_conversation(spec: ConversationSpec, sample_rate: int = 16000) -> Episo
         video=[VideoFrame(t, _read_frame(p)) for t, p in spec.video],
         task="conversation",
         metadata={"source": spec.source, "conversation_id": spec.id,
-                  **({"model_channel": spec.model_channel} if spec.audio is not None else {})},
+                  **({"model_channel": spec.model_channel} if spec.model_channel is not None else {}),
+                  **({"mono_mix": True, "overlap": spec.overlap} if spec.turns else {})},
     )
 
 
