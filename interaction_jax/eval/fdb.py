@@ -25,9 +25,11 @@ start of the next user speech]}]`; FDB reads `timestamp[0]`). Other episodes hav
 are not written (nor are episodes with typed messages: FDB input is audio only). Each sample also
 gets `transcription.json` in FDB's format (`[{"speaker": 0, "item": [{"text", "timestamp"}]}]`;
 speaker 0 = the user, 1 = the other voices mixed into `input.wav`, when there are any) and
-`episode.json`, this codebase's own annotation (timings, grading windows, generator metadata;
-not named `metadata.json`, which is FDB v1.5's `{context_text, current_turn_text, timestamps}`).
-v1.5's `clean_input.wav` / `clean_output.*` are not written.
+`episode.json`, this codebase's own annotation (timings, grading windows, generator metadata).
+Where the episode can provide them (`eval/fdb_v15.py`: interruption samples without other
+voices), v1.5's paired files are written too: `clean_input.wav` (the input without the
+interruption), `clean_input.json`, `input.json` and v1.5's `metadata.json` (`{context_text,
+current_turn_text, timestamps}`).
 
 `export_fdb(engine, task_root, output_root)` runs every sample of one task root through live
 streaming sessions (`runner.run_episodes`, audio only) and writes per sample, atomically (temp
@@ -39,7 +41,9 @@ file + rename), mode 0644 (folders 0755):
     holds only the words that start at or after the end of the interruption (`interrupt.json`
     `timestamp[1]`), as FDB's ASR transcribes only the audio after it (times stay absolute);
   * the sample's other files (`input.wav`, annotations), copied when `output_root` is not the task
-    root, so FDB's scripts run on `output_root` alone.
+    root, so FDB's scripts run on `output_root` alone;
+  * for a sample with a `clean_input.wav` (ours or FDB v1.5's), `clean_output.wav` and
+    `clean_output.json`: the model run a second time on the clean input (`fdb_v15.export_clean`).
 It refuses to overwrite outputs unless `overwrite=True` and checks every sample (audio, task
 annotation, backchannel folder names) before compiling anything. `export_fdb_tree` does this for
 every task root under a folder (what `evaluate --export_fdb` calls), then times the model's speech
@@ -194,6 +198,7 @@ def _replace_dir(tmp: str, final: str) -> None:
 def write_fdb_inputs(episodes: Sequence[Episode], root: str, *, overwrite: bool = False,
                      skip_typed: bool = True) -> list[str]:
     """`root/<FDB task>/<episode id>/` per episode that maps onto an FDB task; returns the sample folders."""
+    from interaction_jax.eval.fdb_v15 import clean_files
     from interaction_jax.features.audio import ensure_audio, save_wav
 
     todo = []
@@ -220,6 +225,11 @@ def write_fdb_inputs(episodes: Sequence[Episode], root: str, *, overwrite: bool 
             write_json(os.path.join(tmp, TRANSCRIPTION_JSON), fdb_transcription(ep.user_words, ep.other_words,
                                                                                 ep.duration))
             write_json(os.path.join(tmp, FDB_TASKS[task]), _jsonable(annotation))
+            for name, obj in (clean_files(ep, task, annotation, audio, FDB_SAMPLE_RATE) or {}).items():
+                if name.endswith(".wav"):
+                    save_wav(os.path.join(tmp, name), obj, FDB_SAMPLE_RATE)
+                else:
+                    write_json(os.path.join(tmp, name), _jsonable(obj))
             _replace_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -330,9 +340,11 @@ def export_fdb(engine, input_root: str, output_root: str | None = None, *, task:
     `detect_task(input_root)`. Returns the `EpisodeRun`s in sample order (all of each run's words;
     output.json may keep fewer, see the module docstring).
     """
+    from interaction_jax.eval.fdb_v15 import CLEAN_OUTPUTS, export_clean, load_clean
     from interaction_jax.eval.runner import run_episodes
     from interaction_jax.features.audio import save_wav
 
+    outputs = (OUTPUT_WAV, OUTPUT_JSON, *CLEAN_OUTPUTS)
     output_root = output_root or input_root
     sr = int(engine.feature_params.sample_rate)
     ids = sample_dirs(input_root)
@@ -340,11 +352,12 @@ def export_fdb(engine, input_root: str, output_root: str | None = None, *, task:
     if task not in FDB_TASKS:
         raise FdbError(f"fdb: unknown task {task!r}; known: {', '.join(FDB_TASKS)}")
     audio = load_samples(input_root, sr)  # every input is checked before anything runs
+    clean = load_clean(input_root, ids, sr)
     after = {sid: _interrupt_end(os.path.join(input_root, sid)) if task == "user_interruption" else 0.0
              for sid in ids}
     same = os.path.abspath(output_root) == os.path.abspath(input_root)
     if not overwrite:
-        existing = [os.path.join(output_root, sid, name) for sid in audio for name in (OUTPUT_WAV, OUTPUT_JSON)
+        existing = [os.path.join(output_root, sid, name) for sid in audio for name in outputs
                     if os.path.exists(os.path.join(output_root, sid, name))]
         if existing:
             raise FdbError(f"fdb: {len(existing)} outputs already exist (e.g. {existing[0]}); pass overwrite=True "
@@ -359,7 +372,7 @@ def export_fdb(engine, input_root: str, output_root: str | None = None, *, task:
         src = os.path.join(input_root, ep.episode_id)
         if not same:  # FDB's scripts read input.wav and the annotation beside the outputs
             for name in sorted(os.listdir(src)):
-                if name not in (OUTPUT_WAV, OUTPUT_JSON) and os.path.isfile(os.path.join(src, name)):
+                if name not in outputs and os.path.isfile(os.path.join(src, name)):
                     _copy(os.path.join(src, name), os.path.join(out_dir, name))
         n_out = int(_output_frames(os.path.join(src, INPUT_WAV), len(audio[ep.episode_id]), sr))
         save_wav(os.path.join(out_dir, OUTPUT_WAV), output_waveform(run, engine, n_out, n_iter), FDB_SAMPLE_RATE)
@@ -368,6 +381,7 @@ def export_fdb(engine, input_root: str, output_root: str | None = None, *, task:
     if log:
         print(f"[fdb] {task}: wrote {OUTPUT_WAV} + {OUTPUT_JSON} for {len(runs)} samples to {output_root}",
               flush=True)
+    export_clean(engine, clean, input_root, output_root, seed=seed, n_iter=n_iter, log=log)
     return runs
 
 

@@ -55,9 +55,11 @@ def test_one_root_per_task_holding_only_its_samples(episodes, exported):
     assert os.listdir(os.path.join(out, "user_interruption")) == [ui.episode_id]
     for task, ep in (("smooth_turn_taking", tt), ("user_interruption", ui)):
         d = os.path.join(out, task, ep.episode_id)
+        v15 = ["clean_input.wav", "clean_input.json", "input.json", "metadata.json", "clean_output.wav",
+               "clean_output.json"] if task == "user_interruption" else []  # only an interruption has a clean pair
         assert sorted(os.listdir(d)) == sorted(["input.wav", "output.wav", "output.json", "transcription.json",
                                                 "episode.json", fdb.FDB_TASKS[task], "timing.json",
-                                                "output_audio.json"])
+                                                "output_audio.json", *v15])
         assert fdb.detect_task(os.path.join(out, task)) == task
 
 
@@ -109,11 +111,53 @@ def test_layout_as_fdb_readers_read_it(episodes, exported):
         assert all(set(c) == {"text", "timestamp"} for s in tr for c in s["item"])
         with open(os.path.join(d, "episode.json")) as f:
             assert json.load(f)["episode_id"] == ep.episode_id
-        assert not os.path.exists(os.path.join(d, "metadata.json"))  # v1.5's name, not its keys: not used
+        assert os.path.exists(os.path.join(d, "metadata.json")) == (task == "user_interruption")  # v1.5's file
         for name in os.listdir(d):
             assert _mode(os.path.join(d, name)) == 0o644, name
         assert _mode(d) == 0o755
     assert any(r.words for rs in runs.values() for r in rs)  # a random model babbles: chunk checks not vacuous
+
+
+def _words(obj):
+    return [(c["text"], c["timestamp"][0]) for c in obj["chunks"]]
+
+
+def test_v15_clean_pair_as_its_readers_read_it(episodes, exported):
+    """FDB v1.5: clean_input.wav = the input without the interruption; the four transcripts eval_behavior.py
+    opens; metadata.json's keys and event window; clean_output.wav/json beside output.wav (general_before_after)."""
+    out, _ = exported
+    ep = episodes[1]
+    onset = ep.metadata["interruption_onset"]
+    d = os.path.join(out, "user_interruption", ep.episode_id)
+    x, sr = sf.read(os.path.join(d, "input.wav"), dtype="int16")
+    c, sr_c = sf.read(os.path.join(d, "clean_input.wav"), dtype="int16")
+    k = int(round(onset * 16000))
+    assert sr == sr_c == 16000 and c.ndim == 1 and len(c) == len(x) == ep.num_samples
+    np.testing.assert_array_equal(c[:k], x[:k])  # the context is untouched
+    assert not c[k:].any() and np.abs(x[k:].astype(np.int32)).max() > 300  # the interruption is gone
+    with open(os.path.join(d, "metadata.json")) as f:
+        md = json.load(f)
+    with open(os.path.join(d, "interrupt.json")) as f:
+        ann = json.load(f)[0]
+    assert set(md) == {"context_text", "current_turn_text", "timestamps"}
+    assert md["timestamps"] == ann["timestamp"] and md["timestamps"][0] == pytest.approx(onset, abs=1e-3)
+    assert md["current_turn_text"] == " ".join(w.text for w in ep.user_words if w.start >= onset)
+    assert md["context_text"] == " ".join(w.text for w in ep.user_words if w.start < onset)
+    for name in ("input.json", "clean_input.json", "output.json", "clean_output.json"):  # eval_behavior.py's four
+        with open(os.path.join(d, name)) as f:
+            obj = json.load(f)
+        assert set(obj) == {"text", "chunks"} and obj["text"] == " ".join(t for t, _ in _words(obj)), name
+        if name == "input.json":
+            assert _words(obj) == [(w.text, pytest.approx(w.start, abs=1e-3)) for w in ep.user_words]
+        if name == "clean_input.json":
+            assert _words(obj) == [(w.text, pytest.approx(w.start, abs=1e-3)) for w in ep.user_words
+                                   if w.start < onset]
+    y, sr_y = sf.read(os.path.join(d, "clean_output.wav"), dtype="int16")
+    assert sr_y == 16000 and y.ndim == 1 and len(y) == len(c) and np.any(y)
+    with open(os.path.join(d, "clean_output.json")) as f:
+        assert all(0 <= s <= ep.duration for _, s in _words(json.load(f)))
+    for name in ("clean_input.wav", "clean_output.wav", "clean_output.json", "metadata.json", "input.json"):
+        assert _mode(os.path.join(d, name)) == 0o644, name
 
 
 def test_export_times_the_model_speech_from_its_audio(episodes, exported, tmp_path):
@@ -209,6 +253,17 @@ def test_bad_inputs_name_the_sample(exported, episodes, engine, tmp_path):
         fdb.export_fdb(engine, str(tmp_path / "empty"))
     with pytest.raises(fdb.FdbError, match="exists"):  # inputs are not clobbered either
         fdb.write_fdb_inputs(episodes, out)
+
+
+def test_bad_clean_input_fails_before_any_run(exported, episodes, engine, tmp_path):
+    out, _ = exported
+    bad = tmp_path / "user_interruption"
+    shutil.copytree(os.path.join(out, "user_interruption"), bad)
+    sid = episodes[1].episode_id
+    (bad / sid / "clean_input.wav").write_bytes(b"RIFF garbage, not a wav file")
+    with pytest.raises(fdb.FdbError, match=f"sample '{sid}'.*cannot decode"):
+        fdb.export_fdb(engine, str(bad), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_crash_leaves_no_partial_output(exported, episodes, engine, tmp_path, monkeypatch):
