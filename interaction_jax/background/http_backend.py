@@ -7,8 +7,10 @@ Ollama's /v1 endpoint, ...).
 
 The API key is read from the environment variable *named* in the config at request time and
 is never stored on the object, logged, or put into an error message (a server that echoes the
-Authorization header back in its error body gets the key redacted), because error messages
-become tokens the interaction model reads and are logged with the session.
+Authorization header back in its error body gets the key redacted). Each error carries a short
+`kind` ("http 500", "unreachable", "malformed response", ...): that is all the interaction model
+reads (`error: <kind>` in its background slots); the full message, with the endpoint URL, goes
+to the host log only.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ _MAX_ERROR_BODY = 300
 
 
 class HTTPBackendError(RuntimeError):
-    """The endpoint failed; the message is safe to log and to show to the interaction model."""
+    """The endpoint failed; the message (safe to log) names the URL, `kind` is the short form the model reads."""
+
+    def __init__(self, message: str, kind: str = "failed"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class OpenAIChatBackend:
@@ -75,13 +81,14 @@ class OpenAIChatBackend:
             return ""
         key = os.environ.get(self.api_key_env, "")
         if not key:
-            raise HTTPBackendError(f"environment variable {self.api_key_env} (background.api_key_env) is not set")
+            raise HTTPBackendError(f"environment variable {self.api_key_env} (background.api_key_env) is not set",
+                                   "api key not set")
         return key
 
-    def _fail(self, message: str, key: str) -> HTTPBackendError:
+    def _fail(self, message: str, key: str, kind: str) -> HTTPBackendError:
         if key:
             message = message.replace(key, "***")
-        return HTTPBackendError(f"{self.url}: {message}")
+        return HTTPBackendError(f"{self.url}: {message}", kind)
 
     def stream(self, package: ContextPackage, cancel: threading.Event) -> Iterator[str]:
         key = self._api_key()
@@ -100,10 +107,10 @@ class OpenAIChatBackend:
             resp = urllib.request.urlopen(req, timeout=self.timeout_s)
         except urllib.error.HTTPError as e:
             detail = e.read(_MAX_ERROR_BODY).decode("utf-8", "replace").strip()
-            raise self._fail(f"HTTP {e.code} {e.reason}: {detail}", key) from None
+            raise self._fail(f"HTTP {e.code} {e.reason}: {detail}", key, f"http {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise self._fail(f"cannot connect: {reason}", key) from None
+            raise self._fail(f"cannot connect: {reason}", key, "unreachable") from None
         with resp:
             yield from self._read_events(resp, cancel, key)
 
@@ -112,7 +119,7 @@ class OpenAIChatBackend:
             while not cancel.is_set():
                 raw = resp.readline()
                 if not raw:
-                    raise self._fail("stream ended without 'data: [DONE]'", key)
+                    raise self._fail("stream ended without 'data: [DONE]'", key, "incomplete response")
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
                     continue  # blank separators, comments (":"), event:/id: fields
@@ -122,14 +129,16 @@ class OpenAIChatBackend:
                 try:
                     msg = json.loads(data)
                 except json.JSONDecodeError:
-                    raise self._fail(f"malformed JSON in stream: {data[:80]!r}", key) from None
+                    raise self._fail(f"malformed JSON in stream: {data[:80]!r}", key, "malformed response") from None
                 if isinstance(msg, dict) and "error" in msg:
-                    raise self._fail(f"server error in stream: {str(msg['error'])[:_MAX_ERROR_BODY]}", key)
+                    detail = str(msg["error"])[:_MAX_ERROR_BODY]
+                    raise self._fail(f"server error in stream: {detail}", key, "server error")
                 try:
                     content = msg["choices"][0].get("delta", {}).get("content") if msg.get("choices") else None
                 except (AttributeError, KeyError, IndexError, TypeError):
-                    raise self._fail(f"unexpected chunk shape: {data[:80]!r}", key) from None
+                    raise self._fail(f"unexpected chunk shape: {data[:80]!r}", key, "malformed response") from None
                 if content:
                     yield content
         except (TimeoutError, OSError) as e:
-            raise self._fail(f"read failed: {e}", key) from None
+            kind = "read timeout" if isinstance(e, TimeoutError) else "read failed"
+            raise self._fail(f"read failed: {e}", key, kind) from None

@@ -10,6 +10,10 @@ finished, its terminal event (cancelled / error) is emitted at once, its concurr
 freed, and whatever its thread produces afterwards is dropped. The thread is also told through a
 `threading.Event` so cooperative backends stop early (the HTTP backend closes its connection at
 the next line; its socket timeout bounds how long an abandoned thread can linger).
+
+An error reaches the interaction model as a short text, `error: <kind>` (`error_text`): every
+character costs background-slot tokens, so a full message with an endpoint URL would take
+some twenty micro-turns to deliver. The full message goes to the host log (warning level).
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ from interaction_jax.background.protocol import (
 )
 
 log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 40  # of the error text the model reads
+
+
+def error_text(error: BaseException | str) -> str:
+    """`error: <kind>`, at most MAX_ERROR_CHARS: the exception's `kind` if it has one, else its message cut short."""
+    if isinstance(error, str):
+        kind = error
+    elif getattr(error, "kind", None):
+        kind = str(error.kind)
+    elif isinstance(error, TimeoutError):
+        kind = "timeout"
+    else:
+        kind = " ".join(str(error).split()) or type(error).__name__
+    text = f"error: {kind}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3].rstrip() + "..."
 
 
 class Backend(Protocol):
@@ -41,7 +60,8 @@ class Backend(Protocol):
 
     `cancel` is set when the job is cancelled or timed out; long-running backends should check it
     (or wait on it instead of sleeping) and return early. Exceptions become error events whose
-    text is `str(exception)`, so messages must be safe to show (no secrets).
+    text is `error_text(exception)` (its `kind` attribute, if any, else its message cut short);
+    the full message is logged on the host, so messages must be safe to log (no secrets).
     """
 
     name: str
@@ -208,8 +228,10 @@ class BackgroundRunner:
             jobs = self._jobs.values()
             due = [j for j in jobs if j.state == "running" and j.deadline is not None and now >= j.deadline]
             for j in due:
-                msg = f"background job {j.job_id} timed out after {self.timeout_s:g} s"
-                self._finish_locked(j, DelegationEvent(ERROR, j.job_id, j.package.session_id, now, msg))
+                log.warning("background job %d (session %s) timed out after %g s", j.job_id,
+                            j.package.session_id, self.timeout_s)
+                text = error_text("timeout")
+                self._finish_locked(j, DelegationEvent(ERROR, j.job_id, j.package.session_id, now, text))
 
     def _work(self, job: _Job) -> None:
         pieces: list[str] = []
@@ -229,9 +251,9 @@ class BackgroundRunner:
                     return
             self._emit(job, DONE, "".join(pieces))
         except Exception as e:  # noqa: BLE001 - a backend failure must become an event, never a crash
-            msg = str(e) or type(e).__name__
-            log.info("background job %d failed: %s", job.job_id, msg)
-            self._emit(job, ERROR, msg)
+            log.warning("background job %d (session %s) failed: %s", job.job_id, job.package.session_id,
+                        str(e) or type(e).__name__)
+            self._emit(job, ERROR, error_text(e))
         finally:
             close = getattr(stream, "close", None)
             if close is not None:

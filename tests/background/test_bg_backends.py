@@ -144,36 +144,39 @@ def test_http_backend_streams_and_sends_the_key(server, monkeypatch, caplog):
 
 
 @pytest.mark.parametrize(
-    "route, match",
+    "route, text, match",
     [
-        ("err500", "HTTP 500"),
-        ("badjson", "malformed JSON"),
-        ("truncated", "without 'data: \\[DONE\\]'"),
-        ("streamerror", "model overloaded"),
-        ("unknown", "HTTP 404"),
+        ("err500", "error: http 500", "HTTP 500"),
+        ("badjson", "error: malformed response", "malformed JSON"),
+        ("truncated", "error: incomplete response", "without 'data: \\[DONE\\]'"),
+        ("streamerror", "error: server error", "model overloaded"),
+        ("unknown", "error: http 404", "HTTP 404"),
     ],
 )
-def test_http_server_errors_become_clear_error_events(server, monkeypatch, caplog, route, match):
+def test_http_server_errors_become_short_error_events_with_the_detail_in_the_log(
+        server, monkeypatch, caplog, route, text, match):
+    """The model reads `error: <kind>` (a few slot tokens); the URL and the server's words go to the host log."""
     monkeypatch.setenv("BG_TEST_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     b = OpenAIChatBackend(f"{server}/{route}/chat/completions", "m", api_key_env="BG_TEST_KEY")
     events = _run(b)
     err = events[-1]
-    assert err.kind == "error"
-    assert re.search(match, err.text), err.text
-    assert b.url in err.text
+    assert err.kind == "error" and err.text == text
+    assert b.url in caplog.text and re.search(match, caplog.text), caplog.text
     assert all(KEY not in e.text for e in events) and KEY not in caplog.text
 
 
-def test_http_connection_refused_and_missing_key(monkeypatch):
+def test_http_connection_refused_and_missing_key(monkeypatch, caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     monkeypatch.setenv("BG_TEST_KEY", KEY)
     events = _run(OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "m", api_key_env="BG_TEST_KEY", timeout_s=2))
-    assert events[-1].kind == "error" and "cannot connect" in events[-1].text and KEY not in events[-1].text
+    assert (events[-1].kind, events[-1].text) == ("error", "error: unreachable")
+    assert "cannot connect" in caplog.text and f"127.0.0.1:{port}" in caplog.text and KEY not in caplog.text
     monkeypatch.delenv("BG_TEST_KEY")
     events = _run(OpenAIChatBackend("http://127.0.0.1:1/v1", "m", api_key_env="BG_TEST_KEY"))
-    assert events[-1].kind == "error" and "BG_TEST_KEY" in events[-1].text and "not set" in events[-1].text
+    assert (events[-1].kind, events[-1].text) == ("error", "error: api key not set")
+    assert "BG_TEST_KEY" in caplog.text and "not set" in caplog.text
     with pytest.raises(ValueError, match="http://"):
         OpenAIChatBackend("ftp://x", "m")

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from interaction_jax.background import BackgroundRunner, ToolBackend, make_runner
+from interaction_jax.background.runner import MAX_ERROR_CHARS, error_text
 from interaction_jax.config_lib import base_config
 
 from .helpers import package, wait_for
@@ -131,30 +132,41 @@ def test_cancel_and_cancel_session():
     assert runner.poll() == []  # nothing after a terminal event
 
 
-def test_timeout_gives_error_event_and_frees_the_slot():
+def test_timeout_gives_error_event_and_frees_the_slot(caplog):
     runner = BackgroundRunner(SleepyBackend(3.0), max_concurrent=1, timeout_s=0.2)
     a = runner.submit(package())
     events = wait_for(runner, 1, timeout=2.0)
     assert events[-1].kind == "error" and events[-1].job_id == a
-    assert "timed out after 0.2 s" in events[-1].text
+    assert events[-1].text == "error: timeout" and "timed out after 0.2 s" in caplog.text
     runner.backend = ToolBackend()  # the abandoned thread no longer holds the only slot
     b = runner.submit(package("what is 1 plus 1"))
     events = wait_for(runner, 1, timeout=2.0)
     assert [(e.job_id, e.kind, e.text) for e in events if e.terminal] == [(b, "done", "2")]
 
 
-def test_backend_exception_becomes_error_event():
+def test_backend_exception_becomes_error_event(caplog):
     runner = BackgroundRunner(FailingBackend(), timeout_s=10)
     a = runner.submit(package())
     b = runner.submit(package())
     events = wait_for(runner, 2)
     for j in (a, b):
         kinds = [(e.kind, e.text) for e in events if e.job_id == j]
-        assert kinds == [("chunk", "partial "), ("error", "model server exploded")]
+        assert kinds == [("chunk", "partial "), ("error", "error: model server exploded")]
     unservable = BackgroundRunner(ToolBackend(), timeout_s=10)
     unservable.submit(package("sing me a song"))
     (err,) = [e for e in wait_for(unservable, 1) if e.terminal]
-    assert err.kind == "error" and "cannot serve" in err.text
+    assert err.kind == "error" and err.text.startswith("error: answer_request: cannot serve")
+    assert len(err.text) <= MAX_ERROR_CHARS and "sing me a song" in caplog.text  # the detail is in the log
+
+
+def test_error_texts_are_short_kinds():
+    class Kinded(RuntimeError):
+        kind = "http 503"
+
+    assert error_text(Kinded("http://very.long.example.com/v1/chat/completions: HTTP 503 ...")) == "error: http 503"
+    assert error_text(TimeoutError()) == "error: timeout"
+    long = error_text(RuntimeError("x" * 200))
+    assert len(long) == MAX_ERROR_CHARS and long.startswith("error: xxx") and long.endswith("...")
 
 
 def test_close_and_arguments():

@@ -240,7 +240,7 @@ def test_failing_backend_yields_error_in_slots(engine, delegate_episode, monkeyp
         s.push(chunk)
         sched.tick()
     (log,) = s.delegation_log()
-    msg = f"offline: {_request(ep)[1][:6]}"
+    msg = f"error: offline: {_request(ep)[1][:6]}"  # the short form the model reads
     assert [(log.time, log.request)] == pack.delegation_requests(s.transcript(), TOK)
     r = round(log.time + DELAY, 6)
     assert (log.status, log.result, log.result_time) == ("error", msg, r)
@@ -262,7 +262,7 @@ def test_live_timeout_becomes_error_event(engine, delegate_episode, monkeypatch)
         if s.delegation_log():
             time.sleep(0.05)  # let wall time pass the 0.2 s job timeout while the session goes on
     (log,) = s.delegation_log()
-    assert log.status == "error" and "timed out" in log.result
+    assert (log.status, log.result) == ("error", "error: timeout")
     text = TOK.decode(np.concatenate(fed[s.slot]), keep_control=True)
     assert text == f"<BG_ERROR>{log.result}<BG_END>"
     s.close()
