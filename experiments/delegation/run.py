@@ -39,23 +39,30 @@ from interaction_jax import cli
 
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "tiny.py")
-cli.DEFINE_config("config", "Config file (default configs/tiny.py).")
-flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
-flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint (needs --workdir) or random.")
-flags.DEFINE_integer("num_examples", 100, "Held-out delegation episodes.")
-flags.DEFINE_enum("task", "delegation", ["delegation", "delegation_typed", "delegation_spoken"],
-                  "Episode generator: questions typed or spoken (delegation), all typed or all spoken.")
-flags.DEFINE_integer("seed", 3_000_000, "Episode i uses seed + i (disjoint from data.seed / data.eval_seed ranges).")
-flags.DEFINE_float("episode_seconds", None, "Episode length (default: config.data.episode_seconds).")
-flags.DEFINE_float("sim_delay_s", None, "Session s from request to result (default: config.background.sim_delay_s).")
-flags.DEFINE_integer("slots", None, "Sessions run together (default: config.inference.slots).")
-flags.DEFINE_integer("session_seed", 0, "Sampling seed of episode i's session is session_seed + i.")
-flags.DEFINE_bool("teacher_force", False, "Oracle: force the episode's own model output (must score 1.0).")
-flags.DEFINE_bool("force_audio", False, "Diagnostic: the model hears the episode's own model speech as its "
-                  "audio input (instead of its generated audio); its text is sampled as usual.")
-flags.DEFINE_string("out", "experiments/delegation/results.json", "JSON results file.")
-flags.DEFINE_string("plot_dir", "", "If set: a timeline PNG for each of the first --num_plots delegate episodes.")
-flags.DEFINE_integer("num_plots", 3, "Timelines to draw with --plot_dir.")
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import this module in-process)."""
+    cli.DEFINE_config("config", "Config file (default configs/tiny.py).")
+    flags.DEFINE_string("workdir", None, "Training run directory: parameters from its newest checkpoint.")
+    flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"],
+                      "Parameters: checkpoint (needs --workdir) or random.")
+    flags.DEFINE_integer("num_examples", 100, "Held-out delegation episodes.")
+    flags.DEFINE_enum("task", "delegation", ["delegation", "delegation_typed", "delegation_spoken"],
+                      "Episode generator: questions typed or spoken (delegation), all typed or all spoken.")
+    flags.DEFINE_integer("seed", 3_000_000,
+                         "Episode i uses seed + i (disjoint from data.seed / data.eval_seed ranges).")
+    flags.DEFINE_float("episode_seconds", None, "Episode length (default: config.data.episode_seconds).")
+    flags.DEFINE_float("sim_delay_s", None,
+                       "Session s from request to result (default: config.background.sim_delay_s).")
+    flags.DEFINE_integer("slots", None, "Sessions run together (default: config.inference.slots).")
+    flags.DEFINE_integer("session_seed", 0, "Sampling seed of episode i's session is session_seed + i.")
+    flags.DEFINE_bool("teacher_force", False, "Oracle: force the episode's own model output (must score 1.0).")
+    flags.DEFINE_bool("force_audio", False, "Diagnostic: the model hears the episode's own model speech as its "
+                      "audio input (instead of its generated audio); its text is sampled as usual.")
+    flags.DEFINE_string("out", "experiments/delegation/results.json", "JSON results file.")
+    flags.DEFINE_string("plot_dir", "", "If set: a timeline PNG for each of the first --num_plots delegate episodes.")
+    flags.DEFINE_integer("num_plots", 3, "Timelines to draw with --plot_dir.")
 
 
 def is_computed(request: str) -> bool:
@@ -349,4 +356,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, name="delegation")
+    cli.run(main, name="delegation", define_flags=_define_flags)

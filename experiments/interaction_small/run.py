@@ -39,16 +39,21 @@ import report as report_lib  # noqa: E402  (experiments/interaction_small/report
 
 STAGES = ("prepare", "train", "select", "evaluate", "curve", "report")
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(HERE, "config.py"), "Experiment config.", lock_config=True)
-flags.DEFINE_string("workdir", "runs/interaction_small", "Data, run and evaluation outputs.")
-flags.DEFINE_list("stages", list(STAGES), "Stages to run, in order.")
-flags.DEFINE_list("redo", [], "Stages whose saved outputs are recomputed.")
-flags.DEFINE_integer("num_examples", 50, "Test episodes per benchmark task.")
-flags.DEFINE_integer("select_examples", 8, "Validation episodes per task for choosing the decoding settings.")
-flags.DEFINE_list("temperatures", ["0.3", "0.7"], "Sampling temperatures tried on the validation range.")
-flags.DEFINE_integer("curve_every", 500, "Learning curve: evaluate every N steps' checkpoint (0 = off).")
-flags.DEFINE_integer("curve_examples", 8, "Learning curve: validation episodes per task and checkpoint.")
-flags.DEFINE_string("results", os.path.join(HERE, "results.json"), "Where the results JSON goes (results.md beside).")
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import this module in-process)."""
+    config_flags.DEFINE_config_file("config", os.path.join(HERE, "config.py"), "Experiment config.", lock_config=True)
+    flags.DEFINE_string("workdir", "runs/interaction_small", "Data, run and evaluation outputs.")
+    flags.DEFINE_list("stages", list(STAGES), "Stages to run, in order.")
+    flags.DEFINE_list("redo", [], "Stages whose saved outputs are recomputed.")
+    flags.DEFINE_integer("num_examples", 50, "Test episodes per benchmark task.")
+    flags.DEFINE_integer("select_examples", 8, "Validation episodes per task for choosing the decoding settings.")
+    flags.DEFINE_list("temperatures", ["0.3", "0.7"], "Sampling temperatures tried on the validation range.")
+    flags.DEFINE_integer("curve_every", 500, "Learning curve: evaluate every N steps' checkpoint (0 = off).")
+    flags.DEFINE_integer("curve_examples", 8, "Learning curve: validation episodes per task and checkpoint.")
+    flags.DEFINE_string("results", os.path.join(HERE, "results.json"),
+                        "Where the results JSON goes (results.md beside).")
 
 # Instructions typed where content must be copied (the headline), spoken for the same episodes.
 CONTENT_TASKS = ("timespeak", "cuespeak", "delegation")
@@ -269,4 +274,4 @@ if __name__ == "__main__":
     check_cli_overrides(sys.argv)
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, define_flags=_define_flags)

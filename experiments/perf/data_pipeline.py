@@ -22,10 +22,14 @@ from absl import flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
-flags.DEFINE_integer("batches", 20, "Batches timed per row.")
-flags.DEFINE_integer("episodes", 24, "Episodes in the prepared store.")
-flags.DEFINE_string("out", "experiments/perf/results/data_pipeline.json", "JSON output path.")
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import this module in-process)."""
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=True)
+    flags.DEFINE_integer("batches", 20, "Batches timed per row.")
+    flags.DEFINE_integer("episodes", 24, "Episodes in the prepared store.")
+    flags.DEFINE_string("out", "experiments/perf/results/data_pipeline.json", "JSON output path.")
 
 
 def _rate(it, batches: int, turns_per_batch: int) -> dict:
@@ -98,4 +102,4 @@ def main(argv):
 if __name__ == "__main__":
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, define_flags=_define_flags)

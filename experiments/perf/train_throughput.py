@@ -23,11 +23,15 @@ import numpy as np
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["tiny", "small", "small_moe"], "Config names under configs/.")
-flags.DEFINE_integer("steps", 5, "Timed steps per config.")
-flags.DEFINE_integer("batch_size", 1, "Batch size (0 = the config's).")
-flags.DEFINE_integer("window", 10, "Micro-turns per example (0 = the config's).")
-flags.DEFINE_string("out", "experiments/perf/results/train_throughput.json", "JSON output.")
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import this module in-process)."""
+    flags.DEFINE_list("configs", ["tiny", "small", "small_moe"], "Config names under configs/.")
+    flags.DEFINE_integer("steps", 5, "Timed steps per config.")
+    flags.DEFINE_integer("batch_size", 1, "Batch size (0 = the config's).")
+    flags.DEFINE_integer("window", 10, "Micro-turns per example (0 = the config's).")
+    flags.DEFINE_string("out", "experiments/perf/results/train_throughput.json", "JSON output.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -135,4 +139,4 @@ def main(argv):
 if __name__ == "__main__":
     from interaction_jax.cli import run as run_cli
 
-    run_cli(main)
+    run_cli(main, define_flags=_define_flags)

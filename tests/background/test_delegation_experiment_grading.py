@@ -15,18 +15,10 @@ RUN = Path(__file__).resolve().parents[2] / "experiments" / "delegation" / "run.
 
 @pytest.fixture(scope="module")
 def run_module():
-    """The script's grading functions; the absl flags it defines on import are removed again, so
-    later tests that invoke commands in-process (tests/test_cli_errors.py) can define theirs."""
-    from absl import flags
-
-    before = set(flags.FLAGS)
+    """The script's grading functions (importing it defines no absl flags)."""
     spec = importlib.util.spec_from_file_location("delegation_run", RUN)
     module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        for name in set(flags.FLAGS) - before:
-            delattr(flags.FLAGS, name)
+    spec.loader.exec_module(module)
     return module
 
 

@@ -1,0 +1,38 @@
+"""Scripts define their absl flags when run, not on import, so tests can import them in-process.
+
+A flag defined at import would clash with the flags of the next command a test invokes
+(`cli.invoke`), or with a second import of the same script.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from conftest import REPO
+
+SCRIPTS = [
+    "experiments/perf/data_pipeline.py",
+    "experiments/perf/train_throughput.py",
+    "experiments/interaction_small/run.py",
+    "experiments/interaction_small/ablations.py",
+    "experiments/delegation/run.py",
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_importing_a_script_defines_no_flags_and_define_flags_does(script):
+    from absl import app, flags  # noqa: F401 - absl.app defines its own flags (--pdb, ...) on first import
+
+    before = set(flags.FLAGS)
+    path = REPO / script
+    spec = importlib.util.spec_from_file_location(f"_imported_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(flags.FLAGS) == before, sorted(set(flags.FLAGS) - before)
+    try:
+        module._define_flags()
+        assert set(flags.FLAGS) - before  # the script's own flags, once it is run
+    finally:
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
