@@ -44,6 +44,8 @@ class ClientResult:
     errors: list[dict] = dataclasses.field(default_factory=list)
     done: dict | None = None
     close_code: int | None = None
+    sent_at: list[float] = dataclasses.field(default_factory=list)  # perf_counter after each chunk's audio was sent
+    audio_at: list[float] = dataclasses.field(default_factory=list)  # perf_counter when each turn's audio arrived
 
     def mel(self, turn_index: int) -> np.ndarray:
         """The mel of a turn message (hello with return_mel=True)."""
@@ -124,6 +126,7 @@ async def _run(ws, res: ClientResult, audio: np.ndarray, text_events: Sequence, 
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 res.audio.append(msg.data)
+                res.audio_at.append(time.perf_counter())
                 progress.set()
                 continue
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -160,6 +163,7 @@ async def _run(ws, res: ClientResult, audio: np.ndarray, text_events: Sequence, 
             for m in by_turn.pop(t, []):
                 await ws.send_str(json.dumps(m))
             await ws.send_bytes(pcm[2 * t * S : 2 * (t + 1) * S])
+            res.sent_at.append(time.perf_counter())
         if not task.done():
             for t in sorted(by_turn):
                 for m in by_turn[t]:
