@@ -7,7 +7,10 @@
 Held-out episodes (seeds disjoint from training, `eval/episodes.py`) run through the streaming
 engine as live sessions (`eval/runner.py`), graded on the model's time-stamped text stream
 (`eval/grading.py`, `eval/benchmarks.py`). `--baseline` adds the turn-based VAD cascade,
-`--oracle` the episodes' own target behaviour (the ceiling every metric can reach). Writes
+`--oracle` the episodes' own target behaviour (the ceiling every metric can reach). The fd
+benchmark also times the interruption stop and the turn-taking response from voice activity on
+each system's own waveform (the model's Griffin-Lim audio, the oracle's target recording;
+`_audio` keys, docs/evaluation.md); its headline rows stay on the text stream. Writes
 `results.json` (metrics, per-example window results, system outputs, commit, hardware) to
 `--out` (default WORKDIR/eval), prints a table; `--plot` adds timelines of the best and worst
 examples of each benchmark and a TimeSpeak timing-error histogram.
@@ -95,6 +98,18 @@ def make_engine(config, workdir: str | None, init: str, slots: int = 0, step: in
     return engine
 
 
+_AUDIO_TASKS = ("interruption", "turntaking")  # the fd tasks with audio-based measures (benchmarks.fd_audio)
+
+
+def _attach_speech(runs, params, n_iter: int) -> None:
+    """Sets `run.speech` (VAD segments of its Griffin-Lim waveform) on the runs of `_AUDIO_TASKS`."""
+    from interaction_jax.eval.audio_timing import run_speech
+
+    for run in runs:
+        if run.task in _AUDIO_TASKS:
+            run.speech = run_speech(run, params, n_iter)
+
+
 def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], num_examples: int, out_dir: str,
              baseline: bool = False, oracle: bool = False, plot: bool = False, seed: int = 0, slots: int = 0,
              episode_seconds: float = 0.0, asr: str | None = None, split: str = "test",
@@ -131,6 +146,8 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
     t0 = time.perf_counter()
     runs = {"model": run_episodes(engine, all_eps, seed=seed)}
     model_s = time.perf_counter() - t0
+    if "fd" in benchmarks:  # audio-based fd measures: VAD on the model's own waveform
+        _attach_speech(runs["model"], engine.feature_params, int(config.inference.griffin_lim_iters))
     if transcriber is not None:
         from interaction_jax.eval.spoken import spoken_runs
 
@@ -143,6 +160,12 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
         runs["turn-based baseline"] = run_baseline(all_eps)
     if oracle:
         runs["oracle (targets)"] = [ground_truth_run(ep, config=config) for ep in all_eps]
+        if "fd" in benchmarks:  # the targets' own recorded speech
+            from interaction_jax.eval.audio_timing import speech_segments
+
+            for ep, run in zip(all_eps, runs["oracle (targets)"], strict=True):
+                if ep.task in _AUDIO_TASKS:
+                    run.speech = speech_segments(ep.model_audio, ep.sample_rate)
     results: dict = {"metrics": {s: {} for s in runs}, "metrics_by_mode": {s: {} for s in runs}, "examples": {}}
     masks = bm.gradable(all_eps, config=config)  # the targets are packed and graded once per episode
     for b in benchmarks:

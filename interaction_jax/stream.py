@@ -9,7 +9,8 @@ live client would (typed text from `--text_events`, a JSON list of {"time": s, "
 video frames from `--video`, image files named by their time in seconds, e.g. `1.5.png`).
 Writes to `--out`: model.wav (the model's speech on the session clock, Griffin-Lim, peak-limited
 to 0.9, exactly as long as the input),
-transcript.json (model words with start/end), events.json (control events, delegation
+transcript.json (model words with their text-stream start/end and, re-timed on model.wav by its
+voice activity, audio_start/audio_end; `transcript_json`), events.json (control events, delegation
 requests, per-step latency, memory) and timeline.png. `--realtime` paces chunks at wall-clock
 micro-turns and counts missed deadlines (a step that took longer than one micro-turn).
 """
@@ -168,6 +169,23 @@ def _chunks(layout, audio, text, video, sr):
     return episode_chunks(ep, layout)
 
 
+def transcript_json(words, tokens, model_wav: np.ndarray, sr: int) -> dict:
+    """transcript.json: words with their text-stream times and, re-timed on model.wav, `audio_start`/`audio_end`.
+
+    The audio times come from the energy VAD on the model's own waveform (eval/audio_timing.py):
+    each word goes to the speech segment it overlaps most and shares its span by characters;
+    a word with no audible segment gets null. `speech` lists the segments themselves.
+    """
+    from interaction_jax.eval.audio_timing import speech_segments, word_audio_times
+
+    segments = speech_segments(model_wav, sr)
+    times = word_audio_times(words, segments)
+    return {"words": [{"text": w.text, "start": w.start, "end": w.end, "audio_start": t[0] if t else None,
+                       "audio_end": t[1] if t else None} for w, t in zip(words, times, strict=True)],
+            "speech": [list(seg) for seg in segments],
+            "tokens": [{"time": t_s, "id": tok} for t_s, tok in tokens]}
+
+
 def _timeline(path: str, tr, layout) -> None:
     import matplotlib
 
@@ -233,10 +251,10 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
     tr = session.transcript()
     os.makedirs(out_dir, exist_ok=True)
     # output starts one micro-turn in; on the input's clock and exactly as long as the input
-    save_wav(os.path.join(out_dir, "model.wav"), on_input_clock(session.waveform(), tr.mel_start, sr, len(audio)), sr)
+    model_wav = on_input_clock(session.waveform(), tr.mel_start, sr, len(audio))
+    save_wav(os.path.join(out_dir, "model.wav"), model_wav, sr)
     with open(os.path.join(out_dir, "transcript.json"), "w") as f:
-        json.dump({"words": [{"text": w.text, "start": w.start, "end": w.end} for w in tr.words],
-                   "tokens": [{"time": t_s, "id": tok} for t_s, tok in tr.tokens]}, f, indent=1)
+        json.dump(transcript_json(tr.words, tr.tokens, model_wav, sr), f, indent=1)
     lat = np.array(sched.latencies)
     summary = {
         "duration_s": duration,

@@ -130,25 +130,47 @@ def text_segments(words: Sequence[Word], hangover_s: float = VadParams.hangover_
     return [(a, b) for a, b in out]
 
 
-def align_words(words: Sequence[Word], segments: Sequence[Segment], slack_s: float = ALIGN_SLACK_S) -> list[Word]:
-    """Text-stream words re-timed onto the audio segments (module docstring); unvoiced words are dropped."""
-    groups: dict[int, list[Word]] = {}
-    for w in sorted(words, key=lambda w: w.start):
-        best, best_overlap = None, 0.0
+def _assign(words: Sequence[Word], segments: Sequence[Segment], slack_s: float) -> dict[int, list[int]]:
+    """{segment index: indices of the words it holds, by start time}: each word to the segment it overlaps most."""
+    groups: dict[int, list[int]] = {}
+    for i in sorted(range(len(words)), key=lambda i: words[i].start):
+        w, best, best_overlap = words[i], None, 0.0
         for k, (a, b) in enumerate(segments):
             overlap = min(b, w.end + slack_s) - max(a, w.start)
             if overlap > best_overlap:
                 best, best_overlap = k, overlap
         if best is not None:
-            groups.setdefault(best, []).append(w)
-    out = []
-    for k in sorted(groups):
+            groups.setdefault(best, []).append(i)
+    return groups
+
+
+def word_audio_times(words: Sequence[Word], segments: Sequence[Segment],
+                     slack_s: float = ALIGN_SLACK_S) -> list[Segment | None]:
+    """Per word, in the given order: its (start, end) on the audio segments (module docstring), None if unvoiced."""
+    out: list[Segment | None] = [None] * len(words)
+    for k, idx in _assign(words, segments, slack_s).items():
         a, b = segments[k]
-        weights = np.array([len(w.text) + 1.0 for w in groups[k]])
+        weights = np.array([len(words[i].text) + 1.0 for i in idx])
         edges = a + (b - a) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
-        out += [Word(w.text, round(float(s), 4), round(float(e), 4)) for w, s, e in zip(groups[k], edges[:-1],
-                                                                                            edges[1:], strict=True)]
+        for i, s, e in zip(idx, edges[:-1], edges[1:], strict=True):
+            out[i] = (round(float(s), 4), round(float(e), 4))
     return out
+
+
+def align_words(words: Sequence[Word], segments: Sequence[Segment], slack_s: float = ALIGN_SLACK_S) -> list[Word]:
+    """Text-stream words re-timed onto the audio segments (module docstring); unvoiced words are dropped."""
+    times = word_audio_times(words, segments, slack_s)
+    out = [Word(w.text, *t) for w, t in zip(words, times, strict=True) if t is not None]
+    return sorted(out, key=lambda w: w.start)
+
+
+def run_speech(run, params, n_iter: int = 32, vad: VadParams = VadParams()) -> list[Segment] | None:
+    """VAD segments of a run's own waveform (Griffin-Lim of its mel on the episode clock); None if it has no mel."""
+    if run.mel is None:
+        return None
+    from interaction_jax.eval.spoken import episode_audio
+
+    return speech_segments(episode_audio(run, params, n_iter), int(params.sample_rate), vad)
 
 
 # ---- metrics -------------------------------------------------------------------------------------
@@ -173,7 +195,8 @@ def fdb_turn(words: Sequence[Word], turn_end: float) -> tuple[int, float | None]
     return 1, max(0.0, words[0].start - turn_end)
 
 
-def _window_metrics(segments: Sequence[Segment], windows: Sequence[Mapping]) -> list[dict]:
+def window_metrics(segments: Sequence[Segment], windows: Sequence[Mapping]) -> list[dict]:
+    """Per `stop` / `no_stop` window ({"kind", "start", "end"}): its audio measures (module docstring)."""
     out = []
     for w in windows:
         kind, start, end = w.get("kind"), float(w["start"]), float(w["end"])
@@ -216,7 +239,7 @@ def timing_metrics(segments: Sequence[Segment], words: Sequence[Word], *, durati
     if task == "backchannel" or task is None:
         short = sum(1 for a, b in segments if b - a < SHORT_SEGMENT_S)
         m["short_segments_per_s"] = round(short / duration, 4) if duration > 0 else None
-    wm = _window_metrics(segments, windows)
+    wm = window_metrics(segments, windows)
     if wm:
         m["windows"] = wm
     return m
@@ -384,5 +407,6 @@ if __name__ == "__main__":
     run(main)
 
 
-__all__ = ["VadParams", "align_words", "fdb_turn", "first_onset", "frame_levels_db", "sample_timing",
-           "speaking_at", "speech_segments", "summarize", "text_segments", "timing_metrics", "write_timing"]
+__all__ = ["VadParams", "align_words", "fdb_turn", "first_onset", "frame_levels_db", "run_speech", "sample_timing",
+           "speaking_at", "speech_segments", "summarize", "text_segments", "timing_metrics", "window_metrics",
+           "word_audio_times", "write_timing"]

@@ -19,7 +19,10 @@ model either. Definitions (FD-bench v1.5 style where it has one):
              it should talk through); talking to others / background speech: false-response rate
              (any word in a segment's window); turn-taking: takeover rate (speaks within 3 s after
              the question), response latency median / p90 over takeovers, answer accuracy,
-             barge-in rate (speaks while the user asks).
+             barge-in rate (speaks while the user asks). Beside these text-stream measures, the
+             same stop rate / stop latency and takeover / response latency from voice activity on
+             the system's own waveform (keys ending `_audio`, `fd_audio`; runs whose `speech` is None,
+             e.g. the cascade, get None). The table's headline rows are the text-stream ones.
   delegation precision / recall of DELEGATE against the delegate windows, result-to-speech delay.
 """
 
@@ -166,6 +169,7 @@ def fd(items) -> dict:
                 latencies.append(first - q_end)
             answers.append(r.passed)
     return {
+        **fd_audio(items),
         "interruption_stop_rate": _rate([r.passed for r in speaking]),
         "interruption_stop_latency_median_s": _pct(stop_lat, 50),
         "interruption_examples": len(stops), "interruption_speaking_at_onset": len(speaking),
@@ -176,6 +180,43 @@ def fd(items) -> dict:
         "turn_taking_latency_median_s": _pct(latencies, 50), "turn_taking_latency_p90_s": _pct(latencies, 90),
         "turn_taking_answer_accuracy": _rate(answers), "turn_taking_barge_in_rate": _rate(barge),
         "examples": sum(1 for ep, _, _ in items if ep.task in BENCHMARK_TASKS["fd"]),
+    }  # fmt: skip
+
+
+def fd_audio(items) -> dict:
+    """Interruption stop and turn-taking response measures from `run.speech` (VAD of the system's own waveform).
+
+    Same windows and rules as `fd`'s text measures: stopped = the speech segment running at the
+    interruption onset ends inside the stop window, latency = its offset - onset; takeover =
+    a speech onset in [question end, +3 s), latency = that onset - question end.
+    """
+    from interaction_jax.eval.audio_timing import first_onset, window_metrics
+
+    stops, latencies, takeovers, n = [], [], [], 0
+    for ep, run, wr in items:
+        if run.speech is None or ep.task not in ("interruption", "turntaking"):
+            continue
+        n += 1
+        if ep.task == "interruption":
+            stops += window_metrics(run.speech, [{"kind": "stop", "start": w.start, "end": w.end}
+                                                 for w, _ in wr if w.kind == "stop"])
+            continue
+        for w, _ in wr:
+            if w.kind != "silent":
+                onset = first_onset(run.speech, w.start, min(w.start + TAKEOVER_S, ep.duration))
+                takeovers.append(onset is not None)
+                if onset is not None:
+                    latencies.append(onset - w.start)
+    speaking = [r for r in stops if r["speaking_at_start"]]
+    stop_lat = [r["stop_latency_s"] for r in speaking if r["stopped"]]
+    return {
+        "interruption_stop_rate_audio": _rate([r["stopped"] for r in speaking]),
+        "interruption_stop_latency_median_s_audio": _pct(stop_lat, 50),
+        "interruption_speaking_at_onset_audio": len(speaking) if n else None,
+        "turn_taking_takeover_rate_audio": _rate(takeovers),
+        "turn_taking_latency_median_s_audio": _pct(latencies, 50),
+        "turn_taking_latency_p90_s_audio": _pct(latencies, 90),
+        "audio_examples": n,
     }  # fmt: skip
 
 
@@ -252,12 +293,15 @@ HEADLINE = {
         ("interruption_stop_rate", "Interruption stop rate", "pct"),
         ("interruption_stop_latency_median_s", "  stop latency median", "s"),
         ("interruption_speaking_at_onset", "  examples speaking at the onset", "n"),
+        ("interruption_stop_rate_audio", "  stop rate (audio)", "pct"),
+        ("interruption_stop_latency_median_s_audio", "  stop latency median (audio)", "s"),
         ("backchannel_false_stop_rate", "Backchannel false-stop rate", "pct"),
         ("talking_to_others_false_response_rate", "Talking-to-others false response", "pct"),
         ("background_speech_false_response_rate", "Background-speech false response", "pct"),
         ("turn_taking_takeover_rate", "Turn-taking takeover rate", "pct"),
         ("turn_taking_latency_median_s", "  response latency median", "s"),
         ("turn_taking_latency_p90_s", "  response latency p90", "s"),
+        ("turn_taking_latency_median_s_audio", "  response latency median (audio)", "s"),
         ("turn_taking_answer_accuracy", "  answer accuracy (content)", "pct"),
         ("turn_taking_barge_in_rate", "  barge-in while the user asks", "pct"),
     ],

@@ -34,6 +34,8 @@ class EpisodeRun:
     mel: np.ndarray | None = None  # [frames, M] generated log-mel, frame 0 at mel_start
     mel_start: float = 0.0
     system: str = "model"
+    # (onset, offset) of speech in the system's own waveform (eval/audio_timing.py VAD), when computed
+    speech: list[tuple[float, float]] | None = None
 
     @property
     def utterances(self) -> list[Utterance]:
@@ -46,6 +48,8 @@ class EpisodeRun:
             "words": [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words],
             "events": [{"time": round(t, 3), "event": e} for t, e in self.events],
             "delegations": [{"time": round(t, 3), "request": r} for t, r in self.delegations],
+            **({"speech_audio": [[round(a, 3), round(b, 3)] for a, b in self.speech]} if self.speech is not None
+               else {}),
         }  # fmt: skip
 
 
