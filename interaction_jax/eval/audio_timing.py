@@ -21,6 +21,9 @@ segment its text interval (end extended by `ALIGN_SLACK_S`) overlaps most; a seg
 share its span in proportion to their characters (+1 for the space), so the first word starts at
 the segment's onset and the last ends at its offset. Inner word boundaries are an estimate, not a
 measurement; words with no segment are dropped from the audio timing (they were not voiced).
+`word_audio_times` gives the same times per word in the given order (None when unvoiced), for
+`stream`'s transcript.json; `run_speech` runs the VAD on an `EpisodeRun`'s Griffin-Lim audio,
+for the `fd` benchmark's audio measures (`benchmarks.fd_audio`).
 
 Metrics (`timing_metrics`), computed from audio segments and, for comparison, from the text
 stream's utterances (its words merged with the same hangover), per sample:
