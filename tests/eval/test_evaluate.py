@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from interaction_jax.data import tasks
-from interaction_jax.eval.episodes import EVAL_SEED_BASE, episode_chunks, eval_seed
+from interaction_jax.eval.episodes import EVAL_SEED_BASE, benchmark_episodes, episode_chunks, eval_seed
+from interaction_jax.eval.grading import normalise
 from interaction_jax.streams.layout import StreamLayout
 
 
@@ -54,7 +55,15 @@ def test_evaluate_random_tiny_end_to_end(tiny_config, tmp_path):
     res = evaluate(tiny_config, workdir=None, init="random", benchmarks=["timespeak"], num_examples=2,
                    out_dir=str(tmp_path), oracle=True, slots=2, episode_seconds=6.0, asr="test_spoken:fake_asr")
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["metrics"]["oracle (targets)"]["timespeak"]["accuracy"] == 1.0
+    # evaluate keeps the windows the oracle passes, so its accuracy alone cannot fail: the windows it
+    # dropped must be exactly those whose words the episode cuts off at its end (decided without grading).
+    oracle = saved["metrics"]["oracle (targets)"]["timespeak"]
+    eps = benchmark_episodes("timespeak", 2, 6.0, log=False)
+    said = {e.episode_id: {t for x in e.model_words if x.start < e.duration for t in normalise(x.text)} for e in eps}
+    speak = [(e, set(normalise(w.expected)) <= said[e.episode_id]) for e in eps for w in e.grading if w.kind == "speak"]
+    examples = len({e.episode_id for e, kept in speak if kept})  # TimeSpeak counts episodes with a speak window
+    assert oracle["ungradable_windows"] == sum(not kept for _, kept in speak)
+    assert oracle["accuracy"] == 1.0 and oracle["examples"] == examples > 0
     assert set(saved["metrics"]) == {"model", "oracle (targets)", "model (spoken)"}
     rows = [r for r in saved["examples"]["timespeak"] if r["system"] == "model"]
     assert len(rows) == 2

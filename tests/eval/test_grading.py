@@ -1,4 +1,10 @@
-"""Grading and benchmark metrics against hand-made outputs and the task generators' own targets."""
+"""Grading and benchmark metrics against hand-made outputs and the task generators' own targets.
+
+The benchmarks keep a window only if the targets pass it (`benchmarks.gradable`), so the oracle
+scored through that filter passes by construction. Here the oracle is graded on windows chosen
+without grading it (every window except a speak window whose words the episode cuts off at its
+end, `_cut_off`), and the filter itself is tested on hand-built windows with known answers.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import numpy as np
 import pytest
 
 from interaction_jax.data import tasks
-from interaction_jax.data.episode import GradingWindow, Word
+from interaction_jax.data.episode import Episode, GradingWindow, Word
 from interaction_jax.eval import benchmarks as bm
 from interaction_jax.eval.grading import contains, grade_episode, grade_window, ground_truth_run, normalise
 from interaction_jax.eval.runner import EpisodeRun, utterances
@@ -66,6 +72,25 @@ def test_silent_stop_no_stop_delegate():
         grade_window(run, GradingWindow("dance", 0, 1))
 
 
+def _cut_off(ep, w: GradingWindow) -> bool:
+    """A speak window some of whose expected words no target word started before the episode end
+    says (decided from the episode's words alone, not by a grader)."""
+    if w.kind != "speak":
+        return False
+    said = [t for x in ep.model_words if x.start < ep.duration for t in normalise(x.text)]
+    return not all(t in said for t in normalise(w.expected))
+
+
+def _independent_masks(eps) -> dict[str, list[bool]]:
+    return {ep.episode_id: [not _cut_off(ep, w) for w in ep.grading] for ep in eps}
+
+
+def _oracle_score(benchmark, eps) -> dict:
+    """The oracle's metrics over the windows `_independent_masks` keeps (not the grader's filter)."""
+    items = bm.graded(eps, [ground_truth_run(e) for e in eps], _independent_masks(eps))
+    return bm.score_items(benchmark, items)
+
+
 @pytest.mark.parametrize("task", ["timespeak", "cuespeak", "interruption", "others", "delegation", "turntaking"])
 def test_targets_pass_their_own_windows(task):
     """The generators' ground-truth behaviour, packed and unpacked like model output, passes every
@@ -73,11 +98,29 @@ def test_targets_pass_their_own_windows(task):
     for seed in range(2_000_000, 2_000_004):
         ep = tasks.generate(task, seed, duration_s=12.0)
         for w, r in zip(ep.grading, grade_episode(ep, ground_truth_run(ep)), strict=True):
-            if w.kind == "speak":
-                said = [t for x in ep.model_words if x.start < ep.duration for t in normalise(x.text)]
-                if not all(t in said for t in normalise(w.expected)):
-                    continue
-            assert r.passed, (ep.episode_id, w, r)
+            if not _cut_off(ep, w):
+                assert r.passed, (ep.episode_id, w, r)
+
+
+def test_gradable_filter_on_hand_built_windows():
+    """`gradable` keeps exactly the windows the targets pass; each answer follows from the words."""
+    ep = Episode("hand", 12.0, task="timespeak",
+                 model_words=[Word("apple", 3.0, 3.4), Word("pear", 6.0, 6.3), Word("tomorrow", 11.9, 12.4)])
+    cases = [
+        (GradingWindow("speak", 2.6, 4.0, "Apple"), True),  # said inside
+        (GradingWindow("speak", 2.6, 4.0, "Banana"), False),  # never said
+        (GradingWindow("speak", 4.0, 5.0, "Apple"), False),  # said before the window
+        (GradingWindow("silent", 4.5, 5.5), True),
+        (GradingWindow("silent", 5.5, 6.5), False),  # "pear" starts at 6.0
+        (GradingWindow("speak", 11.6, 12.0, "tomorrow"), False),  # cut off by the episode end
+        (GradingWindow("stop", 6.0, 7.0), True),  # "pear" ends at 6.3
+        (GradingWindow("stop", 2.9, 3.2), False),  # still saying "apple" at 3.2
+        (GradingWindow("no_stop", 2.9, 3.4), True),
+        (GradingWindow("no_delegate", 0.0, 12.0), True),
+        (GradingWindow("delegate", 0.0, 12.0), False),  # no DELEGATE among the targets
+    ]
+    ep.grading = [w for w, _ in cases]
+    assert bm.gradable([ep]) == {"hand": [want for _, want in cases]}
 
 
 def _episodes(task, n=3):
@@ -96,7 +139,8 @@ def _shift(run: EpisodeRun, dt: float) -> EpisodeRun:
 def test_timespeak_metrics():
     eps = _episodes("timespeak")
     oracle = [ground_truth_run(e) for e in eps]
-    assert bm.score("timespeak", eps, oracle)["accuracy"] == 1.0
+    assert _oracle_score("timespeak", eps)["accuracy"] == 1.0
+    assert bm.gradable(eps) == _independent_masks(eps)  # the filter drops only cut-off windows
     assert bm.score("timespeak", eps, _mute(eps))["accuracy"] == 0.0
     late = bm.score("timespeak", eps, [_shift(r, 2.0) for r in oracle])
     assert late["accuracy"] == 0.0 and late["speak_hit_rate"] == 0.0
@@ -107,7 +151,7 @@ def test_timespeak_metrics():
 def test_cuespeak_and_fd_metrics():
     cue = _episodes("cuespeak")
     assert bm.score("cuespeak", cue, _mute(cue))["accuracy"] == 0.0
-    assert bm.score("cuespeak", cue, [ground_truth_run(e) for e in cue])["cue_hit_rate"] == 1.0
+    assert _oracle_score("cuespeak", cue)["cue_hit_rate"] == 1.0
     others = _episodes("others")
     babble = [EpisodeRun(e.episode_id, e.task, e.duration, [Word("la", t, t + 0.1) for t in np.arange(0, 12, 0.3)])
               for e in others]
@@ -115,7 +159,7 @@ def test_cuespeak_and_fd_metrics():
     rates = [fd["talking_to_others_false_response_rate"], fd["background_speech_false_response_rate"]]
     assert all(r in (None, 1.0) for r in rates) and any(r == 1.0 for r in rates)
     inter = _episodes("interruption", 6)
-    truth = bm.score("fd", inter, [ground_truth_run(e) for e in inter])
+    truth = _oracle_score("fd", inter)
     assert truth["interruption_stop_rate"] == 1.0
     assert 0.0 <= truth["interruption_stop_latency_median_s"] <= 0.8
     talk = [Word("blah", t, t + 0.25) for t in np.arange(0, 12, 0.3)]
