@@ -632,6 +632,7 @@ class StreamServer:
                 try:
                     ls.session.push(chunk)
                 except SessionLimitError as e:
+                    ls.fed -= 1  # that chunk was refused, not fed (the summary counts micro-turns fed)
                     self._finish(ls, "session_limit", str(e))
                     continue
                 ticked.append(ls)

@@ -56,8 +56,8 @@ def engine():
 class ThreadServer:
     """A StreamServer on 127.0.0.1:<free port>, its event loop in a daemon thread."""
 
-    def __init__(self, engine, **options):
-        self.server = StreamServer(engine, ServeOptions(**options))
+    def __init__(self, engine, hub=None, **options):
+        self.server = StreamServer(engine, ServeOptions(**options), hub=hub)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
