@@ -176,15 +176,20 @@ def invoke(main: Callable[[list[str]], object], argv: Sequence[str], *, name: st
     """Runs a command in this process as its command line would; returns its exit status.
 
     Flags that `define_flags` adds are removed again afterwards (and the flags are unparsed if
-    they were before), so many commands can be invoked one after another in one process.
+    they were before), so many commands can be invoked one after another in one process. Flags a
+    library defines when the command first imports it (Grain's, for one) are kept: the library
+    reads them again later.
     """
     from absl import flags
 
     FLAGS = flags.FLAGS
-    was_parsed, before = FLAGS.is_parsed(), set(FLAGS)
+    was_parsed, before, defined = FLAGS.is_parsed(), set(FLAGS), set()
     try:
-        if define_flags is not None:
-            define_flags()
+        try:
+            if define_flags is not None:
+                define_flags()
+        finally:
+            defined = set(FLAGS) - before
         try:
             args = parse_flags(argv)
         except UserError as e:
@@ -195,7 +200,7 @@ def invoke(main: Callable[[list[str]], object], argv: Sequence[str], *, name: st
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
     finally:
-        for flag in set(FLAGS) - before:
+        for flag in defined:
             if flag in FLAGS:
                 delattr(FLAGS, flag)
         if not was_parsed:

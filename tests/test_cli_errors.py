@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,8 @@ def world(tmp_path_factory) -> Path:
     shutil.copytree(root / "store", root / "store_truncated")
     shard = next(p for p in (root / "store_truncated").iterdir() if p.name != "manifest.json")
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    shutil.copytree(root / "store", root / "store_flipped")
+    _flip_first_record(root / "store_flipped" / "shard-00000.array_record")
     run = root / "run"
     save_run_config(load_config(TINY), str(run))
     (run / "checkpoints" / "2").mkdir(parents=True)
@@ -74,18 +77,28 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-def _delegation_flags() -> None:
-    """experiments/delegation/run.py defines its flags on import: a fresh import each time."""
-    spec = importlib.util.spec_from_file_location("_delegation_run", REPO / "experiments" / "delegation" / "run.py")
+def _flip_first_record(shard: Path) -> None:
+    """One bit flipped inside the first record's bytes (a Riegeli chunk: 40-byte header at 64, then its data)."""
+    data = bytearray(shard.read_bytes())
+    size, type_and_count = struct.unpack_from("<Q", data, 64 + 8)[0], struct.unpack_from("<Q", data, 64 + 24)[0]
+    assert chr(type_and_count & 0xFF) == "r" and type_and_count >> 8 == 1 and size > 2000, (size, type_and_count)
+    data[64 + 40 + 1000] ^= 0x10
+    shard.write_bytes(bytes(data))
+
+
+def _script(path: Path):
+    """A script imported as a module (it defines its flags only in `_define_flags`)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    _delegation_flags.main = module.main
+    return module
 
 
 def _command(name: str):
     """(main, define_flags) of a command."""
     if name == "delegation":
-        return (lambda argv: _delegation_flags.main(argv)), _delegation_flags
+        module = _script(REPO / "experiments" / "delegation" / "run.py")
+        return module.main, module._define_flags
     module = importlib.import_module({
         "train": "interaction_jax.train.__main__", "evaluate": "interaction_jax.evaluate",
         "stream": "interaction_jax.stream", "serve": "interaction_jax.serve", "summary": "interaction_jax.summary",
@@ -121,6 +134,8 @@ CASES = [
     ("train", [C, "--workdir=new_run", "--config.data.data_dir=precious"], "not a complete episode store"),
     ("train", [C, "--workdir=new_run", "--config.data.data_dir=store_bad_manifest"], "not valid JSON"),
     ("train", [C, "--workdir=new_run", "--config.train.grad_accum_steps=3"], "must be a multiple of train.grad_accum"),
+    ("train", [C, "--workdir=new_run", "--config.data.on_corrupt_record=always"], "on_corrupt_record='always'"),
+    ("train", [C, "--workdir=new_run", "--config.data.max_corrupt_records=-1"], "max_corrupt_records=-1"),
     ("train", ["--workdir=new_run", "--config.model.d_model=8"], "overrides need --config=FILE"),
     ("train", [C], "--workdir=DIR are required"),
     ("train", [C, "--workdir=afile"], "is a file"),
@@ -148,6 +163,7 @@ CASES = [
     ("inspect", ["precious"], "not a complete episode store"),
     ("inspect", ["store_bad_manifest"], "not valid JSON"),
     ("inspect", ["store_truncated"], "store_truncated"),
+    ("inspect", ["store_flipped"], "record 0 (record 0 of shard shard-00000.array_record) is corrupt"),
     ("inspect", ["store", "--episode=5"], "holds 1 episodes"),
     ("inspect", ["store", "--episode=-1"], "episode"),
     ("inspect", ["store", "--png=nowhere/w.png"], "does not exist"),
@@ -234,6 +250,27 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, world, monkeypat
     assert lines[0].startswith(f"[{name}] error: ") and "Traceback" not in err
     assert fragment in lines[0], lines[0]
     assert _snapshot(world) == before  # nothing changed, nothing added
+
+
+def test_train_stops_on_a_corrupt_record_when_told_naming_it(world, monkeypatch, capsys):
+    """data.on_corrupt_record=stop: one line naming the shard and record, exit 2, no checkpoint written."""
+    main, define_flags = _command("train")
+    monkeypatch.chdir(world)
+    before = _snapshot(world)
+    capsys.readouterr()
+    try:
+        status = cli.invoke(main, ["train", C, "--workdir=new_run", "--config.data.data_dir=store_flipped",
+                                   "--config.data.on_corrupt_record=stop", "--config.data.window_micro_turns=2"],
+                            name="train", define_flags=define_flags)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert status == 2 and len(lines) == 1, lines
+        assert "record 0 (record 0 of shard shard-00000.array_record) is corrupt" in lines[0]
+        assert "on_corrupt_record='stop'" in lines[0] and "Traceback" not in lines[0]
+        after = _snapshot(world)
+        assert {k: v for k, v in after.items() if not k.startswith("new_run")} == before
+        assert not any(k.startswith("new_run/checkpoints/") for k in after), sorted(after)
+    finally:
+        shutil.rmtree(world / "new_run", ignore_errors=True)
 
 
 @pytest.mark.parametrize("module,args,fragment", [
