@@ -739,6 +739,21 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
 
 
 
+def warm_up(engine) -> None:
+    """Compiles the step and runs one throw-away micro-turn (slot reset, STFT, vocoder and their lazy
+    imports), so the first client's first tick costs what every later one does."""
+    from interaction_jax.inference.session import Chunk, Scheduler
+
+    engine.step(engine.empty_inputs())  # an all-idle tick changes nothing
+    sched = Scheduler(engine)
+    s = sched.open_session(session_id="warm-up")
+    rate = int(engine.feature_params.sample_rate)
+    s.push(Chunk(audio=np.zeros(int(round(engine.layout.micro_turn_s * rate)), np.float32), sample_rate=rate))
+    (out,) = sched.tick().values()
+    turn_audio(out.mel, engine.feature_params, 1)
+    s.close()
+
+
 def _page() -> str:
     """The browser client (serve_page.html): microphone via an AudioWorklet at 16 kHz, playback, transcript."""
     import pathlib
@@ -800,7 +815,7 @@ def main(argv) -> None:
     except (ValueError, ConfigError, ParamsError, CheckpointMismatchError) as e:
         raise app.UsageError(str(e), exitcode=2) from e
     t0 = time.perf_counter()
-    engine.step(engine.empty_inputs())  # compile before the first client (an all-idle tick changes nothing)
+    warm_up(engine)
     print(f"[serve] compiled the micro-turn step in {time.perf_counter() - t0:.1f} s", flush=True)
     hub = None
     if F.background:

@@ -22,7 +22,7 @@ from interaction_jax.config_lib import load_config
 from interaction_jax.data.episode import Episode, TextEvent, VideoFrame
 from interaction_jax.eval.episodes import episode_chunks
 from interaction_jax.inference.engine import StreamEngine
-from interaction_jax.inference.session import Chunk, Scheduler
+from interaction_jax.inference.session import Scheduler
 from interaction_jax.model.interaction_model import InteractionModel
 from interaction_jax.serve import (
     CLOSE_POLICY,
@@ -34,6 +34,7 @@ from interaction_jax.serve import (
     pcm16_encode,
     start,
     turn_audio,
+    warm_up,
 )
 
 TIMEOUT = 240.0
@@ -43,13 +44,7 @@ TIMEOUT = 240.0
 def engine():
     c = load_config(config_path("tiny.py"), ["inference.slots=3"])  # same compiled step as test_sessions
     eng = StreamEngine(c, InteractionModel(c, rngs=nnx.Rngs(0)))
-    eng.step(eng.empty_inputs())  # compile here (an all-idle tick changes nothing), not inside a test's deadline
-    sched = Scheduler(eng)  # and the first micro-turn's lazy imports (STFT, vocoder): minutes on a loaded machine
-    s = sched.open_session()
-    s.push(Chunk(audio=np.zeros(int(round(eng.layout.micro_turn_s * 16000)), np.float32), sample_rate=16000))
-    (out,) = sched.tick().values()
-    turn_audio(out.mel, eng.feature_params, 2)
-    s.close()
+    warm_up(eng)  # compile and run the first micro-turn's lazy imports here, not inside a test's deadline
     return eng
 
 
