@@ -195,6 +195,11 @@ def base_config() -> ml_collections.ConfigDict:
     # What the model hears of its own voice when free-running: "generated" (its sampled mel,
     # dMel-encoded) or "silence" (the muted condition of train.self_audio_dropout).
     c.inference.self_audio = "generated"
+    # Serving mesh of the engine (inference/sharding.py): the axes and rules table of `mesh`; all 1 =
+    # one device (no mesh); -1 = the rest of the devices. E.g. tensor=2, data=4 on 8 devices.
+    c.inference.mesh = ml_collections.ConfigDict()
+    for axis in ("data", "fsdp", "expert", "tensor"):
+        c.inference.mesh[axis] = 1
     return c
 
 

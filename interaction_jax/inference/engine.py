@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from interaction_jax.features.mel import DMEL_SILENCE_CODE, FeatureParams
-from interaction_jax.inference import sampling
+from interaction_jax.inference import sampling, sharding
 from interaction_jax.inference.cache import ContextPolicy, EngineState, init_state, reset_slot
 from interaction_jax.inference.layer_params import (
     EngineGraph,
@@ -239,7 +239,9 @@ class StreamEngine:
 
     `step(inputs)` runs one micro-turn for all slots (see the module docstring for `inputs`);
     `reset(slot, seed)` starts a fresh session in a slot. Sessions / scheduling live in
-    `session.py`. Compiles `stream_step` once per (config, slot count): `compilations()`.
+    `session.py`. Compiles `stream_step` once per (config, slot count, mesh): `compilations()`.
+    With `inference.mesh` (`sharding.py`) parameters and cache are placed on that mesh by the
+    logical-axis rules; `mesh` is None for one device.
     """
 
     def __init__(self, config, model: InteractionModel | None = None, *, slots: int | None = None,
@@ -251,6 +253,7 @@ class StreamEngine:
             raise ValueError(f"inference.slots must be >= 1, got {self.slots}")
         model = model if model is not None else InteractionModel(config, rngs=nnx.Rngs(int(config.seed)))
         inf = config.inference
+        self.mesh = sharding.serving_mesh(config)  # None: one device, the engine as without a mesh
         moe_impl = str(inf.get("moe_impl", "auto"))  # "model" keeps the model's own backend
         if moe_impl != "model":
             try:
@@ -258,6 +261,8 @@ class StreamEngine:
             except ValueError:
                 raise ValueError(f"inference.moe_impl={moe_impl!r}; expected 'model' or one of "
                                  f"{available_impls()}") from None
+        if self.mesh is not None:
+            moe_impl = sharding.mesh_moe_impl(moe_impl, str(config.model.moe.impl), self.mesh)
         with expert_impl(model, None if moe_impl == "model" else moe_impl):
             self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.layer_loop = check_layer_loop(str(inf.get("layer_loop", "unrolled")))
@@ -280,11 +285,25 @@ class StreamEngine:
             top_p=float(inf.top_p),
         )
         self.strategy = engine_strategy(config)
+        strategy = self.strategy if self.mesh is None else sharding.sharded_strategy(self.strategy, self.mesh)
         step = make_stream_step(self.graph, self.layout, self.policy, self.feature_params,
-                                debug_outputs=debug_outputs, strategy=self.strategy,
+                                debug_outputs=debug_outputs, strategy=strategy,
                                 self_audio=str(inf.get("self_audio", "generated")))
-        self._step = jax.jit(step, donate_argnums=(1,))
-        self._reset = jax.jit(reset_slot, donate_argnums=(0,))
+        if self.mesh is None:
+            self._step = jax.jit(step, donate_argnums=(1,))
+            self._reset = jax.jit(reset_slot, donate_argnums=(0,))
+            return
+        # on a mesh: fixed in/out shardings, so the donated state keeps its layout and one
+        # executable serves every tick
+        self._param_shardings = sharding.engine_param_shardings(self.params, self.mesh)
+        self._state_shardings = sharding.state_shardings(self.state, self.mesh)
+        self._slot_sharding = sharding.slot_sharding(self.mesh, self.slots)
+        self.params = jax.device_put(self.params, self._param_shardings)
+        self.state = jax.device_put(self.state, self._state_shardings)
+        shards = (self._param_shardings, self._state_shardings, self._slot_sharding)
+        self._step = jax.jit(step, donate_argnums=(1,), in_shardings=shards,
+                             out_shardings=(self._state_shardings, self._slot_sharding))
+        self._reset = jax.jit(reset_slot, donate_argnums=(0,), out_shardings=self._state_shardings)
 
     def load_params(self, params, rest=None) -> None:
         """Replaces the parameters (e.g. restored from a checkpoint); same structure as `nnx.split`."""
@@ -293,6 +312,8 @@ class StreamEngine:
             raise ValueError("load_params: the parameters do not fit this engine's model (tree structure, array "
                              "shapes or dtypes differ; was the checkpoint written for another config?)")
         _, new = split_engine_params(self.graphdef, params, new_rest, self.layer_loop)
+        if self.mesh is not None:  # resharded device to device (never gathered on the host)
+            new = jax.device_put(new, self._param_shardings)
         self._rest, self.params = new_rest, new
 
     def reset(self, slot: int, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
