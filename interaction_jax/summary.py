@@ -1,6 +1,7 @@
 """Parameter table of a config's model, by module, without materialising any weight.
 
     python -m interaction_jax.summary --config=configs/tiny.py [--config.model.num_layers=8]
+    python -m interaction_jax.summary --config=configs/tml_interaction_small.py --serving_mesh=tensor=4,expert=16
 
 The model is built under `nnx.eval_shape`, so even the paper-scale config (276B parameters)
 is summarised in seconds on a laptop. The last line is machine-readable:
@@ -81,13 +82,35 @@ def format_table(rows: list[tuple[str, int, int]]) -> str:
 
 
 def _define_flags() -> None:
+    from absl import flags
+
     from interaction_jax import cli
 
     cli.DEFINE_config("config", "Config file (get_config), e.g. configs/tiny.py.")
+    flags.DEFINE_string("serving_mesh", None, "Also print the streaming engine's memory plan on this serving "
+                        "mesh, e.g. tensor=4,expert=16 (inference/sharding.py; axes data, fsdp, expert, tensor).")
+
+
+def format_plan(plan: dict) -> str:
+    """The serving memory plan in GiB, then one machine-readable line of the byte counts."""
+    gib = lambda b: f"{b / 2**30:,.3f} GiB"  # noqa: E731
+    mesh = " x ".join(f"{a}={n}" for a, n in plan["mesh"].items() if n > 1) or "one device"
+    lines = [
+        f"serving mesh {mesh} ({plan['devices']} devices)",
+        f"  parameters per device           {gib(plan['param_bytes_per_device'])}"
+        f" (of {gib(plan['param_bytes_total'])})",
+        f"  KV cache per session-minute     {gib(plan['kv_bytes_per_session_minute_per_device'])} per device",
+        f"  KV cache per session ({plan['context_policy']}, {plan['cache_rows_per_session']} rows)"
+        f"  {gib(plan['kv_bytes_per_session_per_device'])} per device",
+    ]
+    keys = ("param_bytes_per_device", "param_bytes_total", "kv_bytes_per_session_minute_per_device",
+            "kv_bytes_per_session_per_device")
+    lines.append(" ".join(f"{k}={plan[k]}" for k in keys))
+    return "\n".join(lines)
 
 
 def main(argv) -> None:
-    """Prints the parameter table of `--config`'s model."""
+    """Prints the parameter table of `--config`'s model (and, with --serving_mesh, its serving memory plan)."""
     from absl import app, flags
 
     if len(argv) > 1:
@@ -95,6 +118,10 @@ def main(argv) -> None:
     if flags.FLAGS.config is None:
         raise app.UsageError("--config=FILE is required (e.g. --config=configs/tiny.py)")
     print(format_table(param_rows(flags.FLAGS.config)))
+    if flags.FLAGS.serving_mesh is not None:
+        from interaction_jax.inference.sharding import parse_mesh_flag, serving_plan
+
+        print(format_plan(serving_plan(flags.FLAGS.config, parse_mesh_flag(flags.FLAGS.serving_mesh))))
 
 
 if __name__ == "__main__":
