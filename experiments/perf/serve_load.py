@@ -174,6 +174,9 @@ def main(argv) -> None:
     missing = [c for c in F.configs if not os.path.isfile(os.path.join(REPO, "configs", f"{c}.py"))]
     if missing or not F.configs:
         raise app.UsageError(f"--configs: no configs/<name>.py for {missing or F.configs}", exitcode=2)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server we started
     rows = run(list(F.configs), clients, F.seconds)
     print(table(rows))
     from interaction_jax.evaluate import hardware
