@@ -25,7 +25,9 @@
   one applied to that step's gradients.
 * TensorBoard events in `workdir/tb`: every loss term, learning rate, grad norm, tokens/s,
   MFU, MoE expert load; at eval intervals the held-out losses, a generated-speech audio
-  summary and a micro-turn timeline image.
+  summary and a micro-turn timeline image. The summaries work on a multi-host mesh: process 0's
+  first eval window is broadcast, every process runs the forward on the sharded parameters, and
+  only the window's small predictions come back, replicated, for process 0 to render and write.
 """
 
 from __future__ import annotations
@@ -173,38 +175,71 @@ class Trainer:
                 if np.ndim(v) == 0:
                     sums[k] = sums.get(k, 0.0) + v / n
         self.writer.scalars(step, {f"eval/{k}": v for k, v in sums.items()})
-        if summaries and batch is not None and jax.process_index() == 0:
-            try:
-                self._write_summaries(step, host_batch)
-            except Exception as e:  # noqa: BLE001 - summaries must never kill a run
-                self.log(f"[train] eval summaries failed: {e!r}")
+        if summaries and batch is not None:
+            self._summaries(step, host_batch)
         return sums
 
-    def _write_summaries(self, step: int, host_batch: dict) -> None:
-        """Generated speech (flow-head samples -> Griffin-Lim) and a timeline of predictions."""
-        from flax import nnx
+    def _summaries(self, step: int, host_batch: dict) -> None:
+        """Called on every process (the forward is a collective on a multi-host mesh); process 0 writes.
+        A failure is logged, never raised: summaries must not kill a run."""
+        try:
+            one, text_pred, mel = self._summary_predictions(step, host_batch)
+        except Exception as e:  # noqa: BLE001 - the same program on every process, so every one skips
+            self.log(f"[train] eval summaries skipped: the summary forward failed: {e!r}")
+            return
+        if jax.process_index() != 0:
+            return
+        try:
+            self._write_summaries(step, one, text_pred, mel)
+        except Exception as e:  # noqa: BLE001 - rendering / writing (Griffin-Lim, matplotlib, disk)
+            self.log(f"[train] eval summaries not written: {e!r}")
 
+    def _summary_predictions(self, step: int, host_batch: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(process 0's first eval window, its argmax text at MODEL_TEXT, flow-head mel at MODEL_AUDIO).
+
+        Multi-host safe without gathering parameters: the window is broadcast from process 0, the
+        jitted forward runs on the sharded state on every process, and only the predictions (one
+        window's) come out, replicated, so each process reads them locally.
+        """
+        from flax import nnx
+        from jax.experimental import multihost_utils
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from interaction_jax.streams.layout import Kind
+
+        local = {k: np.asarray(v[:1]) for k, v in host_batch.items()}
+        one = multihost_utils.broadcast_one_to_all(local)  # no-op on one process
+        one = {k: np.asarray(v).astype(local[k].dtype) for k, v in one.items()}  # the psum made bools ints
+        W = len(one["video_present"][0])
+        audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
+        text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
+        replicated = NamedSharding(self.mesh, P())
+        if self._predict is None:
+            graphdef = self.setup.graphdef
+
+            def predict(params, rest, batch, seed):
+                model = nnx.merge(graphdef, params, rest)
+                out = model(batch)
+                key = jax.random.key(seed)
+                return out["text_logits"][0, text_idx].argmax(-1), model.sample_mel(out["hidden"][0, audio_idx], key)
+
+            self._predict = jax.jit(predict, out_shardings=replicated)
+        inputs = multihost_utils.host_local_array_to_global_array(
+            (one, np.asarray(step, np.uint32)), self.mesh, P())
+        text_pred, mel = self._predict(self.state["params"], self.state["rest"], *inputs)
+        return one, np.asarray(text_pred.addressable_data(0)), np.asarray(mel.addressable_data(0))
+
+    def _write_summaries(self, step: int, one: dict, text_pred: np.ndarray, mel: np.ndarray) -> None:
+        """Generated speech (flow-head samples -> Griffin-Lim) and a timeline of predictions."""
         from interaction_jax.features.mel import FeatureParams, mel_to_audio
         from interaction_jax.streams.layout import Kind
         from interaction_jax.streams.plot import plot_window
         from interaction_jax.streams.tokenizer import make_tokenizer
 
-        one = {k: v[:1] for k, v in host_batch.items()}
         W = len(one["video_present"][0])
         audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
         text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
-        if self._predict is None:
-            graphdef = self.setup.graphdef
-
-            def predict(params, rest, batch, key):
-                model = nnx.merge(graphdef, params, rest)
-                out = model(batch)
-                return out["text_logits"][0, text_idx].argmax(-1), model.sample_mel(out["hidden"][0, audio_idx], key)
-
-            self._predict = jax.jit(predict)
-        params, rest = jax.device_get(self.state["params"]), jax.device_get(self.state["rest"])
-        text_pred, mel = self._predict(params, rest, jax.tree.map(np.asarray, one), jax.random.key(step))
-        mel = np.asarray(mel)
         window = {k: np.asarray(v[0]).copy() for k, v in one.items()}
         window["mel_targets"][audio_idx] = mel
         window["text_targets"][text_idx] = np.asarray(text_pred)

@@ -2,8 +2,10 @@
 
     python multihost_worker.py train CONFIG WORKDIR PORT PROCESS_ID   # a process of the 2-process run
     python multihost_worker.py reference CONFIG WORKDIR REFDIR         # one process, 8 devices, same data
+    python multihost_worker.py summaries CONFIG WORKDIR PORT PROCESS_ID  # eval summaries of the 2-process run
 
-Prints `RESULT {json}` with per-step losses.
+Prints `RESULT {json}` with per-step losses (train / reference) or the summary predictions and
+what was written (summaries).
 """
 
 import json
@@ -11,13 +13,14 @@ import os
 import sys
 
 MODE = sys.argv[1]
-N_DEV = 4 if MODE == "train" else 8
+N_DEV = 4 if MODE in ("train", "summaries") else 8
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEV}"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 OVERRIDES = [
+    "train.eval_batches=1",
     "data.num_episodes=8",
     "data.eval_num_episodes=2",
     "data.episode_seconds=2.0",
@@ -37,11 +40,14 @@ def main():
 
     config = load_config(sys.argv[2], OVERRIDES)
     workdir = sys.argv[3]
-    if MODE == "train":
+    if MODE in ("train", "summaries"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"127.0.0.1:{sys.argv[4]}", num_processes=2, process_id=int(sys.argv[5]))
     from interaction_jax.data.pipeline import make_iterator
     from interaction_jax.train.trainer import Trainer
+
+    if MODE == "summaries":
+        return summaries(Trainer(config, workdir, log=LOGS.append), config, make_iterator)
 
     trainer = Trainer(config, workdir, log=lambda *a: None)
     if MODE == "reference":
@@ -62,6 +68,23 @@ def main():
         a = jax.tree.leaves(jax.device_get(other.state["params"]))
         b = jax.tree.leaves(jax.device_get(trainer.state["params"]))
         out["restored_max_diff"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+LOGS: list[str] = []
+
+
+def summaries(trainer, config, make_iterator):
+    """Eval summaries (written by process 0 only) and the predictions on process 0's first eval window."""
+    written = []
+    trainer.writer.audio = lambda step, tag, audio, sr: written.append([tag, int(np.size(audio)),
+                                                                        bool(np.all(np.isfinite(audio)))])
+    trainer.writer.image = lambda step, tag, image: written.append([tag, list(np.shape(image))])
+    out = {"process": jax.process_index(), "devices": jax.device_count()}
+    it = make_iterator(config, trainer.eval_source, seed=int(config.data.eval_seed))
+    _, text, mel = trainer._summary_predictions(0, next(it))
+    trainer.evaluate(0)  # last: no collective follows process 0's writing (gloo gives a late peer 30 s to join one)
+    out.update(written=written, logs=LOGS, text=np.asarray(text).tolist(), mel=np.asarray(mel).tolist())
     print("RESULT " + json.dumps(out), flush=True)
 
 

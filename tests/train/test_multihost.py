@@ -23,17 +23,10 @@ def _result(stdout: str) -> dict:
     return json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
 
 
-@pytest.mark.slow
-def test_two_process_training_matches_single_process(tmp_path):
-    port, cfg = _free_port(), config_path("tiny.py")
-    run_dir = str(tmp_path / "two")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, "train", cfg, run_dir, str(port), str(i)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
+def _two_processes(mode, cfg, run_dir) -> list[dict]:
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, WORKER, mode, cfg, run_dir, str(port), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = []
     for p in procs:
         try:
@@ -44,6 +37,14 @@ def test_two_process_training_matches_single_process(tmp_path):
             raise
         assert p.returncode == 0, out[-2000:] + err[-4000:]
         outs.append(_result(out))
+    return sorted(outs, key=lambda o: o["process"])
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_single_process(tmp_path):
+    cfg = config_path("tiny.py")
+    run_dir = str(tmp_path / "two")
+    outs = _two_processes("train", cfg, run_dir)
     assert [o["devices"] for o in outs] == [8, 8] and sorted(o["process"] for o in outs) == [0, 1]
     assert outs[0]["losses"] == outs[1]["losses"]  # both processes see the same global loss
     r = subprocess.run(
@@ -54,3 +55,16 @@ def test_two_process_training_matches_single_process(tmp_path):
     ref = _result(r.stdout)
     np.testing.assert_allclose(outs[0]["losses"], ref["losses"], rtol=1e-5)
     assert ref["restored_step"] == 3 and ref["restored_max_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_two_process_eval_summaries(tmp_path):
+    """Eval summaries on a 2-process mesh: process 0 writes the audio and timeline, process 1 writes
+    nothing, nothing fails (the old code's device_get of the sharded parameters did), and both
+    processes read the same replicated predictions."""
+    outs = _two_processes("summaries", config_path("tiny.py"), str(tmp_path / "two"))
+    assert [o["logs"] for o in outs] == [[], []], outs[0]["logs"] + outs[1]["logs"]  # no "summaries skipped"
+    assert [w[0] for w in outs[0]["written"]] == ["eval/generated_speech", "eval/timeline"]
+    assert outs[1]["written"] == []
+    assert outs[0]["written"][0][1] > 0 and outs[0]["written"][0][2]  # some audio, all finite
+    assert outs[0]["text"] == outs[1]["text"] and outs[0]["mel"] == outs[1]["mel"]
