@@ -16,6 +16,7 @@ SCRIPTS = [
     "experiments/perf/train_throughput.py",
     "experiments/interaction_small/run.py",
     "experiments/interaction_small/ablations.py",
+    "experiments/interaction_small/transcription_probe.py",
     "experiments/delegation/run.py",
 ]
 
@@ -36,3 +37,18 @@ def test_importing_a_script_defines_no_flags_and_define_flags_does(script):
     finally:
         for name in set(flags.FLAGS) - before:
             delattr(flags.FLAGS, name)
+
+
+def test_train_throughput_config_entries_name_a_file_and_its_overrides():
+    from interaction_jax.errors import UserError
+
+    path = REPO / "experiments/perf/train_throughput.py"
+    spec = importlib.util.spec_from_file_location("_train_throughput_entries", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.config_path_and_overrides("small") == (str(REPO / "configs" / "small.py"), [])
+    cfg = str(REPO / "experiments/interaction_small/config.py")
+    got = module.config_path_and_overrides(f"{cfg}@model.scan_layers=True+model.attention_impl=xla")
+    assert got == (cfg, ["model.scan_layers=True", "model.attention_impl=xla"])
+    with pytest.raises(UserError, match="no config file"):
+        module.config_path_and_overrides("no_such_config")

@@ -3,6 +3,10 @@
     python experiments/perf/train_throughput.py [--configs=tiny,small,small_moe] [--steps=5]
         [--batch_size=1 --window=10] [--out=experiments/perf/results/train_throughput.json]
 
+A config is a name under configs/ or a path to a config file, optionally followed by
+`@key=value+key=value` overrides, so one run can time variants of one config side by side
+(the CPU speed switches of experiments/interaction_small, see experiments/perf/README.md).
+
 For each config: forward+backward+AdamW step time (median over --steps after one compile
 step), tokens/s, achieved model FLOP/s, and MFU against the f32 matmul peak measured in the
 same run (CPU) or the device's published peak (GPU/TPU). Batch and window default to small
@@ -27,13 +31,25 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Defined when run as a script, not on import (tests import this module in-process)."""
-    flags.DEFINE_list("configs", ["tiny", "small", "small_moe"], "Config names under configs/.")
+    flags.DEFINE_list("configs", ["tiny", "small", "small_moe"],
+                      "Config names under configs/ or config file paths, each optionally NAME@key=value+key=value.")
     flags.DEFINE_integer("steps", 5, "Timed steps per config.")
     flags.DEFINE_integer("batch_size", 1, "Batch size (0 = the config's).")
     flags.DEFINE_integer("window", 10, "Micro-turns per example (0 = the config's).")
     flags.DEFINE_string("out", "experiments/perf/results/train_throughput.json", "JSON output.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config_path_and_overrides(entry: str) -> tuple[str, list[str]]:
+    """`small` -> configs/small.py; `path/to/config.py@a=1+b=2` -> (that path, ["a=1", "b=2"])."""
+    base, _, extra = entry.partition("@")
+    path = base if base.endswith(".py") else os.path.join(REPO, "configs", f"{base}.py")
+    if not os.path.isfile(path):
+        from interaction_jax.errors import UserError
+
+        raise UserError(f"--configs={entry}: no config file {path} (expected a name under configs/ or a .py path)")
+    return path, [o for o in extra.split("+") if o]
 
 
 def bench(name: str, peak: float) -> dict:
@@ -53,7 +69,8 @@ def bench(name: str, peak: float) -> dict:
         overrides.append(f"data.window_micro_turns={FLAGS.window}")
     if "moe" in name:
         overrides.append("model.moe.impl=ragged_dot")
-    cfg = load_config(os.path.join(REPO, "configs", f"{name}.py"), overrides)
+    path, extra = config_path_and_overrides(name)
+    cfg = load_config(path, overrides + extra)
     mesh = make_mesh({"data": -1})
     setup, state = create_train_state(cfg, mesh)
     step = make_train_step(cfg, setup)
@@ -121,11 +138,12 @@ def main(argv):
             r["mfu"] = r["model_flops_per_s"] / (peak_end * jax.device_count())
         peak = peak_end
     print(f"peak used for MFU: {peak / 1e9:.1f} GFLOP/s (max of the start and end probes)")
-    hdr = f"{'config':10s} {'params':>8s} {'tok/step':>8s} {'step s':>8s} {'tok/s':>9s} {'GFLOP/s':>8s} {'MFU':>6s}"
+    w = max([10] + [len(r["config"]) for r in rows])
+    hdr = f"{'config':{w}s} {'params':>8s} {'tok/step':>8s} {'step s':>8s} {'tok/s':>9s} {'GFLOP/s':>8s} {'MFU':>6s}"
     print(hdr + f" {'data b/s':>9s} {'step b/s':>9s} {'data/step':>9s}")
     for r in rows:
         print(
-            f"{r['config']:10s} {r['params'] / 1e6:7.1f}M {r['tokens_per_step']:8d} {r['step_s_median']:8.3f} "
+            f"{r['config']:{w}s} {r['params'] / 1e6:7.1f}M {r['tokens_per_step']:8d} {r['step_s_median']:8.3f} "
             f"{r['tokens_per_s']:9.0f} {r['model_flops_per_s'] / 1e9:8.2f} {100 * r['mfu']:5.1f}% "
             f"{r['data_batches_per_s']:9.1f} {r['step_batches_per_s']:9.2f} {r['data_over_step']:8.0f}x"
         )
