@@ -68,7 +68,7 @@ def configs(overrides, shape):
 def run_case(overrides, shape, engines: dict | None = None) -> dict:
     c0, c1 = configs(overrides, shape)
     model = InteractionModel(c0, rngs=nnx.Rngs(0))
-    _, grid, _ = grid_and_window(c0, episode(0.4))
+    _, grid, _ = grid_and_window(c0, episode(1.0))
     ref_engine = StreamEngine(c0, model, debug_outputs=True)
     ref = replay(ref_engine, grid, others=False)
     with warnings.catch_warnings(record=True) as caught:
