@@ -222,6 +222,9 @@ def forward(
         metrics["loss"] = loss
         metrics["user_speech_loss"] = s_loss
         metrics["user_speech_accuracy"] = s_acc
+        # the same on word tokens only: NOTHING targets (no word just ended) are most positions
+        words = speech_mask & (batch["user_speech_targets"] != int(Control.NOTHING))
+        metrics["user_speech_word_accuracy"] = text_loss(out["text_logits"], batch["user_speech_targets"], words)[1]
     if "expert_counts" in aux:
         metrics["expert_counts"] = aux["expert_counts"]
         metrics["expert_counts_per_layer"] = aux["expert_counts_per_layer"]

@@ -76,3 +76,29 @@ def test_text_nothing_weight_reweights_silence_targets_in_the_text_loss():
     np.testing.assert_allclose(float(m1["text_loss"]), (ce * mask).sum() / mask.sum(), rtol=1e-5)
     np.testing.assert_allclose(float(m2["text_loss"]), (ce * wts).sum() / wts.sum(), rtol=1e-5)
     assert float(m1["text_accuracy"]) == float(m2["text_accuracy"])  # accuracy stays unweighted
+
+
+def test_user_speech_word_accuracy_counts_word_targets_only():
+    from interaction_jax.streams.tokenizer import Control
+
+    cfg = load_config(config_path("tiny.py"), ["model.num_layers=1"])
+    model = InteractionModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = dict(dummy_batch(cfg, 2, 3))
+    sel = (np.asarray(batch["kinds"]) == int(Kind.USER_AUDIO)) & np.asarray(batch["valid"], bool)
+    logits = np.asarray(model(batch)["text_logits"])
+    pred, vocab = logits.argmax(-1), logits.shape[-1]
+    targets = np.asarray(batch["user_speech_targets"]).copy()
+    b, p = np.nonzero(sel)
+    # of the USER_AUDIO positions: a third NOTHING, a third the model's own argmax (hits), a third misses
+    nothing, hit, miss = (b[0::3], p[0::3]), (b[1::3], p[1::3]), (b[2::3], p[2::3])
+    targets[nothing] = int(Control.NOTHING)
+    targets[hit] = pred[hit]
+    targets[miss] = (pred[miss] + 1) % vocab
+    targets[miss] = np.where(targets[miss] == int(Control.NOTHING), (targets[miss] + 1) % vocab,
+                             targets[miss])
+    assert (targets[hit] != int(Control.NOTHING)).all()
+    batch["user_speech_targets"] = targets
+    _, m = forward(graphdef, params, batch, jax.random.key(0), rest, weights={"user_speech": 1.0})
+    n_hit, n_miss = len(hit[0]), len(miss[0])
+    np.testing.assert_allclose(float(m["user_speech_word_accuracy"]), n_hit / (n_hit + n_miss), rtol=1e-6)
