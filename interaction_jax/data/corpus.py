@@ -87,12 +87,12 @@ def _is_num(x: Any) -> bool:
 
 
 def _resolve(base: str, path: Any, field: str) -> str:
-    if not isinstance(path, str) or not path:
-        raise _LineError(field, f"must be a file path string, got {path!r}")
-    p = path if os.path.isabs(path) else os.path.join(base, path)
-    if not os.path.isfile(p):
-        raise _LineError(field, f"missing file {p}")
-    return p
+    from interaction_jax.data import corpus_segments as cs
+
+    try:
+        return cs.resolve(base, path, field)
+    except cs.SegmentsError as e:
+        raise _LineError(e.field, str(e)) from e
 
 
 def _audio_info(path: str, field: str) -> tuple[int, float]:

@@ -96,16 +96,21 @@ def read_rttm(path: str, recording: str | None, default: str) -> list[tuple[str,
     return sorted(out, key=lambda t: (t[1], t[2]))
 
 
+def _rows(path: str, field: str, form: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of an STM/CTM file, whose lines have at least 5 fields."""
+    rows = _lines(path, field)
+    for k, r in rows:
+        if len(r) < 5:
+            article = "an" if field == "stm" else "a"
+            raise SegmentsError(field, f"{path} line {k}: {article} {field.upper()} line is {form}, "
+                                       f"got {len(r)} fields")
+    return rows
+
+
 def read_stm(path: str, recording: str | None, default: str) -> list[tuple[str, float, float, list[str]]]:
     """[(speaker name, start, end, words)] of one recording's utterances (ignored segments skipped)."""
-    rows = []
-    for k, r in _lines(path, "stm"):
-        if len(r) < 5:
-            raise SegmentsError("stm", f"{path} line {k}: an STM line is 'file chan speaker start end text', "
-                                       f"got {len(r)} fields")
-        rows.append((k, r))
     out = []
-    for k, r in _pick(rows, recording, default, path, "stm"):
+    for k, r in _pick(_rows(path, "stm", "'file chan speaker start end text'"), recording, default, path, "stm"):
         start, end = _num(r[3], path, k, "stm", "start"), _num(r[4], path, k, "stm", "end")
         if end < start:
             raise SegmentsError("stm", f"{path} line {k}: end {end} < start {start}")
@@ -119,14 +124,8 @@ def read_stm(path: str, recording: str | None, default: str) -> list[tuple[str, 
 
 def read_ctm(path: str, recording: str | None, default: str) -> list[tuple[str, float, float]]:
     """[(word, start, end)] of one recording, by start time."""
-    rows = []
-    for k, r in _lines(path, "ctm"):
-        if len(r) < 5:
-            raise SegmentsError("ctm", f"{path} line {k}: a CTM line is 'file chan start dur word', "
-                                       f"got {len(r)} fields")
-        rows.append((k, r))
     out = []
-    for k, r in _pick(rows, recording, default, path, "ctm"):
+    for k, r in _pick(_rows(path, "ctm", "'file chan start dur word'"), recording, default, path, "ctm"):
         start = _num(r[2], path, k, "ctm", "start")
         out.append((r[4].replace("_", " "), start, start + _num(r[3], path, k, "ctm", "duration")))
     return sorted(out, key=lambda w: (w[1], w[2]))
