@@ -16,6 +16,7 @@ SCRIPTS = [
     "experiments/perf/train_throughput.py",
     "experiments/interaction_small/run.py",
     "experiments/interaction_small/ablations.py",
+    "experiments/interaction_small/depth.py",
     "experiments/interaction_small/transcription_probe.py",
     "experiments/delegation/run.py",
 ]

@@ -1,0 +1,149 @@
+"""Is CueSpeak limited by depth? The recipe trained on CueSpeak alone at 4 and at 8 layers, same budget.
+
+    python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
+        [--rows=layers4,layers8] [--steps=1000] [--num_examples=50] [--temperature=0.7]
+
+CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
+identity from dMel frames spread over two or three micro-turns, its membership in the category
+the typed instruction named, and the response word copied from that instruction. A transformer
+position has only `num_layers` serial steps however long the model waits (a later position reads
+earlier ones layer by layer), so if 4 layers are too few the model cannot do all three in time.
+This script changes only `model.num_layers` (every other setting is the recipe's config.py,
+including the user-speech transcription target) and trains each row on typed-instruction CueSpeak
+episodes only, from the same rendered data. Each row is evaluated through live streaming
+sessions on the *test* seed range (typed instructions, the cascade beside it) at one decoding
+temperature (default: the one the full run chose on validation seeds, from results.json).
+
+Writes `depth.json` beside this file (committed; every row's CueSpeak metrics, the training
+loss and user-speech word accuracy at the end, wall times) and prints the table the README quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# name -> (what changes, config overrides)
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "layers4": ("the recipe's 4 layers", ["model.num_layers=4"]),
+    "layers8": ("8 layers (twice the serial depth, twice the compute per step)", ["model.num_layers=8"]),
+}
+TASK = "cuespeak_typed"
+METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import ROWS and table)."""
+    flags.DEFINE_string("workdir", "runs/interaction_small_depth", "Data, runs and evaluations of every row.")
+    flags.DEFINE_list("rows", list(ROWS), "Rows to run, in order.")
+    flags.DEFINE_integer("steps", 1000, "Training steps of every row.")
+    flags.DEFINE_integer("num_episodes", 3000, "Rendered training episodes (shared by the rows).")
+    flags.DEFINE_integer("num_examples", 50, "Test episodes.")
+    flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
+    flags.DEFINE_string("out", os.path.join(HERE, "depth.json"), "Where the results JSON goes.")
+
+
+def _temperature() -> float:
+    if FLAGS.temperature >= 0:
+        return FLAGS.temperature
+    path = os.path.join(HERE, "results.json")
+    if not os.path.exists(path):
+        raise app.UsageError("--temperature not given and results.json (the full run's choice) is missing")
+    return float(json.load(open(path))["decoding"]["temperature"])
+
+
+def _overrides(name: str) -> list[str]:
+    return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
+            f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
+
+
+def _last_scalars(logdir: str) -> dict:
+    from interaction_jax.train.metrics import read_scalars
+
+    keys = ("loss", "text_loss", "user_speech_accuracy", "user_speech_word_accuracy", "eval/loss")
+    scal = read_scalars(logdir) if os.path.isdir(logdir) else {}
+    return {k: float(scal[k][-1][1]) for k in keys if scal.get(k)}
+
+
+def run_row(name: str, temperature: float) -> dict:
+    """Prepares (shared data), trains (resumable) and evaluates one row; returns its JSON entry."""
+    from interaction_jax import config_lib
+    from interaction_jax.evaluate import evaluate
+
+    workdir = os.path.join(FLAGS.workdir, name)
+    os.makedirs(workdir, exist_ok=True)
+    shared = os.path.abspath(os.path.join(FLAGS.workdir, "data"))
+    os.makedirs(shared, exist_ok=True)
+    link = os.path.join(workdir, "data")
+    if not os.path.lexists(link):
+        os.symlink(shared, link)
+    cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}", "--stages=prepare,train",
+           *[f"--config.{o}" for o in _overrides(name)]]
+    print(f"[depth] {name}: " + " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    train_s = time.perf_counter() - t0
+    config = config_lib.load_run_config(os.path.join(workdir, "run"))
+    with config.unlocked():
+        config.inference.temperature = float(temperature)
+    t0 = time.perf_counter()
+    res = evaluate(config, workdir=os.path.join(workdir, "run"), init="checkpoint", benchmarks=["cuespeak"],
+                   num_examples=FLAGS.num_examples, out_dir=os.path.join(workdir, "eval"), baseline=True,
+                   split="test", instruction_mode="typed")
+    eval_s = time.perf_counter() - t0
+    return {"change": ROWS[name][0], "overrides": _overrides(name),
+            "cuespeak": {s: {k: res["metrics"][s]["cuespeak"].get(k) for k in METRICS}
+                         for s in res["metrics"] if "cuespeak" in res["metrics"][s]},
+            "training": _last_scalars(os.path.join(workdir, "run", "tb")),
+            "wall_seconds": {"prepare_and_train": round(train_s, 1), "evaluate": round(eval_s, 1)}}
+
+
+def table(rows: dict[str, dict]) -> str:
+    """A markdown table: one row per depth, the model's and the cascade's CueSpeak metrics on the test seeds."""
+    lines = ["| row | change | accuracy | false alarms | cue hits | word acc. (train) | cascade accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+    for name, r in rows.items():
+        m, c = r["cuespeak"].get("model", {}), r["cuespeak"].get("turn-based baseline", {})
+        lines.append(f"| {name} | {r['change']} | {f(m.get('accuracy'))} | {f(m.get('false_alarm_rate'))} | "
+                     f"{f(m.get('cue_hit_rate'))} | {f(r['training'].get('user_speech_word_accuracy'))} | "
+                     f"{f(c.get('accuracy'))} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    unknown = [r for r in FLAGS.rows if r not in ROWS]
+    if unknown:
+        raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    if FLAGS.steps < 1 or FLAGS.num_examples < 1 or FLAGS.num_episodes < 1:
+        raise app.UsageError("--steps, --num_episodes and --num_examples must be >= 1")
+    temperature = _temperature()
+    prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
+    rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
+    for name in FLAGS.rows:
+        rows[name] = run_row(name, temperature)
+        summary = {"task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
+                   "num_examples": FLAGS.num_examples, "temperature": temperature, "split": "test",
+                   "command": " ".join(sys.argv), "rows": rows}
+        with open(FLAGS.out + ".tmp", "w") as fh:
+            json.dump(summary, fh, indent=1)
+        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+    print(table(rows))
+    print(f"[depth] wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main, define_flags=_define_flags)
