@@ -4,7 +4,8 @@ against the one-device engine, for each (name, config overrides, mesh) case; pri
 Per case: slot 1 is teacher-forced through a short episode on both engines. On the one-device
 engine it is the only session; on the sharded one other sessions join (reset) and leave (idle)
 around it and free-run, so slot 1 equal to the reference shows both the placement and the slot
-independence. Then more ticks run and the compile count is read.
+independence. Then the sharded engine runs on to `COMPILE_TICKS` micro-turns in all (sessions
+free-running, one leaving and a new one joining on the way) and the compile count is read.
 """
 
 import json
@@ -33,7 +34,7 @@ CASES = {
     "dense_tp8": (["model.num_heads=8", "model.num_kv_heads=8", "model.head_dim=8", "inference.layer_loop=scan"],
                   {"tensor": 8}),
 }
-SLOT, TICKS = 1, 12
+SLOT, TICKS, COMPILE_TICKS = 1, 12, 50
 
 
 def replay(engine, grid, others: bool) -> list[dict]:
@@ -56,6 +57,19 @@ def replay(engine, grid, others: bool) -> list[dict]:
     return outs[: grid.num_turns]
 
 
+def run_on(engine, n: int) -> int:
+    """`n` more micro-turns with free-running sessions (slot 2 joins halfway, slot 3 leaves); returns n."""
+    rs = np.random.RandomState(5)
+    for t in range(n):
+        if t == n // 2:
+            engine.reset(2, seed=17)
+        inputs = engine.empty_inputs()
+        inputs["active"][:] = [True, True, t >= n // 2, t < n // 2]
+        inputs["dmel"][:] = rs.randint(0, 16, inputs["dmel"].shape)
+        engine.step(inputs)
+    return n
+
+
 def spec_of(x) -> str:
     return str(tuple(x.sharding.spec))
 
@@ -75,6 +89,7 @@ def run_case(overrides, shape, engines: dict | None = None) -> dict:
         warnings.simplefilter("always")
         engine = StreamEngine(c1, model, debug_outputs=True)
     got = replay(engine, grid, others=True)
+    ticks = TICKS + run_on(engine, COMPILE_TICKS - TICKS)
     diff = lambda k: float(max(np.abs(a[k][SLOT] - b[k][SLOT]).max() for a, b in zip(ref, got)))  # noqa: E731
     # unrolled: the first group's own params; scan: the stacked groups inside the model
     block0 = engine.params.groups[0][0] if engine.params.groups else engine.params.outer[0]["backbone"]["groups"]
@@ -85,6 +100,7 @@ def run_case(overrides, shape, engines: dict | None = None) -> dict:
         "hidden": diff("audio_hidden"),
         "mel": diff("mel"),
         "compilations": engine.compilations(),
+        "ticks": ticks,
         "devices": len(engine.state.k.sharding.device_set),
         "cache_spec": spec_of(engine.state.k),
         "wq_spec": spec_of(attn["wq"][...]),

@@ -4,7 +4,8 @@
 before JAX starts (the rest of the suite keeps its single CPU device). For dense tensor=2 x data=4,
 MoE expert=4 x data=2 and dense tensor=8: a teacher-forced slot, with other sessions joining and
 leaving around it on the mesh, gives the one-device engine's logits / flow states / mel frames
-with that slot alone; parameters and cache carry the rules' shardings; one compilation; the
+with that slot alone; parameters and cache carry the rules' shardings; one compilation over 50
+micro-turns; the
 memory plan matches the placed bytes; a training checkpoint of another mesh restores onto it.
 """
 
@@ -36,7 +37,7 @@ def test_sharded_engine_equals_one_device(tmp_path):
     for name, r in res.items():
         assert r["turns"] >= 4, (name, r)
         assert r["logits"] < 2e-5 and r["hidden"] < 2e-5 and r["mel"] < 2e-4, (name, r)
-        assert r["compilations"] == 1, (name, r)  # over every tick, with sessions joining and leaving
+        assert r["ticks"] >= 50 and r["compilations"] == 1, (name, r)  # 50 ticks, sessions joining and leaving
         assert r["devices"] == 8, (name, r)
         assert r["plan"] == r["placed"], (name, r)  # summary --serving_mesh's bytes per device
     dense, moe, tp8 = res["dense_tp2_dp4"], res["moe_ep4_dp2"], res["dense_tp8"]
