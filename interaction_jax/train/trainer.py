@@ -25,8 +25,8 @@
   one applied to that step's gradients.
 * TensorBoard events in `workdir/tb`: every loss term, learning rate, grad norm, tokens/s,
   MFU, MoE expert load; at eval intervals the held-out losses, a generated-speech audio
-  summary and a micro-turn timeline image (on one process; a multi-process run logs that it skips
-  them and writes the eval losses).
+  summary and a micro-turn timeline image (the forward runs on every process of a multi-process
+  run, process 0 writes them).
 """
 
 from __future__ import annotations
@@ -121,7 +121,6 @@ class Trainer:
         # Optional host-side hook `fn(step, batch) -> batch` (fault injection in tests, debugging).
         self.batch_hook = None
         self._predict = None  # jitted forward for eval summaries, built on first use
-        self._summaries_skip_logged = False
         self.flops_per_token, self.total_params, self.active_params = _flops_per_token(config)
         self.peak_flops, self.peak_source = device_peak_flops()
         self.tokens_per_step = int(config.data.batch_size) * self.layout.seq_len(int(config.data.window_micro_turns))
@@ -181,15 +180,7 @@ class Trainer:
 
     def _summaries(self, step: int, host_batch: dict) -> None:
         """Called on every process (the forward is a collective on a multi-host mesh); process 0 writes.
-        A failure is logged, never raised: summaries must not kill a run. On a multi-host run they are
-        skipped with one logged line: the two-process path below has not been verified to finish
-        (it hung under gloo in CI), and a hang would stop training, which summaries must never do."""
-        if jax.process_count() > 1:
-            if not self._summaries_skip_logged:
-                self.log(f"[train] eval summaries skipped: a {jax.process_count()}-process run writes the eval "
-                         "losses only (audio and timeline summaries run on one process)")
-                self._summaries_skip_logged = True
-            return
+        A failure is logged, never raised: summaries must not kill a run."""
         try:
             one, text_pred, mel = self._summary_predictions(step, host_batch)
         except Exception as e:  # noqa: BLE001 - the same program on every process, so every one skips
