@@ -295,14 +295,16 @@ class StreamEngine:
             return
         # on a mesh: fixed in/out shardings, so the donated state keeps its layout and one
         # executable serves every tick
+        # (several processes: every process steps the same inputs, `sharding.put`)
         self._param_shardings = sharding.engine_param_shardings(self.params, self.mesh)
         self._state_shardings = sharding.state_shardings(self.state, self.mesh)
         self._slot_sharding = sharding.slot_sharding(self.mesh, self.slots)
-        self.params = jax.device_put(self.params, self._param_shardings)
-        self.state = jax.device_put(self.state, self._state_shardings)
+        self._replicated = sharding.NamedSharding(self.mesh, sharding.PartitionSpec())
+        self.params = sharding.put(self.params, self._param_shardings, self.mesh)
+        self.state = sharding.put(self.state, self._state_shardings, self.mesh)
         shards = (self._param_shardings, self._state_shardings, self._slot_sharding)
         self._step = jax.jit(step, donate_argnums=(1,), in_shardings=shards,
-                             out_shardings=(self._state_shardings, self._slot_sharding))
+                             out_shardings=(self._state_shardings, sharding.output_sharding(self.mesh, self.slots)))
         self._reset = jax.jit(reset_slot, donate_argnums=(0,), out_shardings=self._state_shardings)
 
     def load_params(self, params, rest=None) -> None:
@@ -313,18 +315,17 @@ class StreamEngine:
                              "shapes or dtypes differ; was the checkpoint written for another config?)")
         _, new = split_engine_params(self.graphdef, params, new_rest, self.layer_loop)
         if self.mesh is not None:  # resharded device to device (never gathered on the host)
-            new = jax.device_put(new, self._param_shardings)
+            new = sharding.put(new, self._param_shardings, self.mesh)
         self._rest, self.params = new_rest, new
 
     def reset(self, slot: int, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
         inf = self.config.inference
-        self.state = self._reset(
-            self.state,
-            jnp.int32(slot),
-            sampling.session_key_data(seed),
-            jnp.float32(inf.temperature if temperature is None else temperature),
-            jnp.float32(inf.top_p if top_p is None else top_p),
-        )
+        args = (np.int32(slot), np.asarray(sampling.session_key_data(seed)),
+                np.float32(inf.temperature if temperature is None else temperature),
+                np.float32(inf.top_p if top_p is None else top_p))
+        if sharding.multi_process(self.mesh):
+            args = sharding.put(args, self._replicated, self.mesh)
+        self.state = self._reset(self.state, *args)
 
     def empty_inputs(self) -> dict[str, np.ndarray]:
         """Host-side inputs for one tick with every slot idle (fill rows, set `active`)."""
@@ -338,6 +339,8 @@ class StreamEngine:
 
     def step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One micro-turn for all slots; returns host numpy outputs."""
+        if sharding.multi_process(self.mesh):
+            inputs = sharding.put(dict(inputs), self._slot_sharding, self.mesh)
         self.state, out = self._step(self.params, self.state, inputs)
         return jax.tree.map(np.asarray, out)
 

@@ -77,6 +77,40 @@ def serving_mesh(config, devices=None) -> Mesh | None:
     return make_mesh(shape, devices[:need])
 
 
+def multi_process(mesh: Mesh | None) -> bool:
+    """The mesh spans devices of other processes (a `jax.distributed` run): host arrays must be
+    made global explicitly and outputs come back replicated so every process can read them."""
+    return mesh is not None and jax.process_count() > 1
+
+
+def put(tree, shardings, mesh: Mesh | None):
+    """`tree` placed with `shardings` (a matching tree, or one sharding for every leaf).
+
+    One process: `jax.device_put` (device to device, never via the host). Several processes:
+    every process holds the same full values (the same model seed, the same restored
+    parameters, the same replicated scheduler's inputs) and each builds its own devices' slices
+    from them (`jax.make_array_from_callback`); an array already global with that sharding is
+    kept as it is.
+    """
+    if not multi_process(mesh):
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x if x.sharding == sharding else jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def output_sharding(mesh: Mesh, slots: int) -> NamedSharding:
+    """The step's outputs: by slot on one process; replicated across processes (each reads all)."""
+    return NamedSharding(mesh, PartitionSpec()) if multi_process(mesh) else slot_sharding(mesh, slots)
+
+
 def describe(mesh: Mesh | None) -> str:
     """'tensor=2 x data=4' (axes of size > 1), or 'one device'."""
     if mesh is None:
