@@ -10,6 +10,7 @@ free-running, one leaving and a new one joining on the way) and the compile coun
 
 import json
 import os
+import re
 import sys
 import warnings
 
@@ -70,6 +71,19 @@ def run_on(engine, n: int) -> int:
     return n
 
 
+def cache_collectives(engine) -> tuple[int, int]:
+    """(collectives in the compiled step, those whose result has the cache's row dimension): a
+    read of the KV cache must stay on each device's own slots and kv-heads, never gathered."""
+    inputs = engine.empty_inputs()
+    text = engine._step.lower(engine.params, engine.state, inputs).compile().as_text()
+    ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+    lines = [ln for ln in text.splitlines() if any(f" {op}(" in ln or f" {op}-start(" in ln for op in ops)]
+    rows = engine.state.k.shape[2]
+    shapes = [re.findall(r"\[([0-9,]*)\]", ln.split("=", 1)[1].split("(", 1)[0]) for ln in lines]
+    with_rows = [s for s in shapes if any(str(rows) in dims.split(",") for dims in s)]
+    return len(lines), len(with_rows)
+
+
 def spec_of(x) -> str:
     return str(tuple(x.sharding.spec))
 
@@ -101,6 +115,7 @@ def run_case(overrides, shape, engines: dict | None = None) -> dict:
         "mel": diff("mel"),
         "compilations": engine.compilations(),
         "ticks": ticks,
+        "collectives": cache_collectives(engine),
         "devices": len(engine.state.k.sharding.device_set),
         "cache_spec": spec_of(engine.state.k),
         "wq_spec": spec_of(attn["wq"][...]),

@@ -5,7 +5,7 @@ before JAX starts (the rest of the suite keeps its single CPU device). For dense
 MoE expert=4 x data=2 and dense tensor=8: a teacher-forced slot, with other sessions joining and
 leaving around it on the mesh, gives the one-device engine's logits / flow states / mel frames
 with that slot alone; parameters and cache carry the rules' shardings; one compilation over 50
-micro-turns; the
+micro-turns; no collective of the compiled step moves a cache-sized array; the
 memory plan matches the placed bytes; a training checkpoint of another mesh restores onto it.
 """
 
@@ -39,6 +39,8 @@ def test_sharded_engine_equals_one_device(tmp_path):
         assert r["logits"] < 2e-5 and r["hidden"] < 2e-5 and r["mel"] < 2e-4, (name, r)
         assert r["ticks"] >= 50 and r["compilations"] == 1, (name, r)  # 50 ticks, sessions joining and leaving
         assert r["devices"] == 8, (name, r)
+        total, cache_sized = r["collectives"]
+        assert total > 0 and cache_sized == 0, (name, r["collectives"])  # the KV cache is never gathered
         assert r["plan"] == r["placed"], (name, r)  # summary --serving_mesh's bytes per device
     dense, moe, tp8 = res["dense_tp2_dp4"], res["moe_ep4_dp2"], res["dense_tp8"]
     # cache [layers, slots, rows, kv_heads, head_dim]: slots over (data, fsdp), kv-heads over tensor
