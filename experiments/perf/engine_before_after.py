@@ -1,0 +1,97 @@
+"""The engine's step time at another commit and at this tree, in one run on one machine.
+
+    python experiments/perf/engine_before_after.py --before=113f64c --configs=tiny,small \
+        --sessions=1,4,16 --lengths=10,60 --rounds=3 \
+        --json=experiments/perf/results/engine_before_after_cpu.json
+
+Why: a refactor of the forward path (the engine running the model's own blocks, issue 16) must
+not make a micro-turn slower, and figures from different runs on this machine cannot be compared.
+`--before` is checked out into a temporary git worktree; `streaming.py` (engine rows only, no naive
+loop, no Hugging Face row) runs from the old tree and from this one, alternating, `--rounds` times,
+each in its own process, so drift over the run hits both sides alike. Each cell reports the median
+over rounds of each side's median step time and the ratio after / before (< 1: faster now). The
+worktree is removed at the end. Time it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STREAMING = os.path.join("experiments", "perf", "streaming.py")
+
+
+def _commit(ref: str, cwd: str) -> str:
+    r = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"error: --before={ref!r} is not a commit of this repository")
+    return r.stdout.strip()
+
+
+def _run(tree: str, args, out: str) -> list[dict]:
+    cmd = [sys.executable, os.path.join(tree, STREAMING), f"--configs={args.configs}", f"--sessions={args.sessions}",
+           f"--lengths={args.lengths}", f"--ticks={args.ticks}", "--no-naive", "--no-hf", f"--json={out}"]
+    env = dict(os.environ, PYTHONPATH=tree)
+    subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+    return [r for r in json.load(open(out))["rows"] if r["bench"] == "engine"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", required=True, help="commit (or ref) to compare against")
+    ap.add_argument("--configs", default="tiny,small")
+    ap.add_argument("--sessions", default="1,4,16")
+    ap.add_argument("--lengths", default="10,60")
+    ap.add_argument("--ticks", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(REPO, "experiments/perf/results/engine_before_after_cpu.json"))
+    args = ap.parse_args()
+    if args.rounds < 1 or args.ticks < 1:
+        sys.exit("error: --rounds and --ticks must be >= 1")
+    before = _commit(args.before, REPO)
+    after = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True).stdout.strip())
+    tmp = tempfile.mkdtemp(prefix="before_after_")
+    old_tree = os.path.join(tmp, "before")
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", old_tree, before], cwd=REPO, check=True,
+                   capture_output=True)
+    times: dict[tuple, dict[str, list[float]]] = {}
+    try:
+        for k in range(args.rounds):
+            for side, tree in (("before", old_tree), ("after", REPO)):
+                rows = _run(tree, args, os.path.join(tmp, f"{side}_{k}.json"))
+                for r in rows:
+                    cell = (r["config"], r["sessions"], r["length_s"])
+                    times.setdefault(cell, {"before": [], "after": []})[side].append(r["median_ms"])
+                print(f"[before_after] round {k + 1}/{args.rounds}: {side} done", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", old_tree], cwd=REPO, capture_output=True)
+    cells = []
+    for (cfg, n, secs), t in sorted(times.items()):
+        b, a = float(np.median(t["before"])), float(np.median(t["after"]))
+        cells.append(dict(config=cfg, sessions=n, length_s=secs, before_ms=b, after_ms=a, ratio=a / b,
+                          before_rounds_ms=t["before"], after_rounds_ms=t["after"]))
+    print(f"\n{'config':8} {'sess':>4} {'len s':>6} {'before ms':>10} {'after ms':>9} {'after/before':>13}")
+    for c in cells:
+        print(f"{c['config']:8} {c['sessions']:>4} {c['length_s']:>6.0f} {c['before_ms']:>10.1f} "
+              f"{c['after_ms']:>9.1f} {c['ratio']:>13.2f}")
+    import jax
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"before": before, "after": after + ("-dirty" if dirty else ""), "rounds": args.rounds,
+                   "ticks": args.ticks, "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+                   "command": " ".join(sys.argv), "cells": cells}, f, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
