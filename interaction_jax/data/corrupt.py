@@ -10,8 +10,11 @@ message names the store, the shard and the record index) it follows `data.on_cor
 * "stop": the first corrupt record stops the run with that error (a `UserError`: one line,
   exit status 2 from the CLI).
 
-The count lives in the process that reads: with `data.worker_count > 0` each worker process
-reports (and counts) its own.
+The count lives in the process that consumes the batches. `make_iterator` reads with
+`report=False` (in Grain worker processes when `data.worker_count > 0`, each with its own copy
+of this object): the skips travel with the batch they were made for (`Skips`) and the main
+process's `report()` warns, counts and applies the policy and the limit, so the count and the
+limit cover every worker, and a record two workers both skipped is counted once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,23 @@ import threading
 from typing import Any
 
 from interaction_jax.data.store import CorruptRecordError
+
+
+class Skips:
+    """The corrupt records skipped to make one element: (source index, message, store index, shard) each.
+
+    A plain object (not a sequence), so a batch holds one per element as a NumPy object array."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: tuple[tuple[int, str, int, str], ...] = ()):
+        self.records = records
+
+    def __getstate__(self) -> tuple:
+        return self.records
+
+    def __setstate__(self, records: tuple) -> None:
+        self.records = records
 
 
 class SkipCorrupt:
@@ -50,14 +70,29 @@ class SkipCorrupt:
         return len(self.source)
 
     def __getitem__(self, index: int):
+        return self.read(index)[0]
+
+    def read(self, index: int, *, report: bool = True) -> tuple[Any, Skips]:
+        """The record standing in for `index` and the corrupt records skipped to find it.
+
+        With `report=False` nothing is warned, counted or raised here: the caller passes the
+        skips to `report()` in the process that owns the count."""
         n = len(self.source)
+        skipped = []
         for k in range(n):
             i = (int(index) + k) % n
             try:
-                return self.source[i]
+                return self.source[i], Skips(tuple(skipped))
             except CorruptRecordError as e:
-                self._met(i, e)
+                if report:
+                    self._met(i, e)
+                skipped.append((i, str(e), int(e.index), str(e.shard)))
         raise CorruptRecordError(f"every one of the {n} records of the data source is corrupt")
+
+    def report(self, skips: Skips) -> None:
+        """Warns about, counts and applies the policy to skips read elsewhere (`read(report=False)`)."""
+        for i, message, index, shard in skips.records:
+            self._met(i, CorruptRecordError(message, index=index, shard=shard))
 
     def _met(self, i: int, error: CorruptRecordError) -> None:
         if self.policy == "stop":

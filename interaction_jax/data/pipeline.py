@@ -8,6 +8,8 @@
       .random_map(RandomWindow)        a window start per element, from a per-index RNG
       .batch(B, drop_remainder=True)   static shapes
       .to_iter_dataset()[.mp_prefetch] worker processes if data.worker_count > 0
+      .map(report skips)               in the main process: corrupt records skipped in any worker
+                                       are warned about, counted and limited here
 
 Everything is a deterministic function of (seed, element index), so the iterator state is one
 integer; it is saved with the model checkpoint (`grain.checkpoint.CheckpointSave`) and a
@@ -22,7 +24,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from interaction_jax.data.corrupt import SkipCorrupt
+from interaction_jax.data.corrupt import SkipCorrupt, Skips
 from interaction_jax.data.episode import Episode
 from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.streams.pack import EpisodeGrid, pack_window
@@ -82,6 +84,56 @@ class RandomWindow(grain.transforms.RandomMap):
         return pack_window(grid, start, self.num_turns)
 
 
+SKIPS_KEY = "_corrupt_skips"  # make_iterator's carried skips (one `Skips` per element); never in its output
+
+
+class _Reads:
+    """Random access yielding (record, Skips): reads without reporting, for `_ReportSkips` to report."""
+
+    def __init__(self, source: SkipCorrupt):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[Any, Skips]:
+        return self.source.read(index, report=False)
+
+
+@dataclasses.dataclass
+class _OnRecord(grain.transforms.Map):
+    """`inner` applied to the record of a (record, Skips) pair; the skips ride along."""
+
+    inner: grain.transforms.Map
+
+    def map(self, pair):
+        return self.inner.map(pair[0]), pair[1]
+
+
+@dataclasses.dataclass
+class _WindowCarrying(grain.transforms.RandomMap):
+    """`inner`'s window of the grid, with the element's Skips under SKIPS_KEY (the same RNG draws)."""
+
+    inner: RandomWindow
+
+    def random_map(self, pair, rng: np.random.Generator) -> dict[str, Any]:
+        return {**self.inner.random_map(pair[0], rng), SKIPS_KEY: pair[1]}
+
+
+@dataclasses.dataclass
+class _ReportSkips(grain.transforms.Map):
+    """Main process: pops each batch's carried skips and reports them to the one count."""
+
+    source: SkipCorrupt
+
+    def map(self, batch: dict) -> dict:
+        batch = dict(batch)
+        for skips in np.asarray(batch.pop(SKIPS_KEY)).ravel():
+            if skips.records:
+                self.source.report(skips)
+        return batch
+
+
 def make_dataset(
     config,
     source,
@@ -92,8 +144,12 @@ def make_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     num_epochs: int | None = None,
+    carry_skips: bool = False,
 ) -> grain.MapDataset:
-    """The map-style pipeline (before batching workers); `make_iterator` wraps it."""
+    """The map-style pipeline (before batching workers); `make_iterator` wraps it.
+
+    Corrupt records are reported where they are read, unless `carry_skips`: then each batch
+    carries them under SKIPS_KEY for the consuming process to report (`make_iterator`)."""
     import jax
 
     if len(source) == 0:
@@ -107,25 +163,32 @@ def make_dataset(
         raise ValueError(f"data.batch_size={bs} is the global batch; it must divide by {pc} processes")
     per_host = bs // pc if batch_size is None else bs
     layout = StreamLayout.from_config(config)
-    ds = grain.MapDataset.source(SkipCorrupt.from_config(config, source))
+    skip = SkipCorrupt.from_config(config, source)
+    ds = grain.MapDataset.source(_Reads(skip) if carry_skips else skip)
     if pc > 1:
         ds = ds.slice(slice(pi, None, pc))
     if len(ds) == 0:
         raise ValueError(f"process {pi} of {pc} got no episodes; use at least {pc} episodes")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.map(ToGrid(layout, config.text, config.features))
-    ds = ds.random_map(RandomWindow(w, float(config.data.start_at_zero_prob)), seed=seed + 7919 * (pi + 1))
+    to_grid = ToGrid(layout, config.text, config.features)
+    window = RandomWindow(w, float(config.data.start_at_zero_prob))
+    ds = ds.map(_OnRecord(to_grid) if carry_skips else to_grid)
+    ds = ds.random_map(_WindowCarrying(window) if carry_skips else window, seed=seed + 7919 * (pi + 1))
     return ds.batch(per_host, drop_remainder=True)
 
 
 def make_iterator(config, source, *, worker_count: int | None = None, **kwargs) -> grain.DatasetIterator:
-    """A checkpointable iterator of batches (`get_state()` / `set_state()`)."""
+    """A checkpointable iterator of batches (`get_state()` / `set_state()`).
+
+    Corrupt records skipped in worker processes are counted in this process's `SkipCorrupt`
+    (the one `source` is, or a new one), as the batches made from them arrive."""
     # Grain's default read-ahead (16 threads, 500 elements) front-loads minutes of work on a
     # small CPU; read a few batches ahead instead.
     threads = int(getattr(config.data, "read_threads", 2))
     prefetch = int(getattr(config.data, "prefetch_batches", 2))
     read = grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=max(prefetch, 1))
-    ds = make_dataset(config, source, **kwargs).to_iter_dataset(read)
+    skip = SkipCorrupt.from_config(config, source)
+    ds = make_dataset(config, skip, carry_skips=True, **kwargs).to_iter_dataset(read)
     workers = int(config.data.worker_count if worker_count is None else worker_count)
     if workers > 0:
         from absl import flags
@@ -133,4 +196,4 @@ def make_iterator(config, source, *, worker_count: int | None = None, **kwargs) 
         if not flags.FLAGS.is_parsed():  # Grain's worker pool reads absl flags (library use, tests)
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return iter(ds)
+    return iter(ds.map(_ReportSkips(skip)))

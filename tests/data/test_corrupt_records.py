@@ -158,3 +158,25 @@ def test_training_skips_a_corrupt_record_counting_it_in_the_logs_and_at_the_end(
     assert result.step == 4 and result.corrupt_records == 1
     assert result.history[-1]["corrupt_records_skipped"] == 1
     assert lines[-1] == "[train] finished at step 4 (1 corrupt records skipped)", lines
+
+
+
+@pytest.mark.slow  # two worker processes start (each imports Grain and JAX)
+def test_skips_in_worker_processes_are_counted_and_limited_in_the_main_process(clean, tmp_path, tiny_config, capfd):
+    """data.worker_count=2: the records are skipped inside the workers, the main process counts them all."""
+    path = _copy(clean, tmp_path, "workers")
+    for shard, k in ((0, 1), (1, 0), (1, 2)):  # store indices 1, 3 and 5: three bad records
+        _flip_record(path, shard, k)
+    src = SkipCorrupt(open_store(path), "skip", limit=2)
+    it = make_iterator(tiny_config, src, batch_size=2, num_turns=2, process_index=0, process_count=1, worker_count=2)
+    try:
+        with pytest.raises(CorruptRecordError, match=r"3 corrupt records, more than data.max_corrupt_records=2"):
+            for _ in range(N // 2):  # one epoch reads every record once
+                next(it)
+    finally:
+        it.close()
+    assert src.bad == {1, 3, 5}
+    err = capfd.readouterr().err  # the workers' stderr too: they print no warnings of their own
+    warned = [line for line in err.splitlines() if "[data] warning: skipped" in line]
+    assert len(warned) == 2, err  # the first two skipped with a running count, the third over the limit
+    assert [line.endswith(f"({c} corrupt records skipped so far)") for c, line in enumerate(warned, 1)] == [True] * 2
