@@ -15,7 +15,9 @@ sessions on the *test* seed range (typed instructions, the cascade beside it) at
 temperature (default: the one the full run chose on validation seeds, from results.json).
 
 Writes `depth.json` beside this file (committed; every row's CueSpeak metrics, the training
-loss and user-speech word accuracy at the end, wall times) and prints the table the README quotes.
+loss and user-speech word accuracy at the end, wall times, and `analysis`: where the misses and
+false responses are, see `analyse`) and prints the table the README quotes. `--analyse_only`
+recomputes the analysis from the rows' saved evaluations without training or evaluating.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_examples", 50, "Test episodes.")
     flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
     flags.DEFINE_string("out", os.path.join(HERE, "depth.json"), "Where the results JSON goes.")
+    flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
 
 
 def _temperature() -> float:
@@ -107,17 +110,77 @@ def run_row(name: str, temperature: float) -> dict:
             "wall_seconds": {"prepare_and_train": round(train_s, 1), "evaluate": round(eval_s, 1)}}
 
 
+def analyse(examples: list[dict], episodes: dict) -> dict:
+    """Where the model's CueSpeak errors are, from its graded outputs and the episodes' metadata.
+
+    * `said_right_word`: of the cue windows in which the model said anything, the fraction where
+      it said the instructed response (0 wrong words: the copy from the typed instruction works).
+    * `hit_rate_by_category`: cue hits per instructed category.
+    * `false_response_after`: for each kind of non-cue word the user says after the first cue
+      ("other_category": a word of another category, a near miss; "filler"), the fraction followed
+      within 1.2 s by a model word that lies in no cue's window (a response to the wrong word).
+    """
+    import numpy as np
+
+    from interaction_jax.data.tasks import cuespeak
+
+    spoke = right = 0
+    by_cat: dict[str, list[bool]] = {}
+    after = {"other_category": [], "filler": []}
+    for e in examples:
+        if e["system"] != "model":
+            continue
+        ep = episodes[e["episode_id"]]
+        cues = set(cuespeak.CATEGORIES[ep.metadata["category"]])
+        cue_ends = list(ep.metadata["cue_ends"])
+        words = e["output"]["words"]
+        for w in e["windows"]:
+            if w["kind"] != "speak":
+                continue
+            by_cat.setdefault(ep.metadata["category"], []).append(bool(w["passed"]))
+            said = [x["text"] for x in words if w["start"] <= x["start"] < w["end"]]
+            spoke += bool(said)
+            right += ep.metadata["response"] in said
+        stray = [x["start"] for x in words if not any(c <= x["start"] < c + cuespeak.LATE_S for c in cue_ends)]
+        first_cue = min(cue_ends) if cue_ends else ep.duration
+        for u in ep.user_words:
+            if u.start < first_cue or u.text in cues or u.end + cuespeak.LATE_S > ep.duration:
+                continue
+            kind = "filler" if u.text in cuespeak.FILLERS else "other_category"
+            after[kind].append(any(u.end <= t < u.end + cuespeak.LATE_S for t in stray))
+    return {
+        "cue_windows_with_speech": spoke,
+        "said_right_word": right / spoke if spoke else None,
+        "hit_rate_by_category": {c: float(np.mean(v)) for c, v in sorted(by_cat.items())},
+        "false_response_after": {k: float(np.mean(v)) if v else None for k, v in after.items()},
+        "non_cue_words": {k: len(v) for k, v in after.items()},
+    }
+
+
+def _analysis(name: str) -> dict:
+    from interaction_jax.eval.episodes import benchmark_episodes
+
+    res = json.load(open(os.path.join(FLAGS.workdir, name, "eval", "results.json")))
+    eps = {e.episode_id: e for e in benchmark_episodes("cuespeak", FLAGS.num_examples, float(res["episode_seconds"]),
+                                                       split="test", instruction_mode="typed", log=False)}
+    return analyse(res["examples"]["cuespeak"], eps)
+
+
 def table(rows: dict[str, dict]) -> str:
     """A markdown table: one row per depth, the model's and the cascade's CueSpeak metrics on the test seeds."""
-    lines = ["| row | change | accuracy | false alarms | cue hits | word acc. (train) | cascade accuracy |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| row | change | accuracy | false alarms | cue hits | false responses after other-category "
+             "words / fillers | word acc. (train) | cascade accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
     def f(x):
         return "-" if x is None else f"{x:.2f}"
+
     for name, r in rows.items():
         m, c = r["cuespeak"].get("model", {}), r["cuespeak"].get("turn-based baseline", {})
+        a = r.get("analysis", {}).get("false_response_after", {})
         lines.append(f"| {name} | {r['change']} | {f(m.get('accuracy'))} | {f(m.get('false_alarm_rate'))} | "
-                     f"{f(m.get('cue_hit_rate'))} | {f(r['training'].get('user_speech_word_accuracy'))} | "
-                     f"{f(c.get('accuracy'))} |")
+                     f"{f(m.get('cue_hit_rate'))} | {f(a.get('other_category'))} / {f(a.get('filler'))} | "
+                     f"{f(r['training'].get('user_speech_word_accuracy'))} | {f(c.get('accuracy'))} |")
     return "\n".join(lines)
 
 
@@ -128,6 +191,15 @@ def main(argv):
         raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
     if FLAGS.steps < 1 or FLAGS.num_examples < 1 or FLAGS.num_episodes < 1:
         raise app.UsageError("--steps, --num_episodes and --num_examples must be >= 1")
+    if FLAGS.analyse_only:
+        summary = json.load(open(FLAGS.out))
+        for name in FLAGS.rows:
+            summary["rows"][name]["analysis"] = _analysis(name)
+        with open(FLAGS.out + ".tmp", "w") as fh:
+            json.dump(summary, fh, indent=1)
+        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+        print(table(summary["rows"]))
+        return
     temperature = _temperature()
     prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
