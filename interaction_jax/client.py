@@ -39,6 +39,7 @@ class ClientResult:
     turns: list[dict] = dataclasses.field(default_factory=list)  # "turn" messages
     audio: list[bytes] = dataclasses.field(default_factory=list)  # PCM16 per turn, in turn order
     words: list[dict] = dataclasses.field(default_factory=list)
+    heard: list[dict] = dataclasses.field(default_factory=list)  # the model's transcript of the user: {text, time}
     controls: list[dict] = dataclasses.field(default_factory=list)
     warnings: list[dict] = dataclasses.field(default_factory=list)
     errors: list[dict] = dataclasses.field(default_factory=list)
@@ -136,6 +137,7 @@ async def _run(ws, res: ClientResult, audio: np.ndarray, text_events: Sequence, 
             if kind == "turn":
                 res.turns.append(m)
                 res.words.extend(m["words"])
+                res.heard.extend(m.get("heard", []))
             elif kind == "words":
                 res.words.extend(m["words"])
             elif kind == "done":
@@ -187,7 +189,10 @@ def write_outputs(res: ClientResult, out_dir: str) -> dict:
     tokens = [{"time": m["play_time"] + i * T / max(len(m["tokens"]), 1), "id": tok}
               for m in res.turns for i, tok in enumerate(m["tokens"])]
     with open(os.path.join(out_dir, "transcript.json"), "w") as f:
-        json.dump({"words": res.words, "tokens": tokens}, f, indent=1)
+        out = {"words": res.words, "tokens": tokens}
+        if res.ready.get("heard_transcript"):
+            out["heard"] = res.heard
+        json.dump(out, f, indent=1)
     step = np.array([m["stats"]["step_ms"] for m in res.turns] or [0.0])
     summary = {
         "session": res.ready, "micro_turns": len(res.turns),

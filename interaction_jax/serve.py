@@ -141,6 +141,7 @@ class LiveSession:
         self.ended = False
         self.finished = False
         self.words_sent = 0
+        self.heard_sent = 0
         self.events_sent = 0
         self.delegations_sent = 0
         self.results_sent: set[int] = set()
@@ -305,6 +306,8 @@ class StreamServer:
         self.layout, self.feature_params = engine.layout, engine.feature_params
         self.scheduler = Scheduler(engine, hub=hub)
         self.tokenizer = self.scheduler.tokenizer
+        # the model's own transcript of the user ("heard" in turn messages), from a model trained to write it
+        self.heard_transcript = float(engine.config.model.get("user_speech_loss_weight", 0.0)) > 0.0
         self.live: dict[str, LiveSession] = {}
         self.n_iter = int(self.options.griffin_lim_iters or engine.config.inference.griffin_lim_iters)
         self.max_turns = max(1, math.ceil(self.options.max_session_s / self.layout.micro_turn_s - 1e-9))
@@ -428,7 +431,8 @@ class StreamServer:
                 "max_messages_per_s": self.options.max_messages_per_s, "max_session_s": self.options.max_session_s,
                 "temperature": float(inf.temperature if ls.hello_opts["temperature"] is None
                                      else ls.hello_opts["temperature"]),
-                "top_p": float(inf.top_p if ls.hello_opts["top_p"] is None else ls.hello_opts["top_p"])}
+                "top_p": float(inf.top_p if ls.hello_opts["top_p"] is None else ls.hello_opts["top_p"]),
+                "heard_transcript": self.heard_transcript}
 
     # ---- a connection ------------------------------------------------------------------------
     async def _ws(self, request):
@@ -689,8 +693,13 @@ class StreamServer:
         ls.words_sent = max(ls.words_sent, len(done_words))
         events = [{"time": t, "event": name} for t, name in tr.events[ls.events_sent:]]
         ls.events_sent = len(tr.events)
+        heard = []
+        if self.heard_transcript:
+            new = ls.session.heard_words()[ls.heard_sent:]
+            ls.heard_sent += len(new)
+            heard = [{"text": w.text, "time": w.time} for w in new]
         msg = {"type": "turn", "turn": o.turn, "play_time": self.layout.output_window(o.turn)[0],
-               "tokens": [int(t) for t in o.text_tokens], "words": words,
+               "tokens": [int(t) for t in o.text_tokens], "words": words, "heard": heard,
                "partial": tr.words[-1].text if tr.words else "", "events": events, "audio_bytes": len(pcm),
                "stats": {"tick": self.ticks, "step_ms": o.latency_s * 1e3, "tick_ms": tick_ms, "late_ms": late * 1e3,
                          "overrun": overrun, "buffered_ms": len(ls.buf) / ls.rate * 1e3,

@@ -254,7 +254,10 @@ def run(config, out_dir: str, opts: StreamOptions | None = None) -> dict:
     model_wav = on_input_clock(session.waveform(), tr.mel_start, sr, len(audio))
     save_wav(os.path.join(out_dir, "model.wav"), model_wav, sr)
     with open(os.path.join(out_dir, "transcript.json"), "w") as f:
-        json.dump(transcript_json(tr.words, tr.tokens, model_wav, sr), f, indent=1)
+        doc = transcript_json(tr.words, tr.tokens, model_wav, sr)
+        if float(config.model.get("user_speech_loss_weight", 0.0)) > 0.0:  # trained to transcribe the user
+            doc["heard"] = [{"text": w.text, "time": w.time} for w in session.heard_words()]
+        json.dump(doc, f, indent=1)
     lat = np.array(sched.latencies)
     summary = {
         "duration_s": duration,

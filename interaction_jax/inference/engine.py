@@ -135,13 +135,18 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
     `strategy` is the cache attention (`engine_strategy(config)`).
 
     outputs: text_tokens [B, text_slots] int32 (sampled), mel [B, A, F, M] f32, codes [B, A, F, M]
-    uint8, turn [B] (micro-turn each row belongs to); with `debug_outputs` also text_logits
+    uint8, heard_tokens [B, A] int32 (the text head's argmax at the USER_AUDIO positions: what a model
+    trained with `model.user_speech_loss_weight` > 0 heard the user say, NOTHING between words), turn
+    [B] (micro-turn each row belongs to); with `debug_outputs` also text_logits
     [B, text_slots, V] and audio_hidden [B, A, D] (the flow head's conditioning states).
     """
     segs = segments(layout)
     kinds = layout.turn_kinds()
     P = layout.positions_per_turn
     text_sl, audio_sl = layout.block_slice(Kind.MODEL_TEXT), layout.block_slice(Kind.MODEL_AUDIO)
+    heard_sl = layout.block_slice(Kind.USER_AUDIO)
+    if heard_sl.stop > segs[0][1]:
+        raise ValueError("engine: the USER_AUDIO block must lie in the first model call of a micro-turn")
     if self_audio not in SELF_AUDIO:
         raise ValueError(f"inference.self_audio={self_audio!r}; expected one of {SELF_AUDIO}")
     mute_self = self_audio == "silence"
@@ -160,6 +165,7 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
         k_all, v_all = state.k, state.v
         text_feed, codes_feed = state.last_text, state.last_codes
         texts, logits_out, mels, codes_out, hiddens = [], [], [], [], []
+        heard_tok = jnp.zeros((B, heard_sl.stop - heard_sl.start), jnp.int32)
         valid = jnp.broadcast_to(active[:, None], (B, P))
         for a, z in segs:
             tok, dm = tok_in[:, a:z], dmel_in[:, a:z]
@@ -183,6 +189,8 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
             kv_pos = policy.row_positions(jnp.where(active, base + z, base))
             hidden, logits, k_all, v_all = cached_forward(model, block, k_all, v_all, rows, kv_pos, policy=policy,
                                                           strategy=strategy, groups=groups)
+            if a == 0:  # what the text head writes at the user's audio: its transcript of the user
+                heard_tok = jnp.argmax(logits[:, heard_sl], axis=-1).astype(jnp.int32)
             for p in range(a, z):
                 if text_sl.start <= p < text_sl.stop:
                     i = p - text_sl.start
@@ -218,6 +226,7 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
             "text_tokens": stack(texts, (B, 0)).astype(jnp.int32),
             "mel": stack(mels, (B, 0, F, M)),
             "codes": stack(codes_out, (B, 0, F, M)).astype(jnp.uint8),
+            "heard_tokens": heard_tok,
             "turn": state.turn,
         }
         if debug_outputs:

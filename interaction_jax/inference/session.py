@@ -150,6 +150,7 @@ class TurnOutput:
     mel: np.ndarray  # [audio_positions, F, M] log-mel
     latency_s: float  # wall time of the engine tick that produced it
     forced: bool = False  # text_tokens are the teacher-forced text (Chunk.force), not samples
+    heard_tokens: np.ndarray | None = None  # [audio_positions] the text head at the user's audio (engine.py)
 
 
 class DelegationScanner:
@@ -324,6 +325,29 @@ class Session:
         mel = np.stack([o.mel for o in self.outputs]) if self.outputs else None
         return pack.unpack(self.layout, self.tokenizer, turns, text, mel)
 
+    def heard_words(self) -> list[TextEvent]:
+        """What the model heard the user say: its own transcript of the user's speech, word by word.
+
+        Meaningful for a model trained with the user-speech target (`model.user_speech_loss_weight`
+        > 0), which writes each word's text at its USER_AUDIO positions the micro-turn after the word
+        ends; a word is complete at the space that ends it. Each word is stamped with the start of
+        the micro-turn that wrote its last token (the word itself ended during the one before).
+        """
+        words: list[TextEvent] = []
+        buf: list[int] = []
+        T = self.layout.micro_turn_s
+        for o in self.outputs:
+            if o.heard_tokens is None:
+                continue
+            buf += [int(t) for t in np.asarray(o.heard_tokens).reshape(-1) if int(t) >= NUM_CONTROL]
+            text = self.tokenizer.decode(buf)
+            if " " not in text:
+                continue
+            *done, rest = text.split(" ")
+            words += [TextEvent(w, o.turn * T) for w in done if w]
+            buf = self.tokenizer.encode(rest) if rest else []
+        return words
+
     def delegations(self) -> list[tuple[float, str]]:
         """(time, request text) of every DELEGATE ... DELEGATE_END the model emitted."""
         return pack.delegation_requests(self.transcript(), self.tokenizer)
@@ -453,7 +477,9 @@ class Scheduler:
             text = out["text_tokens"][s.slot]
             if chunk.text_forced:
                 text = np.asarray(chunk.force["text_targets"])[text_sl].astype(np.int32)
-            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=chunk.text_forced)
+            heard = out["heard_tokens"][s.slot] if "heard_tokens" in out else None
+            o = TurnOutput(int(out["turn"][s.slot]), text, out["mel"][s.slot], dt, forced=chunk.text_forced,
+                           heard_tokens=heard)
             s.record_output(o)
             result[s.id] = o
         return result

@@ -78,6 +78,22 @@ def test_teacher_forced_equals_forward_dense(dense):
     _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
 
 
+def test_heard_tokens_are_the_forward_text_head_at_user_audio(dense):
+    """The engine's `heard_tokens` (what the model writes at the user's audio) are the training
+    forward's argmax text logits at the USER_AUDIO positions of the same episode."""
+    c, model, engine, layout, grid, ref = dense
+    outs = _replay(engine, grid, slot=1, others=(0,))
+    ui = layout.kind_indices(Kind.USER_AUDIO, grid.num_turns)
+    logits = ref["text_logits"][0][ui]  # [turns, audio positions, vocab]
+    got = np.stack([o["heard_tokens"][1] for o in outs])
+    assert got.shape == logits.shape[:2] and got.dtype == np.int32
+    want = logits.argmax(-1)
+    # equal, except where two logits tie within float tolerance
+    top = np.take_along_axis(logits, got[..., None], -1)[..., 0]
+    assert np.all((got == want) | (logits.max(-1) - top < 1e-4)), (got, want)
+    assert (got == want).mean() > 0.9
+
+
 def test_compiles_once_over_50_micro_turns(dense):
     c, model, engine, layout, grid, ref = dense
     seen = []

@@ -201,3 +201,24 @@ def test_transcript_of_a_session_with_no_output_yet_is_empty(engine):
     assert list(tr.words) == [] and list(tr.events) == []
     assert s.delegations() == []
     s.close()
+
+
+def test_heard_words_decode_the_user_transcript_across_micro_turns(engine):
+    """`Session.heard_words` on hand-written heard tokens: a word split over two micro-turns, NOTHING
+    between words, a word still unfinished at the end (no space yet) left out."""
+    from interaction_jax.inference.session import TurnOutput
+    from interaction_jax.streams.tokenizer import ByteTokenizer
+
+    tok, N = ByteTokenizer(), int(Control.NOTHING)
+    A = engine.layout.audio_positions  # 4 in the tiny layout
+    rows = [[N] * A, tok.encode("re")[:2] + [N] * (A - 2), tok.encode("d ")[:2] + [N] * (A - 2),
+            tok.encode("dog ") + [N] * (A - 4), tok.encode("ca")[:2] + [N] * (A - 2)]
+    sched = Scheduler(engine)
+    s = sched.open_session(seed=1, session_id="heard")
+    for t, row in enumerate(rows):
+        s.outputs.append(TurnOutput(t, np.zeros(4, np.int32), np.zeros((A, 4, 80), np.float32), 0.0,
+                                    heard_tokens=np.asarray(row, np.int32)))
+    words = s.heard_words()
+    T = engine.layout.micro_turn_s
+    assert [(w.text, round(w.time, 6)) for w in words] == [("red", round(2 * T, 6)), ("dog", round(3 * T, 6))]
+    s.close()

@@ -470,3 +470,49 @@ def test_browser_page_streams_the_microphone_and_plays_the_model(engine, tmp_pat
     for e in on_time:
         assert e["userRms"] == pytest.approx(_rms(record.chunks[e["turn"]][0]), abs=1e-5)
     assert max(e["userRms"] for e in on_time) > 0.05  # the fake microphone's tone reached the server
+
+
+class ScriptedHeard:
+    """The engine, with every slot's heard tokens replaced by a script ("hi " in micro-turn 2,
+    "there " over micro-turns 4-5): a random model writes no words, a trained one is not at hand."""
+
+    def __init__(self, engine):
+        from interaction_jax.streams.tokenizer import ByteTokenizer, Control
+
+        self._engine, tok, n = engine, ByteTokenizer(), int(Control.NOTHING)
+        A = engine.layout.audio_positions
+        pad = lambda ids: (ids + [n] * A)[:A]  # noqa: E731
+        self.script = {2: pad(tok.encode("hi ")), 4: pad(tok.encode("ther")), 5: pad(tok.encode("e "))}
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def step(self, inputs):
+        out = self._engine.step(inputs)
+        turn = int(out["turn"][np.flatnonzero(inputs["active"])[0]])
+        row = self.script.get(turn, [1] * out["heard_tokens"].shape[1])
+        return dict(out, heard_tokens=np.tile(np.asarray(row, np.int32), (len(out["heard_tokens"]), 1)))
+
+
+def test_heard_transcript_is_sent_as_the_session_decodes_it(engine):
+    """A server whose model writes a user transcript sends it: ready.heard_transcript, and the turn
+    messages' "heard" words, here "hi" (written in micro-turn 2) and "there" (finished in 5)."""
+    scripted = ScriptedHeard(engine)
+    srv = ThreadServer(scripted, clock="step")
+    srv.server.heard_transcript = True  # as for a config with model.user_speech_loss_weight > 0
+    try:
+        res = asyncio.run(stream(srv.url, _audio(1.4, 5), seed=3, timeout_s=TIMEOUT))
+    finally:
+        srv.stop()
+    T = engine.layout.micro_turn_s
+    assert res.ready["heard_transcript"] is True and not res.errors
+    assert [(w["text"], round(w["time"], 6)) for w in res.heard] == [("hi", round(2 * T, 6)),
+                                                                     ("there", round(5 * T, 6))]
+    sent_in = {w["text"]: m["turn"] for m in res.turns for w in m["heard"]}
+    assert sent_in == {"hi": 2, "there": 5}  # each word in the turn message of the micro-turn that finished it
+
+
+def test_heard_transcript_off_for_a_model_not_trained_to_write_it(engine, step_server):
+    res = asyncio.run(stream(step_server.url, _audio(0.6, 6), seed=1, timeout_s=TIMEOUT))
+    assert res.ready["heard_transcript"] is False
+    assert all(m["heard"] == [] for m in res.turns) and res.heard == []
