@@ -89,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
     # (and torch ports) use "exact" and 1e-5 (docs/model.md)
     c.model.hmlp_gelu = "tanh"
     c.model.hmlp_norm_eps = 1e-6
+    # audio positions' embedding: "bag" (the dMel bag: frames and channels summed, linear) or
+    # "frames_mlp" (per-frame bags of `dmel_frame_width`, concatenated, a GELU MLP of `dmel_mlp_hidden`)
+    c.model.dmel_embed = "bag"
+    c.model.dmel_frame_width = 64
+    c.model.dmel_mlp_hidden = 512
     c.model.tie_embeddings = True
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
@@ -273,8 +278,10 @@ _RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("features.hop_length", 1, None, True, True),
     ("features.n_mels", 1, None, True, True),
     ("features.dmel_bins", 2, None, True, True),
+    ("model.dmel_frame_width", 1, None, True, True),
+    ("model.dmel_mlp_hidden", 1, None, True, True),
     ("data.num_episodes", 1, None, True, True),
-    ("data.eval_num_episodes", 0, None, True, True),
+    ("data.eval_num_episodes", 1, None, True, True),
     ("data.episode_seconds", 0, None, False, True),
     ("data.window_micro_turns", 1, None, True, True),
     ("data.batch_size", 1, None, True, True),
@@ -334,6 +341,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "text.tokenizer": ("byte", "sentencepiece"),
     "model.remat": ("none", "full", "dots"),
     "model.hmlp_gelu": ("tanh", "exact"),
+    "model.dmel_embed": ("bag", "frames_mlp"),
     "model.moe.router": ("softmax", "sigmoid"),
     "model.flow.solver": ("euler", "midpoint"),
     "train.on_nonfinite": ("stop", "skip"),

@@ -42,6 +42,7 @@ def world(tmp_path_factory) -> Path:
     """The shared fixture folder (module docstring); built once."""
     from interaction_jax.config_lib import load_config, save_run_config
     from interaction_jax.data.prepare import prepare
+    from interaction_jax.data.store import write_store
 
     root = tmp_path_factory.mktemp("cli_errors")
     prepare(str(root / "store"), task="timespeak", num_episodes=1, episode_seconds=2.0, workers=1)
@@ -50,6 +51,7 @@ def world(tmp_path_factory) -> Path:
     shutil.copytree(root / "store", root / "store_truncated")
     shard = next(p for p in (root / "store_truncated").iterdir() if p.name != "manifest.json")
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    write_store(str(root / "store_empty"), [], progress=False)
     shutil.copytree(root / "store", root / "store_flipped")
     _flip_first_record(root / "store_flipped" / "shard-00000.array_record")
     run = root / "run"
@@ -71,6 +73,9 @@ def world(tmp_path_factory) -> Path:
     (root / "events_negative.json").write_text(json.dumps([{"time": -0.4, "text": "hi"}]))
     (root / "events_late.json").write_text(json.dumps([{"time": 500, "text": "hi"}]))
     (root / "events_number.json").write_text(json.dumps([{"time": 1.0, "text": 12345}]))
+    (root / "events_nan.json").write_text('[{"time": NaN, "text": "hi"}]')
+    (root / "frames_late").mkdir()
+    (root / "frames_late" / "500.png").write_text("never opened: the time is checked first")
     (root / "frames").mkdir()
     (root / "frames" / "0.5.png").write_text("not an image")
     (root / "manifest_bad.jsonl").write_text("{oops\n")
@@ -133,6 +138,9 @@ CASES = [
     ("train", [C, "--workdir=new_run", "--config.data.data_dir=nowhere"], "episode store"),
     ("train", [C, "--workdir=new_run", "--config.data.data_dir=precious"], "not a complete episode store"),
     ("train", [C, "--workdir=new_run", "--config.data.data_dir=store_bad_manifest"], "not valid JSON"),
+    ("train", [C, "--workdir=new_run", "--config.data.data_dir=store_empty"], "store_empty holds no episodes"),
+    ("train", [C, "--workdir=new_run", "--config.data.eval_data_dir=store_empty"], "eval_data_dir=store_empty holds"),
+    ("train", [C, "--workdir=new_run", "--config.data.eval_num_episodes=0"], "eval_num_episodes=0 is out of range"),
     ("train", [C, "--workdir=new_run", "--config.train.grad_accum_steps=3"], "must be a multiple of train.grad_accum"),
     ("train", [C, "--workdir=new_run", "--config.data.on_corrupt_record=always"], "on_corrupt_record='always'"),
     ("train", [C, "--workdir=new_run", "--config.data.max_corrupt_records=-1"], "max_corrupt_records=-1"),
@@ -184,6 +192,8 @@ CASES = [
     ("stream", [C, "--init=random", "--text_events=events_negative.json", "--out=new_out"], "time -0.4 s is outside"),
     ("stream", [C, "--init=random", "--text_events=events_late.json", "--out=new_out"], "time 500.0 s is outside"),
     ("stream", [C, "--init=random", "--text_events=events_number.json", "--out=new_out"], "must be a string"),
+    ("stream", [C, "--init=random", "--text_events=events_nan.json", "--out=new_out"], "time nan s is outside"),
+    ("stream", [C, "--init=random", "--video=frames_late", "--out=new_out"], "frame '500.png': time 500.0 s"),
     ("stream", [C, "--init=random", "--video=frames", "--out=new_out"], "not a readable image"),
     ("stream", [C, "--init=random", "--video=afile", "--out=new_out"], "not a directory"),
     ("stream", [C, "--init=random", "--out=afile"], "--out=afile is a file"),
@@ -304,3 +314,18 @@ def test_overrides_with_a_space_and_after_double_dash():
                                            "--config.train.num_steps=3", "--", "--config.a=1"])
     assert overrides == [("model.d_model", "8"), ("train.num_steps", "3")]
     assert rest == ["prog", "--config=x.py", "--", "--config.a=1"]
+
+
+def test_a_bug_keeps_its_traceback():
+    """Only bad input is folded into one line: any other exception leaves the boundary unchanged."""
+
+    def buggy(argv):
+        raise KeyError("a bug, not a bad input")
+
+    with pytest.raises(KeyError, match="a bug, not a bad input"):
+        cli.invoke(buggy, ["prog"], name="prog")
+    code = "from interaction_jax import cli\ndef main(argv):\n    raise KeyError('a bug')\ncli.run(main, name='bug')\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 1 and "Traceback" in out.stderr and "KeyError: 'a bug'" in out.stderr, out.stderr
+    assert "[bug] error:" not in out.stderr

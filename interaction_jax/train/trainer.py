@@ -87,6 +87,17 @@ def _flops_per_token(config) -> tuple[float, int, int]:
     return transformer_train_flops_per_token(active, int(m.num_layers), seq, d_attn), total, active
 
 
+def _check_not_empty(config, train_source, eval_source) -> None:
+    """An empty store (the eval one only if evaluating) is named before the run directory is touched."""
+    d = config.data
+    if len(train_source) == 0:
+        raise ConfigError(f"data.data_dir={d.data_dir} holds no episodes; expected a store with at least one "
+                          "(prepare one with --num_episodes >= 1)")
+    if len(eval_source) == 0 and int(config.train.eval_every or 0):
+        raise ConfigError(f"data.eval_data_dir={d.eval_data_dir} holds no episodes, but train.eval_every="
+                          f"{config.train.eval_every} evaluates on them; give it episodes or set train.eval_every=0")
+
+
 class Trainer:
     """Owns the run's state; `run()` trains to `train.num_steps` (or until preempted)."""
 
@@ -102,6 +113,7 @@ class Trainer:
         self.layout = StreamLayout.from_config(config)
         self.train_source = SkipCorrupt.from_config(config, open_source(config, split="train"))
         self.eval_source = SkipCorrupt.from_config(config, open_source(config, split="eval"))
+        _check_not_empty(config, self.train_source, self.eval_source)
         os.makedirs(workdir, exist_ok=True)
         self.mesh = mesh or make_mesh(config.mesh)
         shards = int(self.mesh.shape["data"]) * int(self.mesh.shape["fsdp"])
