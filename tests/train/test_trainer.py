@@ -216,10 +216,18 @@ def test_config_json_is_written_only_once_the_run_has_started(tmp_path):
 
 def test_sigint_saves_at_the_step_boundary_and_exits_cleanly(tmp_path):
     t = Trainer(cfg("train.num_steps=6", "train.checkpoint_every=0"), str(tmp_path), log=quiet)
-    t.batch_hook = hook(lambda k, b: signal.raise_signal(signal.SIGINT) if k == 2 else None)
+    after_first = []  # the SIGINT handler once the first Ctrl-C was handled
+
+    def ctrl_c(k, b):
+        if k == 2:
+            signal.raise_signal(signal.SIGINT)
+            after_first.append(signal.getsignal(signal.SIGINT))
+
+    t.batch_hook = hook(ctrl_c)
     before = signal.getsignal(signal.SIGINT)
     result = t.run()
     assert result.preempted and result.step == 2 and t.manager.latest_step() == 2
+    assert after_first == [signal.SIG_DFL]  # a second Ctrl-C would end the process at once
     assert signal.getsignal(signal.SIGINT) is before
 
 
