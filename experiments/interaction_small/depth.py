@@ -1,18 +1,20 @@
-"""Is CueSpeak limited by depth? The recipe trained on CueSpeak alone at 4 and at 8 layers, same budget.
+"""Is CueSpeak limited by depth? The recipe trained on CueSpeak alone at 4 and 8 layers (and with an
+audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8] [--steps=1000] [--num_examples=50] [--temperature=0.7]
+        [--rows=layers4,layers8,frames_mlp] [--steps=1000] [--num_examples=50] [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
 identity from dMel frames spread over two or three micro-turns, its membership in the category
 the typed instruction named, and the response word copied from that instruction. A transformer
 position has only `num_layers` serial steps however long the model waits (a later position reads
 earlier ones layer by layer), so if 4 layers are too few the model cannot do all three in time.
-This script changes only `model.num_layers` (every other setting is the recipe's config.py,
-including the user-speech transcription target) and trains each row on typed-instruction CueSpeak
-episodes only, from the same rendered data. Each row is evaluated through live streaming
-sessions on the *test* seed range (typed instructions, the cascade beside it) at one decoding
-temperature (default: the one the full run chose on validation seeds, from results.json).
+Each row changes one thing against `layers4` (`model.num_layers`, or the audio embedding; every
+other setting is the recipe's config.py, including the user-speech transcription target) and is
+trained on typed-instruction CueSpeak episodes only, from the same rendered data. Each row is
+evaluated through live streaming sessions on the *test* seed range (typed instructions, the
+cascade beside it) at one decoding temperature (default: the one the full run chose on
+validation seeds, from results.json).
 
 Writes `depth.json` beside this file (committed; every row's CueSpeak metrics, the training
 loss and user-speech word accuracy at the end, wall times, and `analysis`: where the misses and
@@ -37,6 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 ROWS: dict[str, tuple[str, list[str]]] = {
     "layers4": ("the recipe's 4 layers", ["model.num_layers=4"]),
     "layers8": ("8 layers (twice the serial depth, twice the compute per step)", ["model.num_layers=8"]),
+    # the same question at the input: a per-position audio encoder instead of the linear dMel bag
+    "frames_mlp": ("4 layers, dMel frames through a per-position MLP (model.dmel_embed=frames_mlp)",
+                   ["model.num_layers=4", "model.dmel_embed=frames_mlp"]),
 }
 TASK = "cuespeak_typed"
 METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")

@@ -6,7 +6,8 @@ content is chosen by the position's kind:
   * text kinds (user text, background, model text): the text token embedding,
   * audio kinds (user audio, model audio): the dMel bag (Bai et al. 2024) of the position's
     F frames x M mel channels: each channel m has its own table of `bins` (16) rows and the
-    position's vector is  sum_f sum_m table[m, code[f, m]]  — no audio encoder at all,
+    position's vector is  sum_f sum_m table[m, code[f, m]]  — no audio encoder at all (or, with
+    `model.dmel_embed="frames_mlp"`, per-frame bags concatenated through a small MLP),
   * video: the hMLP embedding of the position's 40x40 patch, or a learned "no frame" vector
     in micro-turns where no frame arrived (`video_present` False).
 
@@ -91,6 +92,38 @@ class DMelBag(nnx.Module):
         return jnp.einsum("...mk,mkd->...d", counts, self.table[...].astype(self.dtype))
 
 
+class DMelFramesMLP(nnx.Module):
+    """dMel codes [..., F, M] -> [..., D] keeping the order of the F frames (`model.dmel_embed="frames_mlp"`).
+
+    Each frame is a bag over its channels (a [M, bins, width] table, as `DMelBag` but per frame),
+    the F frame vectors are concatenated and a GELU MLP maps them to D. Why: the bag sums the
+    frames of a position (its 50 ms lose their order) and is linear in the codes, so every step of
+    recognising a sound from the codes is left to the shared backbone layers; this gives each audio
+    position a small encoder of its own at the cost of two matmuls per position.
+    """
+
+    def __init__(self, n_mels: int, d_model: int, *, bins: int = 16, frames: int = 4, width: int = 64,
+                 hidden: int = 512, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.bins, self.frames, self.dtype = bins, frames, dtype
+        self.table = param(rngs, nnx.initializers.normal(stddev=n_mels ** -0.5), (n_mels, bins, width),
+                           ("channels", "bins", None), param_dtype)
+        self.w_in = param(rngs, nnx.initializers.normal(stddev=(frames * width) ** -0.5), (frames * width, hidden),
+                          (None, "mlp"), param_dtype)
+        self.b_in = param(rngs, nnx.initializers.zeros, (hidden,), ("mlp",), param_dtype)
+        self.w_out = param(rngs, nnx.initializers.normal(stddev=hidden ** -0.5), (hidden, d_model), ("mlp", "embed"),
+                           param_dtype)
+
+    def __call__(self, codes: jax.Array) -> jax.Array:
+        onehot = jax.nn.one_hot(codes.astype(jnp.int32), self.bins, dtype=self.dtype)  # [..., F, M, bins]
+        frames = jnp.einsum("...fmk,mkw->...fw", onehot, self.table[...].astype(self.dtype))
+        flat = frames.reshape(frames.shape[:-2] + (-1,))
+        h = jax.nn.gelu(flat @ self.w_in[...].astype(self.dtype) + self.b_in[...].astype(self.dtype))
+        return h @ self.w_out[...].astype(self.dtype)
+
+
+DMEL_EMBEDS = ("bag", "frames_mlp")
+
+
 class InputEmbedding(nnx.Module):
     """A packed batch (or streaming block) -> input vectors [B, L, D]; see the module docstring."""
 
@@ -110,6 +143,9 @@ class InputEmbedding(nnx.Module):
         batch_invariant: bool = False,
         hmlp_gelu: str = "tanh",
         hmlp_norm_eps: float = 1e-6,
+        dmel_embed: str = "bag",
+        dmel_frame_width: int = 64,
+        dmel_mlp_hidden: int = 512,
         rngs: nnx.Rngs,
     ):
         self.d_model = d_model
@@ -118,16 +154,26 @@ class InputEmbedding(nnx.Module):
         bi = bool(batch_invariant)
         self.text = TextEmbedding(vocab_size, d_model, dtype=dtype, param_dtype=param_dtype, batch_invariant=bi,
                                   rngs=rngs)
-        self.dmel = DMelBag(
-            n_mels,
-            d_model,
-            bins=dmel_bins,
-            frames=frames_per_position,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            batch_invariant=bi,
-            rngs=rngs,
-        )
+        if dmel_embed not in DMEL_EMBEDS:
+            raise ValueError(f"model.dmel_embed={dmel_embed!r}; expected one of {DMEL_EMBEDS}")
+        if dmel_embed == "frames_mlp":
+            if bi:
+                raise ValueError("model.dmel_embed='frames_mlp' has no batch-invariant form; use 'bag' with "
+                                 "model.batch_invariant=True")
+            self.dmel = DMelFramesMLP(n_mels, d_model, bins=dmel_bins, frames=frames_per_position,
+                                      width=dmel_frame_width, hidden=dmel_mlp_hidden, dtype=dtype,
+                                      param_dtype=param_dtype, rngs=rngs)
+        else:
+            self.dmel = DMelBag(
+                n_mels,
+                d_model,
+                bins=dmel_bins,
+                frames=frames_per_position,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                batch_invariant=bi,
+                rngs=rngs,
+            )
         self.kind = param(rngs, nnx.initializers.normal(1.0), (NUM_KINDS, d_model), ("kinds", "embed"), param_dtype)
         if video_patches > 0:
             self.hmlp = HMLPStem(d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype,

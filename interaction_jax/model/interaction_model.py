@@ -68,6 +68,9 @@ class InteractionModel(nnx.Module):
             batch_invariant=bi,
             hmlp_gelu=str(m.get("hmlp_gelu", "tanh")),  # .get: run configs saved before these keys existed
             hmlp_norm_eps=float(m.get("hmlp_norm_eps", 1e-6)),
+            dmel_embed=str(m.get("dmel_embed", "bag")),
+            dmel_frame_width=int(m.get("dmel_frame_width", 64)),
+            dmel_mlp_hidden=int(m.get("dmel_mlp_hidden", 512)),
             rngs=rngs,
         )
         self.backbone = Transformer(m, rngs=rngs)

@@ -85,3 +85,39 @@ def test_time_embedding_switch_changes_only_with_micro_turn(setup):
     turn = np.asarray(batch["micro_turn"])
     assert np.allclose(diff[turn == 0], diff[turn == 0][0], atol=1e-5)
     assert not np.allclose(diff[turn == 0][0], diff[turn == 1][0])
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def test_dmel_frames_mlp_equals_a_numpy_encoder_and_keeps_frame_order():
+    from interaction_jax.model.embeddings import DMelFramesMLP
+
+    M, K, F, W, H, D = 5, 4, 3, 6, 7, 8
+    emb = DMelFramesMLP(M, D, bins=K, frames=F, width=W, hidden=H, rngs=nnx.Rngs(0))
+    rs = np.random.RandomState(0)
+    codes = rs.randint(0, K, (2, 3, F, M))
+    table, w_in, w_out = (np.asarray(x[...]) for x in (emb.table, emb.w_in, emb.w_out))
+    b_in = rs.normal(size=H).astype(np.float32)
+    emb.b_in[...] = b_in
+    want = np.zeros((2, 3, D))
+    for i in np.ndindex(2, 3):
+        frames = [sum(table[m, codes[i][f, m]] for m in range(M)) for f in range(F)]  # per-frame bags
+        want[i] = _gelu_tanh(np.concatenate(frames) @ w_in + b_in) @ w_out
+    np.testing.assert_allclose(np.asarray(emb(codes)), want, rtol=1e-5, atol=1e-5)
+    # the bag of the same codes does not see the frames' order; this encoder does
+    swapped = codes[..., ::-1, :]  # frames reversed (channels kept)
+    assert not np.allclose(np.asarray(emb(swapped)), np.asarray(emb(codes)), atol=1e-4)
+    bag = DMelBag(M, D, bins=K, frames=F, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(bag(swapped)), np.asarray(bag(codes)), atol=1e-5)
+
+
+def test_dmel_embed_option_is_validated():
+    with pytest.raises(Exception, match="dmel_embed"):
+        load_config(config_path("tiny.py"), ["model.dmel_embed=conv"])
+    with pytest.raises(ValueError, match="batch-invariant"):
+        from interaction_jax.model.interaction_model import InteractionModel
+
+        c = load_config(config_path("tiny.py"), ["model.dmel_embed=frames_mlp", "model.batch_invariant=True"])
+        InteractionModel(c, rngs=nnx.Rngs(0))
