@@ -94,11 +94,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dmel_embed = "bag"
     c.model.dmel_frame_width = 64
     c.model.dmel_mlp_hidden = 512
-    # audio positions' embedding: "bag" (the dMel bag: frames and channels summed, linear) or
-    # "frames_mlp" (per-frame bags of `dmel_frame_width`, concatenated, a GELU MLP of `dmel_mlp_hidden`)
-    c.model.dmel_embed = "bag"
-    c.model.dmel_frame_width = 64
-    c.model.dmel_mlp_hidden = 512
     c.model.tie_embeddings = True
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
@@ -285,8 +280,6 @@ _RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("features.dmel_bins", 2, None, True, True),
     ("model.dmel_frame_width", 1, None, True, True),
     ("model.dmel_mlp_hidden", 1, None, True, True),
-    ("model.dmel_frame_width", 1, None, True, True),
-    ("model.dmel_mlp_hidden", 1, None, True, True),
     ("data.num_episodes", 1, None, True, True),
     ("data.eval_num_episodes", 1, None, True, True),
     ("data.episode_seconds", 0, None, False, True),
@@ -348,7 +341,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "text.tokenizer": ("byte", "sentencepiece"),
     "model.remat": ("none", "full", "dots"),
     "model.hmlp_gelu": ("tanh", "exact"),
-    "model.dmel_embed": ("bag", "frames_mlp"),
     "model.dmel_embed": ("bag", "frames_mlp"),
     "model.moe.router": ("softmax", "sigmoid"),
     "model.flow.solver": ("euler", "midpoint"),
