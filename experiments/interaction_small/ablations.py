@@ -70,25 +70,30 @@ def _data_key(overrides: list[str]) -> str:
     return hashlib.sha1(task.encode()).hexdigest()[:10]
 
 
-def _temperature() -> float:
-    if FLAGS.temperature >= 0:
-        return FLAGS.temperature
+def chosen_temperature(flag: float) -> float:
+    """`flag` if >= 0, else the temperature the full run chose on the validation seeds (results.json)."""
+    if flag >= 0:
+        return flag
     path = os.path.join(HERE, "results.json")
     if not os.path.exists(path):
         raise app.UsageError("--temperature not given and results.json (the full run's choice) is missing")
     return float(json.load(open(path))["decoding"]["temperature"])
 
 
-def run_row(name: str, temperature: float) -> dict:
-    """Runs one row's pipeline (resumable) and returns its headline on the test seeds."""
-    _, overrides = ROWS[name]
-    workdir = os.path.join(FLAGS.workdir, name)
+def link_data(workdir: str, shared: str) -> None:
+    """`workdir/data` -> `shared` (rows that train on the same mix render it once)."""
     os.makedirs(workdir, exist_ok=True)
-    shared = os.path.abspath(os.path.join(FLAGS.workdir, "data", _data_key(overrides)))
     os.makedirs(shared, exist_ok=True)
     link = os.path.join(workdir, "data")
     if not os.path.lexists(link):
         os.symlink(shared, link)
+
+
+def run_row(name: str, temperature: float) -> dict:
+    """Runs one row's pipeline (resumable) and returns its headline on the test seeds."""
+    _, overrides = ROWS[name]
+    workdir = os.path.join(FLAGS.workdir, name)
+    link_data(workdir, os.path.abspath(os.path.join(FLAGS.workdir, "data", _data_key(overrides))))
     out = os.path.join(FLAGS.out_dir, name, "results.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}",
@@ -118,7 +123,7 @@ def main(argv):
         raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
     if FLAGS.steps < 1 or FLAGS.num_examples < 1:
         raise app.UsageError("--steps and --num_examples must be >= 1")
-    temperature = _temperature()
+    temperature = chosen_temperature(FLAGS.temperature)
     results = {name: run_row(name, temperature) for name in FLAGS.rows}
     summary = {"steps": FLAGS.steps, "num_examples": FLAGS.num_examples, "temperature": temperature,
                "split": "test", "command": " ".join(sys.argv),

@@ -34,6 +34,8 @@ from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from ablations import chosen_temperature, link_data  # noqa: E402  (experiments/interaction_small/ablations.py)
 
 # name -> (what changes, config overrides)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -60,15 +62,6 @@ def _define_flags() -> None:
     flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
 
 
-def _temperature() -> float:
-    if FLAGS.temperature >= 0:
-        return FLAGS.temperature
-    path = os.path.join(HERE, "results.json")
-    if not os.path.exists(path):
-        raise app.UsageError("--temperature not given and results.json (the full run's choice) is missing")
-    return float(json.load(open(path))["decoding"]["temperature"])
-
-
 def _overrides(name: str) -> list[str]:
     return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
             f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
@@ -88,12 +81,7 @@ def run_row(name: str, temperature: float) -> dict:
     from interaction_jax.evaluate import evaluate
 
     workdir = os.path.join(FLAGS.workdir, name)
-    os.makedirs(workdir, exist_ok=True)
-    shared = os.path.abspath(os.path.join(FLAGS.workdir, "data"))
-    os.makedirs(shared, exist_ok=True)
-    link = os.path.join(workdir, "data")
-    if not os.path.lexists(link):
-        os.symlink(shared, link)
+    link_data(workdir, os.path.abspath(os.path.join(FLAGS.workdir, "data")))
     cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}", "--stages=prepare,train",
            *[f"--config.{o}" for o in _overrides(name)]]
     print(f"[depth] {name}: " + " ".join(cmd[1:]), flush=True)
@@ -205,7 +193,7 @@ def main(argv):
         os.replace(FLAGS.out + ".tmp", FLAGS.out)
         print(table(summary["rows"]))
         return
-    temperature = _temperature()
+    temperature = chosen_temperature(FLAGS.temperature)
     prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
     for name in FLAGS.rows:
