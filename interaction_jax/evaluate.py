@@ -2,7 +2,7 @@
 
     python -m interaction_jax.evaluate --config=configs/tiny.py --workdir=runs/tiny \
         --benchmarks=timespeak,cuespeak,fd --num_examples=20 [--baseline] [--oracle] [--plot]
-    python -m interaction_jax.evaluate --config=... --workdir=... --export_fdb=OUT [--fdb_input=DIR]
+    python -m interaction_jax.evaluate --config=... --workdir=... --export_fdb=OUT [--fdb_input=DIR | --oracle]
 
 Held-out episodes (seeds disjoint from training, `eval/episodes.py`) run through the streaming
 engine as live sessions (`eval/runner.py`), graded on the model's time-stamped text stream
@@ -42,7 +42,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).", lower_bound=1)
     flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).", lower_bound=0.0)
     flags.DEFINE_bool("baseline", False, "Also evaluate the turn-based VAD cascade.")
-    flags.DEFINE_bool("oracle", False, "Also grade the episodes' own target behaviour.")
+    flags.DEFINE_bool("oracle", False, "Also grade the episodes' own target behaviour (with --export_fdb: export "
+                      "the targets instead of the model).")
     flags.DEFINE_bool("plot", False, "Timelines of the best and worst examples per benchmark.")
     flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval or eval_out).")
     flags.DEFINE_integer("seed", 0, "Base seed of the sessions' sampling keys.")
@@ -240,6 +241,8 @@ def main(argv):
             from interaction_jax.eval import fdb
             from interaction_jax.eval.episodes import benchmark_episodes
 
+            if FLAGS.fdb_input and FLAGS.oracle:
+                raise EvaluateError("--export_fdb --oracle writes the episodes' targets; it takes no --fdb_input")
             if FLAGS.fdb_input:  # one FDB task root or a folder of them -> EXPORT_FDB/<root name>/
                 fdb.task_roots(FLAGS.fdb_input)  # a wrong folder fails before the engine compiles
                 engine = make_engine(config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
@@ -247,6 +250,9 @@ def main(argv):
                 return
             seconds = float(FLAGS.episode_seconds or config.data.episode_seconds)
             eps = [ep for t in fdb.EPISODE_TASKS for ep in benchmark_episodes(t, FLAGS.num_examples, seconds)]
+            if FLAGS.oracle:  # the episodes' targets as the system, instead of the model
+                fdb.export_oracle_tree(eps, FLAGS.export_fdb, config=config)
+                return
             engine = make_engine(config, FLAGS.workdir, FLAGS.init, FLAGS.slots)
             fdb.export_fdb_tree(engine, FLAGS.export_fdb, episodes=eps, seed=FLAGS.seed)  # EXPORT_FDB/<task>/
             return

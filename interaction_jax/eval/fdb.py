@@ -48,7 +48,8 @@ It refuses to overwrite outputs unless `overwrite=True` and checks every sample 
 annotation, backchannel folder names) before compiling anything. `export_fdb_tree` does this for
 every task root under a folder (what `evaluate --export_fdb` calls), then times the model's speech
 from its audio (`eval/audio_timing.py`: `timing.json` and `output_audio.json` per sample,
-`timing_summary.json` beside the task roots).
+`timing_summary.json` beside the task roots). `export_oracle_tree` writes the episodes' targets
+the same way (`evaluate --export_fdb --oracle`), a known-good system to score beside the model.
 """
 
 from __future__ import annotations
@@ -442,6 +443,43 @@ def export_fdb_tree(engine, out_root: str, *, input_root: str | None = None,
     return runs
 
 
-__all__ = ["FDB_TASKS", "FdbError", "detect_task", "export_fdb", "export_fdb_tree", "fdb_transcription",
-           "load_samples", "output_waveform", "sample_dirs", "task_roots", "transcript_json", "write_fdb_inputs",
-           "write_json"]
+def export_oracle_tree(episodes: Sequence[Episode], out_root: str, *, config=None, overwrite: bool = False,
+                       timing: bool = True) -> dict[str, list]:
+    """The episodes' own target behaviour written as an FDB export: a known-good system for FDB's scripts.
+
+    Laid out as `export_fdb_tree(episodes=...)`; per sample `output.wav` is the target recording
+    (`model_audio` at 16 kHz, as long as `input.wav`) and `output.json` the target words after the
+    packing a model's text stream goes through (`grading.ground_truth_run`, what `evaluate --oracle`
+    grades), cropped after the interruption as for a model. No `clean_output.*`: the targets have
+    no run on the clean input. Returns {root name: runs}.
+    """
+    from interaction_jax.eval.grading import ground_truth_run
+    from interaction_jax.features.audio import ensure_audio, save_wav
+
+    by_id = {ep.episode_id: ep for ep in episodes}
+    write_fdb_inputs(episodes, out_root, overwrite=overwrite)
+    runs: dict[str, list] = {}
+    for root in task_roots(out_root):
+        task = detect_task(root)
+        for sid in sample_dirs(root):
+            ep, d = by_id[sid], os.path.join(root, sid)
+            n = _output_frames(os.path.join(d, INPUT_WAV), ep.num_samples, ep.sample_rate)
+            wav = np.zeros(n, np.float32)
+            target = ensure_audio(ep.model_audio, ep.sample_rate, FDB_SAMPLE_RATE, name=sid)
+            wav[: min(n, target.size)] = target[:n]
+            save_wav(os.path.join(d, OUTPUT_WAV), wav, FDB_SAMPLE_RATE)
+            run = ground_truth_run(ep, config=config)
+            after = _interrupt_end(d) if task == "user_interruption" else 0.0
+            write_json(os.path.join(d, OUTPUT_JSON), transcript_json(run.words, ep.duration, after=after))
+            runs.setdefault(os.path.basename(root), []).append(run)
+    print(f"[fdb] oracle (targets): wrote {OUTPUT_WAV} + {OUTPUT_JSON} under {out_root}", flush=True)
+    if timing:
+        from interaction_jax.eval.audio_timing import write_timing
+
+        write_timing(out_root, runs)
+    return runs
+
+
+__all__ = ["FDB_TASKS", "FdbError", "detect_task", "export_fdb", "export_fdb_tree", "export_oracle_tree",
+           "fdb_transcription", "load_samples", "output_waveform", "sample_dirs", "task_roots", "transcript_json",
+           "write_fdb_inputs", "write_json"]
