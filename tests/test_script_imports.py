@@ -19,6 +19,7 @@ SCRIPTS = [
     "experiments/interaction_small/depth.py",
     "experiments/interaction_small/transcription_probe.py",
     "experiments/delegation/run.py",
+    "experiments/fdb_scoring/score.py",
 ]
 
 
