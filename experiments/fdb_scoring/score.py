@@ -21,7 +21,7 @@ from what it wrote (`rating.json` marks each sample it counted as a turn).
 
 `--offline_silero`: `get_timing.py` loads Silero VAD with `torch.hub.load("snakers4/silero-vad")`,
 which needs GitHub; this serves that name from a local hub folder whose `hubconf.py` returns the
-`silero-vad` package's own model (the same JIT weights the repository ships).
+model of the `silero-vad` package (which is built from that repository).
 """
 
 from __future__ import annotations
