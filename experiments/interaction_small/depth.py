@@ -62,6 +62,11 @@ def _define_flags() -> None:
     flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
 
 
+def _commit() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def _overrides(name: str) -> list[str]:
     return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
             f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
@@ -198,7 +203,7 @@ def main(argv):
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
     for name in FLAGS.rows:
         rows[name] = run_row(name, temperature)
-        summary = {"task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
+        summary = {"commit": _commit(), "task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
                    "num_examples": FLAGS.num_examples, "temperature": temperature, "split": "test",
                    "command": " ".join(sys.argv), "rows": rows}
         with open(FLAGS.out + ".tmp", "w") as fh:
