@@ -75,8 +75,9 @@ class SkipCorrupt:
     def read(self, index: int, *, report: bool = True) -> tuple[Any, Skips]:
         """The record standing in for `index` and the corrupt records skipped to find it.
 
-        With `report=False` nothing is warned, counted or raised here: the caller passes the
-        skips to `report()` in the process that owns the count."""
+        With `report=False` nothing is warned or counted here (the caller passes the skips to
+        `report()` in the process that owns the count); under policy "stop" the first corrupt
+        record still raises here, naming it."""
         n = len(self.source)
         skipped = []
         for k in range(n):
@@ -84,7 +85,7 @@ class SkipCorrupt:
             try:
                 return self.source[i], Skips(tuple(skipped))
             except CorruptRecordError as e:
-                if report:
+                if report or self.policy == "stop":  # "stop" names the record at once, in any process
                     self._met(i, e)
                 skipped.append((i, str(e), int(e.index), str(e.shard)))
         raise CorruptRecordError(f"every one of the {n} records of the data source is corrupt")
