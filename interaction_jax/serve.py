@@ -97,10 +97,18 @@ def turn_audio(mel: np.ndarray, feature_params, n_iter: int) -> np.ndarray:
     Each micro-turn is vocoded on its own (no look-ahead, so it can play at once); the in-process
     reference for tests is this same function on the `Scheduler`'s mel.
     """
+    return turns_audio([mel], feature_params, n_iter)[0]
+
+
+def turns_audio(mels: list[np.ndarray], feature_params, n_iter: int) -> list[np.ndarray]:
+    """`turn_audio` of several sessions' micro-turns, vocoded together (one batch per tick)."""
     from interaction_jax.features.mel import mel_to_audio
 
-    frames = np.asarray(mel, np.float32).reshape(-1, np.asarray(mel).shape[-1])
-    return mel_to_audio(frames, feature_params, n_iter=n_iter, length=len(frames) * feature_params.hop_length)
+    if not mels:
+        return []
+    frames = np.stack([np.asarray(m, np.float32).reshape(-1, np.asarray(m).shape[-1]) for m in mels])
+    return list(mel_to_audio(frames, feature_params, n_iter=n_iter,
+                             length=frames.shape[1] * feature_params.hop_length))
 
 
 def _rate(value: Any, name: str, micro_turn_s: float) -> int:
@@ -675,15 +683,14 @@ class StreamServer:
                     self._finish(ls)
 
     def _work(self, ticked: list[LiveSession]) -> dict:
-        """Worker thread: one engine tick, then each session's audio for the micro-turn."""
+        """Worker thread: one engine tick, then every session's audio for the micro-turn in one batch."""
         outs = self.scheduler.tick()
+        live = [ls for ls in ticked if ls.session.id in outs]  # the others: closed by the scheduler (Session.error)
+        audio = turns_audio([outs[ls.session.id].mel for ls in live], self.feature_params, self.n_iter)
         result = {}
-        for ls in ticked:
-            o = outs.get(ls.session.id)
-            if o is None:  # closed by the scheduler (Session.error); reported by the caller
-                continue
-            audio = ls.resample_out(turn_audio(o.mel, self.feature_params, self.n_iter))
-            result[ls.session.id] = (o, pcm16_encode(audio), o.mel if ls.return_mel else None)
+        for ls, a in zip(live, audio, strict=True):
+            o = outs[ls.session.id]
+            result[ls.session.id] = (o, pcm16_encode(ls.resample_out(a)), o.mel if ls.return_mel else None)
         return result
 
     def _send_turn(self, ls: LiveSession, o, pcm: bytes, mel, tick_ms: float, late: float, overrun: bool) -> None:

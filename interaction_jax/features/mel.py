@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,6 +182,8 @@ def mel_to_audio(
 ) -> np.ndarray:
     """Waveform (float32, params.sample_rate) from a [T, n_mels] log10 magnitude mel, by Griffin-Lim.
 
+    A batch [clips, T, n_mels] gives [clips, samples] (each clip as if alone, vocoded together).
+
     For listening, not fidelity. Default length is (T - 1) * hop samples, i.e. the length of the
     clip that produced T frames rounded down to a whole hop; `length` trims or zero-pads to a
     requested number of samples. A single frame spans no whole hop, so it gives silence.
@@ -190,36 +191,28 @@ def mel_to_audio(
     scaled down by one gain so that nothing clips when written as PCM (an untrained model's mel
     gives many times full scale); quieter clips are returned unchanged.
     """
-    import librosa
-
     from interaction_jax.features.audio import PEAK_LEVEL, limit_peak
+    from interaction_jax.features.griffin_lim import griffin_lim
 
     logmel = np.asarray(logmel, np.float32)
-    if logmel.ndim != 2 or logmel.shape[1] != params.n_mels:
-        raise ValueError(f"mel_to_audio expects [frames, {params.n_mels}], got shape {logmel.shape}")
+    if logmel.ndim not in (2, 3) or logmel.shape[-1] != params.n_mels:
+        raise ValueError(f"mel_to_audio expects [frames, {params.n_mels}] or [clips, frames, {params.n_mels}], "
+                         f"got shape {logmel.shape}")
     if not np.isfinite(logmel).all():
         raise ValueError("mel_to_audio: log-mel contains NaN or inf")
-    natural = max(0, logmel.shape[0] - 1) * params.hop_length
+    clips = logmel if logmel.ndim == 3 else logmel[None]
+    natural = max(0, clips.shape[1] - 1) * params.hop_length
     n = natural if length is None else int(length)
     if natural == 0 or n <= 0:
-        return np.zeros(max(n, 0), np.float32)
+        out = np.zeros((clips.shape[0], max(n, 0)), np.float32)
+        return out if logmel.ndim == 3 else out[0]
     # mel -> linear magnitude with the filterbank's pseudo-inverse (librosa's default NNLS solve
     # is an L-BFGS per frame block and takes minutes on long or untrained outputs), then
-    # Griffin-Lim phase reconstruction.
-    mel = np.clip(np.power(10.0, logmel.T.astype(np.float64)), 0.0, 1e6)
-    linear = np.maximum(_mel_pinv(params) @ mel, 0.0)
-    with warnings.catch_warnings():  # clips under n_fft samples are fine here (zero-padded frames)
-        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-        audio = librosa.griffinlim(
-            linear.astype(np.float32),
-            n_iter=n_iter,
-            hop_length=params.hop_length,
-            win_length=params.win_length,
-            n_fft=params.n_fft,
-            window="hann",
-            center=True,
-            length=natural,  # a length that maps back to T frames; pad/trim after
-            random_state=0,
-        )
-    audio = limit_peak(audio.astype(np.float32), PEAK_LEVEL if peak is None else peak)
-    return audio[:n] if n <= natural else np.pad(audio, (0, n - natural))
+    # Griffin-Lim phase reconstruction of all clips at once (`griffin_lim.py`).
+    mel = np.clip(np.power(10.0, np.swapaxes(clips, 1, 2).astype(np.float64)), 0.0, 1e6)
+    linear = np.maximum(np.einsum("fm,bmt->bft", _mel_pinv(params), mel), 0.0).astype(np.float32)
+    audio = griffin_lim(linear, n_iter=n_iter, hop_length=params.hop_length, win_length=params.win_length,
+                        n_fft=params.n_fft, length=natural)  # a length that maps back to T frames; pad/trim after
+    audio = np.stack([limit_peak(a, PEAK_LEVEL if peak is None else peak) for a in audio])
+    audio = audio[:, :n] if n <= natural else np.pad(audio, ((0, 0), (0, n - natural)))
+    return audio if logmel.ndim == 3 else audio[0]
