@@ -27,6 +27,7 @@ setup(
         "absl-py>=2.0",
         "tensorboard>=2.15",
         "numpy>=1.26",
+        "scipy>=1.11",  # features/griffin_lim.py: float32 FFTs (also what librosa builds on)
         "espeakng-loader>=0.2.4",
         "matplotlib>=3.8",
         "webrtcvad-wheels>=2.0.14",  # the turn-based baseline's VAD (eval/baseline.py); binary wheels
