@@ -33,6 +33,7 @@ import time
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from ablations import chosen_temperature, link_data  # noqa: E402  (experiments/interaction_small/ablations.py)
@@ -65,6 +66,16 @@ def _define_flags() -> None:
 def _commit() -> str:
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
     return r.stdout.strip() or "unknown"
+
+
+def _command() -> str:
+    """This run's command line, the work directory written relative to the repository (no machine paths)."""
+    args = [os.path.relpath(sys.argv[0], REPO)] if os.path.isabs(sys.argv[0]) else [sys.argv[0]]
+    for a in sys.argv[1:]:
+        if a.startswith("--workdir=") and os.path.isabs(a.split("=", 1)[1]):
+            a = "--workdir=runs/interaction_small_depth"
+        args.append(a)
+    return " ".join(args)
 
 
 def _overrides(name: str) -> list[str]:
@@ -202,10 +213,10 @@ def main(argv):
     prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
     for name in FLAGS.rows:
-        rows[name] = run_row(name, temperature)
-        summary = {"commit": _commit(), "task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
+        rows[name] = {**run_row(name, temperature), "commit": _commit(), "command": _command()}
+        summary = {"task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
                    "num_examples": FLAGS.num_examples, "temperature": temperature, "split": "test",
-                   "command": " ".join(sys.argv), "rows": rows}
+                   "rows": rows}
         with open(FLAGS.out + ".tmp", "w") as fh:
             json.dump(summary, fh, indent=1)
         os.replace(FLAGS.out + ".tmp", FLAGS.out)
