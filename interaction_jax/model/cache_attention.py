@@ -2,7 +2,7 @@
 
 * "dense": `attention.attention` over every row of the layer, with the module's `impl` (the
   reference; also the path of a model whose attention is a registered kernel).
-* "live_window": visits, **per slot**, only the chunks of `LIVE_BLOCK` contiguous rows that can
+* "live_window": visits, **per slot**, only the chunks of `live_block` contiguous rows that can
   hold a key visible to that slot's valid queries: the sink and window chunks of its query
   positions when rows do not wrap, or the rows it has written so far in a ring. Each chunk is
   one dynamic slice of the stacked cache (no gather, no per-layer copy) and the softmax is
@@ -25,7 +25,18 @@ from interaction_jax.model.attention import NEG_INF, attention, make_mask
 from interaction_jax.model.kv_cache import CacheView, RowMap, register_cache_attention
 from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
 
-LIVE_BLOCK = 512  # cache rows per key chunk of "live_window"
+LIVE_BLOCK_BYTES = 256 * 1024  # bytes of keys (all KV heads) per chunk of "live_window"
+LIVE_BLOCK_RANGE = (512, 4096)  # fewest / most cache rows per chunk
+
+
+def live_block(kv_heads: int, head_dim: int, itemsize: int) -> int:
+    """Cache rows per "live_window" chunk: about `LIVE_BLOCK_BYTES` of keys, a power of two in
+    `LIVE_BLOCK_RANGE`. Why bytes, not rows: slots are visited one after another, so a chunk of a
+    narrow model (tiny: 128 B per row) must be long for each loop step to do more than pay its
+    own overhead, while a wide one (small: 1 KiB per row) keeps short chunks that skip more."""
+    rows = LIVE_BLOCK_BYTES // max(kv_heads * head_dim * itemsize, 1)
+    lo, hi = LIVE_BLOCK_RANGE
+    return int(min(max(1 << max(rows.bit_length() - 1, 0), lo), hi))
 
 
 def rows_in_use(kv_positions: jax.Array) -> jax.Array:
@@ -55,8 +66,8 @@ def slot_chunk_ranges(q_positions: jax.Array, valid: jax.Array, kv_positions: ja
     return [(0, jnp.where(jnp.any(valid), (used + block - 1) // block, 0))]
 
 
-def live_chunk_counts(view: CacheView, rows: RowMap, t: int, block: int = LIVE_BLOCK) -> jax.Array:
-    """[B] int32: how many chunks "live_window" visits per slot (a measure of its cost)."""
+def live_chunk_counts(view: CacheView, rows: RowMap, t: int, block: int) -> jax.Array:
+    """[B] int32: how many chunks of `block` rows "live_window" visits per slot (a measure of its cost)."""
     block = min(block, t)
 
     def count(qp, valid, kvp):
@@ -65,16 +76,17 @@ def live_chunk_counts(view: CacheView, rows: RowMap, t: int, block: int = LIVE_B
     return jax.vmap(count)(view.q_positions, view.q_valid, view.kv_positions).astype(jnp.int32)
 
 
-def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, block: int = LIVE_BLOCK) -> jax.Array:
+def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, block: int | None = None) -> jax.Array:
     """Per-slot live-chunk attention over layer `layer` of the stacked cache (module docstring).
 
+    `block`: cache rows per chunk (default `live_block` of the cache's head group and dtype).
     A last chunk that would run past the cache is moved back (the slice is clamped) and its rows
     already visited are masked. Same result as "dense" to float rounding.
     """
     del impl
     b, s, h, hd = q.shape
     t, kvh = k.shape[2], k.shape[3]
-    block = min(block, t)
+    block = min(block or live_block(kvh, hd, k.dtype.itemsize), t)
     g = h // kvh
 
     def one_slot(args):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from interaction_jax.inference.cache import ContextPolicy
-from interaction_jax.model.cache_attention import live_chunk_counts, live_window
+from interaction_jax.model.cache_attention import live_block, live_chunk_counts, live_window
 from interaction_jax.model.kv_cache import CacheView
 
 L, KVH, H, HD = 3, 2, 4, 16
@@ -68,3 +68,29 @@ def test_a_young_slot_visits_only_its_own_chunks(policy):
     view = CacheView(q_pos, q_pos, policy.row_positions(length), valid)
     counts = np.asarray(live_chunk_counts(view, policy, policy.rows, block=64))
     assert counts[1] == 1 and counts[2] == 0 and counts[0] > 5, counts
+
+
+def test_chunk_length_follows_the_bytes_per_row():
+    """~256 KiB of keys per chunk, a power of two in [512, 4096]: tiny's rows (2 KV heads x 16,
+    f32: 128 B) make 2048-row chunks, small's (4 x 64, f32: 1 KiB) 512, and the bounds hold."""
+    assert live_block(2, 16, 4) == 2048
+    assert live_block(4, 64, 4) == 512 and live_block(4, 64, 2) == 512
+    assert live_block(1, 8, 2) == 4096 and live_block(8, 256, 4) == 512
+    assert live_block(3, 40, 2) == 1024  # 1092 rows rounded down to a power of two
+
+
+def test_default_chunks_match_the_reference():
+    """The default chunk length (here the whole 300-row cache: one clamped chunk) gives the same rows."""
+    policy = ContextPolicy("hard", 0, 0, 300, 5, None)
+    rng = np.random.default_rng(3)
+    length = jnp.asarray([250, 40], jnp.int32)
+    s = 4
+    q_pos = length[:, None] - s + jnp.arange(s)[None]
+    kv_pos = policy.row_positions(length)
+    k_all = jnp.asarray(rng.standard_normal((L, 2, policy.rows, KVH, HD)), jnp.float32)
+    v_all = jnp.asarray(rng.standard_normal((L, 2, policy.rows, KVH, HD)), jnp.float32)
+    q = jnp.asarray(rng.standard_normal((2, s, H, HD)), jnp.float32)
+    view = CacheView(q_pos, q_pos, kv_pos, jnp.ones((2, s), bool))
+    got = live_window(q, k_all, v_all, 2, view, policy, "xla")
+    want = _reference(q, q_pos, k_all[2], v_all[2], kv_pos, policy.window, policy.sinks)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=0)
