@@ -799,6 +799,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_frame_bytes", 1 << 20, "Largest WebSocket frame a client may send.", lower_bound=1)
     flags.DEFINE_float("max_messages_per_s", 200.0, "Client messages per second per session.", lower_bound=0.0)
     flags.DEFINE_float("max_session_s", 600.0, "Longest session in seconds of session time.", lower_bound=0.0)
+    flags.DEFINE_integer("griffin_lim_iters", 0, "Vocoder iterations per micro-turn of model audio (0 = "
+                         "config.inference.griffin_lim_iters); fewer leave more of a tick to the model.", lower_bound=0)
     flags.DEFINE_bool("background", True, "Run delegation requests live with the configured background backend.")
 
 
@@ -823,7 +825,8 @@ def main(argv) -> None:
             raise ValueError(f"--workdir={F.workdir} does not exist (expected a training run directory)")
         options = ServeOptions(clock=F.clock, jitter_turns=F.jitter_turns, max_buffer_s=F.max_buffer_s,
                                max_frame_bytes=F.max_frame_bytes, max_messages_per_s=F.max_messages_per_s,
-                               max_session_s=F.max_session_s, token=F.token)
+                               max_session_s=F.max_session_s, token=F.token,
+                               griffin_lim_iters=F.griffin_lim_iters or None)
         config = config_for_run(F.config, F.workdir if F.init == "checkpoint" else None, "configs/tiny.py")
         from interaction_jax.evaluate import make_engine
 

@@ -89,11 +89,11 @@ async def measure(url: str, clients: int, seconds: float, seed: int = 0) -> dict
 class Server:
     """`python -m interaction_jax.serve` in a subprocess on a free loopback port (started by us, stopped by pid)."""
 
-    def __init__(self, config: str, slots: int, timeout_s: float = 1800.0):
+    def __init__(self, config: str, slots: int, timeout_s: float = 1800.0, griffin_lim_iters: int = 0):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "interaction_jax.serve", f"--config={config}", "--init=random", "--clock=realtime",
-             f"--slots={slots}", "--port=0", "--nobackground"],
+             f"--slots={slots}", "--port=0", "--nobackground", f"--griffin_lim_iters={griffin_lim_iters}"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout], daemon=True).start()
@@ -120,11 +120,11 @@ class Server:
                 self.proc.kill()
 
 
-def run(configs: list[str], clients: list[int], seconds: float) -> list[dict]:
+def run(configs: list[str], clients: list[int], seconds: float, griffin_lim_iters: int = 0) -> list[dict]:
     """Every (config, client count) row; one server per config."""
     rows = []
     for name in configs:
-        server = Server(os.path.join(REPO, "configs", f"{name}.py"), max(clients))
+        server = Server(os.path.join(REPO, "configs", f"{name}.py"), max(clients), griffin_lim_iters=griffin_lim_iters)
         try:
             for n in clients:
                 row = {"config": name, **asyncio.run(measure(server.url, n, seconds))}
@@ -155,6 +155,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("clients", ["1", "4", "16"], f"Concurrent client counts (1..{MAX_CLIENTS}).")
     flags.DEFINE_float("seconds", 20.0, f"Audio each client streams, in seconds (0..{MAX_SECONDS:g}].")
     flags.DEFINE_string("out", os.path.join(REPO, "experiments/perf/results/serve_load.json"), "JSON output.")
+    flags.DEFINE_integer("griffin_lim_iters", 0, "The server's --griffin_lim_iters (0: the config's).", lower_bound=0)
 
 
 def main(argv) -> None:
@@ -177,14 +178,15 @@ def main(argv) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server we started
-    rows = run(list(F.configs), clients, F.seconds)
+    rows = run(list(F.configs), clients, F.seconds, F.griffin_lim_iters)
     print(table(rows))
     from interaction_jax.evaluate import hardware
 
     os.makedirs(os.path.dirname(os.path.abspath(F.out)), exist_ok=True)
     tmp = F.out + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"hardware": hardware(), "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
+        json.dump({"hardware": hardware(), "command": " ".join(sys.argv),
+                   "griffin_lim_iters": F.griffin_lim_iters or None, "rows": rows}, f, indent=1)
     os.replace(tmp, F.out)
     print(f"wrote {F.out}")
 
