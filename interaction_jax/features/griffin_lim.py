@@ -1,9 +1,8 @@
 """Batched STFT / inverse STFT and fast Griffin-Lim in numpy (the vocoder of the model's mel).
 
-Why not `librosa.griffinlim`: it inverts one clip per call with Python-level overhead of about
-10 ms per STFT on a 2-core CPU, so a server vocoding every session's 200 ms of speech each
-micro-turn spent most of the micro-turn there. Here every clip of a batch goes through each
-FFT together, with the window and its overlap-added square computed once per shape.
+Why not `librosa.griffinlim`: it inverts one clip per call, with per-call Python overhead in
+every STFT, and a server vocodes every session's 200 ms of speech each micro-turn. Here every
+clip of a batch goes through each FFT together, with the window and its overlap-added square computed once per shape.
 
 Conventions follow librosa's defaults (tested against it): a periodic Hann window of
 `win_length` centred in `n_fft`, `center=True` with zero padding of n_fft // 2 on both sides,
@@ -45,7 +44,8 @@ def _window_sumsquare(n_frames: int, n_fft: int, hop: int, win_length: int) -> n
     """Overlap-added squared window over n_frames frames (the inverse's normaliser)."""
     w2 = _window(n_fft, win_length) ** 2
     out = np.zeros(n_fft + hop * (n_frames - 1))
-    np.add.at(out, _frame_index(n_frames, n_fft, hop), np.broadcast_to(w2, (n_frames, n_fft)))
+    for t in range(n_frames):  # the same overlap-add as `_synthesise`
+        out[t * hop:t * hop + n_fft] += w2
     return out
 
 
