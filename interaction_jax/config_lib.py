@@ -107,6 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
     # auxiliary: write the text of the user's spoken words at the USER_AUDIO positions after they are
     # heard (streams/text_streams.user_speech_tokens); teaches the audio embedding word identity
     c.model.user_speech_loss_weight = 0.0
+    # feed that transcript back in: at each USER_AUDIO position the text embedding of what the same
+    # slot wrote one micro-turn earlier is added to its dMel embedding (training: the transcript
+    # target, teacher-forced; serving: the model's own heard tokens), so a word heard is also a word
+    # read, as typed text is (needs user_speech_loss_weight > 0; docs/training.md)
+    c.model.user_speech_feedback = False
     # weight of the text-loss positions whose target is NOTHING (silence) relative to the others:
     # below 1 strengthens the speak / stay-silent decision against the silence that dominates
     c.model.text_nothing_loss_weight = 1.0
@@ -152,6 +157,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Probability that a training window's model-audio *inputs* (the model hearing itself) are
     # silence: robustness to its own generated voice when serving (train/augment.py).
     c.train.self_audio_dropout = 0.0
+    # with model.user_speech_feedback: probability that a fed-back transcript word token is replaced
+    # by a random one in training (served, the fed tokens are the model's own, sometimes wrong)
+    c.train.user_speech_feedback_noise = 0.1
     c.train.on_nonfinite = "stop"  # "stop" | "skip" (skip the update, keep going)
 
     # --- Mesh (interaction_jax/parallel). Product must equal the device count; -1 = the rest. ---
@@ -325,6 +333,7 @@ _RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("train.keep_last", 0, None, True, True),
     ("train.keep_every", 0, None, True, True),
     ("train.self_audio_dropout", 0, 1, True, True),
+    ("train.user_speech_feedback_noise", 0, 1, True, True),
     ("background.timeout_s", 0, None, False, True),
     ("background.max_concurrent", 1, None, True, True),
     ("background.tool_delay_s", 0, None, True, True),
@@ -418,6 +427,9 @@ def validate_config(config) -> None:
         if int(m.num_heads) % int(m.num_kv_heads):
             raise ConfigError(f"config: model.num_heads={m.num_heads} must be a multiple of "
                               f"model.num_kv_heads={m.num_kv_heads} (grouped-query attention)")
+        if bool(m.get("user_speech_feedback", False)) and not float(m.get("user_speech_loss_weight", 0.0)) > 0:
+            raise ConfigError("config: model.user_speech_feedback=True feeds back the user-speech transcript, "
+                              "which needs model.user_speech_loss_weight > 0 to be learned")
         moe = m.get("moe")
         if isinstance(moe, ml_collections.ConfigDict) and "moe" in str(m.get("layer_pattern", "")):
             if int(moe.top_k) > int(moe.num_experts):

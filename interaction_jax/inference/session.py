@@ -229,6 +229,9 @@ class Session:
         self._final_log: list[Delegation] | None = None  # delegation log frozen at close
         self._partial_seen = False  # a short (last) audio chunk was pushed
         self.error: BaseException | None = None  # why the scheduler closed this session, if it did
+        # model.user_speech_feedback: what the model heard last micro-turn is fed at its user-audio slots
+        self._feedback = bool(engine.config.model.get("user_speech_feedback", False))
+        self._heard_feed = np.full(self.layout.audio_positions, int(Control.NOTHING), np.int32)
 
     # ---- client side ------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> None:
@@ -276,6 +279,8 @@ class Session:
             if chunk.background:
                 self.background.push(list(chunk.background))
             tok[lay.block_slice(Kind.BACKGROUND)] = self.background.take(lay.background_slots)
+        if self._feedback:  # its own transcript of the previous micro-turn (interaction_model.user_speech_feedback)
+            tok[lay.block_slice(Kind.USER_AUDIO)] = self._heard_feed
         inputs["dmel"][row] = 0
         inputs["dmel"][row][lay.block_slice(Kind.USER_AUDIO)] = self.features.push(chunk.audio, chunk.sample_rate)
         inputs["patches"][row] = 0
@@ -298,6 +303,8 @@ class Session:
     def record_output(self, out: TurnOutput) -> None:
         """Appends a micro-turn's output and submits the delegation requests it completes."""
         self.outputs.append(out)
+        if self._feedback and out.heard_tokens is not None:
+            self._heard_feed = np.asarray(out.heard_tokens, np.int32).reshape(-1)
         if self.hub is None:
             return
         for t_req, request in self._scanner.feed(out.turn, out.text_tokens):

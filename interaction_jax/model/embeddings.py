@@ -4,6 +4,9 @@ Per position:  kind embedding  +  content  (+ optional sinusoidal time embedding
 content is chosen by the position's kind:
 
   * text kinds (user text, background, model text): the text token embedding,
+  * with `model.user_speech_feedback`, user-audio positions: also the text embedding of their
+    token id, the transcript the same slot wrote one micro-turn earlier (`user_speech_feedback`
+    in interaction_model.py),
   * audio kinds (user audio, model audio): the dMel bag (Bai et al. 2024) of the position's
     F frames x M mel channels: each channel m has its own table of `bins` (16) rows and the
     position's vector is  sum_f sum_m table[m, code[f, m]]  — no audio encoder at all (or, with
@@ -146,11 +149,15 @@ class InputEmbedding(nnx.Module):
         dmel_embed: str = "bag",
         dmel_frame_width: int = 64,
         dmel_mlp_hidden: int = 512,
+        user_speech_feedback: bool = False,
         rngs: nnx.Rngs,
     ):
         self.d_model = d_model
         self.dtype = dtype
         self.use_time = bool(time_embedding)
+        # USER_AUDIO positions also take the text embedding of their token id (the fed-back transcript)
+        self.user_speech_feedback = bool(user_speech_feedback)
+        self.token_kinds = TEXT_KINDS + ((Kind.USER_AUDIO,) if self.user_speech_feedback else ())
         bi = bool(batch_invariant)
         self.text = TextEmbedding(vocab_size, d_model, dtype=dtype, param_dtype=param_dtype, batch_invariant=bi,
                                   rngs=rngs)
@@ -198,7 +205,7 @@ class InputEmbedding(nnx.Module):
         kinds = batch["kinds"].astype(jnp.int32)
         x = jnp.take(self.kind[...], kinds, axis=0).astype(self.dtype)
         text = self.text.embed(batch["token_ids"])
-        x = x + jnp.where(_is_any(kinds, TEXT_KINDS)[..., None], text, 0)
+        x = x + jnp.where(_is_any(kinds, self.token_kinds)[..., None], text, 0)
         audio = self.dmel(batch["dmel"])
         x = x + jnp.where(_is_any(kinds, AUDIO_KINDS)[..., None], audio, 0)
         patches = batch.get("patches")

@@ -27,7 +27,7 @@ from interaction_jax.model.heads import TextHead
 from interaction_jax.model.kv_cache import BlockCache
 from interaction_jax.model.transformer import KVCache, Transformer
 from interaction_jax.streams.layout import Kind, StreamLayout
-from interaction_jax.streams.tokenizer import Control, make_tokenizer
+from interaction_jax.streams.tokenizer import NUM_CONTROL, Control, make_tokenizer
 
 
 def model_vocab_size(config) -> int:
@@ -71,8 +71,10 @@ class InteractionModel(nnx.Module):
             dmel_embed=str(m.get("dmel_embed", "bag")),
             dmel_frame_width=int(m.get("dmel_frame_width", 64)),
             dmel_mlp_hidden=int(m.get("dmel_mlp_hidden", 512)),
+            user_speech_feedback=bool(m.get("user_speech_feedback", False)),
             rngs=rngs,
         )
+        self.positions_per_turn = layout.positions_per_turn
         self.backbone = Transformer(m, rngs=rngs)
         self.text_head = TextHead(
             self.d_model, self.vocab_size, tied=bool(m.tie_embeddings), param_dtype=param_dtype, batch_invariant=bi,
@@ -163,6 +165,30 @@ def loss_weights(config) -> dict[str, float]:
     }
 
 
+def user_speech_feedback(batch: dict, positions_per_turn: int, rng: jax.Array | None = None,
+                         noise: float = 0.0, vocab_size: int = 0) -> dict:
+    """`batch` with the transcript fed back: `token_ids` at each USER_AUDIO position = the
+    user-speech target of the same slot one micro-turn earlier (NOTHING in a window's first
+    micro-turn), what a served model with `model.user_speech_feedback` is fed from its own heard
+    tokens (`inference/session.py`). With `noise` > 0 (training), each fed word token is replaced
+    by a uniformly random word token with that probability, so the model learns not to trust a
+    misheard word blindly. A batch without `user_speech_targets` is returned unchanged."""
+    if "user_speech_targets" not in batch:
+        return batch
+    targets = batch["user_speech_targets"].astype(jnp.int32)
+    P = int(positions_per_turn)
+    nothing = jnp.full_like(targets[:, :P], int(Control.NOTHING))
+    fed = jnp.concatenate([nothing, targets[:, :-P]], axis=1)  # position p reads target p - P
+    if noise > 0.0:
+        if rng is None or vocab_size <= NUM_CONTROL:
+            raise ValueError("user_speech_feedback: noise needs an rng and the vocabulary size")
+        k_flip, k_tok = jax.random.split(rng)
+        flip = jax.random.bernoulli(k_flip, noise, fed.shape) & (fed >= NUM_CONTROL)
+        fed = jnp.where(flip, jax.random.randint(k_tok, fed.shape, NUM_CONTROL, vocab_size, jnp.int32), fed)
+    is_audio = batch["kinds"] == int(Kind.USER_AUDIO)
+    return {**batch, "token_ids": jnp.where(is_audio, fed, batch["token_ids"])}
+
+
 def forward(
     graphdef: nnx.GraphDef,
     state,
@@ -171,6 +197,7 @@ def forward(
     *extra_states,
     weights: dict[str, float] | None = None,
     user_text_pairs: tuple | None = None,
+    feedback_noise: float = 0.0,
 ) -> tuple[jax.Array, dict]:
     """Pure training/eval forward: (loss, metrics). `state` (e.g. the nnx.Param state) and any
     `extra_states` are merged with `graphdef`; `rng` draws the flow-matching noise and times.
@@ -179,10 +206,15 @@ def forward(
     (`user_text_pairs(layout, W)`); with `weights["user_text"] > 0` the model also learns to
     predict the user's text stream (an ablation switch, `model.user_text_loss_weight`). With
     `weights["user_speech"] > 0` (`model.user_speech_loss_weight`) it also writes, at each
-    USER_AUDIO position, the text of the user's words heard so far (`user_speech_targets`)."""
+    USER_AUDIO position, the text of the user's words heard so far (`user_speech_targets`); a
+    model built with `model.user_speech_feedback` is fed that transcript one micro-turn later
+    (`user_speech_feedback`, word tokens replaced at random with probability `feedback_noise`)."""
     w = {"text": 1.0, "audio": 1.0, "load_balance": 0.01, "z_loss": 1e-3}
     w.update(weights or {})
     model = nnx.merge(graphdef, state, *extra_states)
+    if model.embed.user_speech_feedback:
+        rng, k_feed = jax.random.split(rng)
+        batch = user_speech_feedback(batch, model.positions_per_turn, k_feed, feedback_noise, model.vocab_size)
     out = model(batch)
     t_mask = batch["text_loss_mask"]
     if w.get("text_nothing", 1.0) != 1.0:

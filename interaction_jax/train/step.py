@@ -62,6 +62,7 @@ def make_train_step(config, setup: TrainSetup) -> Callable:
     layout = StreamLayout.from_config(config)
 
     mute_prob = check_self_audio_dropout(float(config.train.get("self_audio_dropout", 0.0)))
+    feedback_noise = float(config.train.get("user_speech_feedback_noise", 0.0))
 
     def step_fn(state, batch):
         rng, sub = jax.random.split(state["rng"])
@@ -71,7 +72,8 @@ def make_train_step(config, setup: TrainSetup) -> Callable:
             batch = mute_self_audio(batch, mute_rng, mute_prob)
 
         def loss_fn(params):
-            return forward(graphdef, params, batch, sub, state["rest"], weights=weights, user_text_pairs=pairs)
+            return forward(graphdef, params, batch, sub, state["rest"], weights=weights, user_text_pairs=pairs,
+                           feedback_noise=feedback_noise)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
