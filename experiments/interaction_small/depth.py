@@ -2,7 +2,7 @@
 audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8,frames_mlp] [--steps=1000] [--num_examples=50] [--temperature=0.7]
+        [--rows=layers4,layers8,frames_mlp,feedback] [--steps=1000] [--num_examples=50] [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
 identity from dMel frames spread over two or three micro-turns, its membership in the category
@@ -45,6 +45,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # the same question at the input: a per-position audio encoder instead of the linear dMel bag
     "frames_mlp": ("4 layers, dMel frames through a per-position MLP (model.dmel_embed=frames_mlp)",
                    ["model.num_layers=4", "model.dmel_embed=frames_mlp"]),
+    # or is it that the word identity the transcript target builds arrives too late in the layers?
+    # fed back as a text token one micro-turn later, a heard word is read like a typed one
+    "feedback": ("4 layers, the user-speech transcript fed back (model.user_speech_feedback)",
+                 ["model.num_layers=4", "model.user_speech_feedback=True"]),
 }
 TASK = "cuespeak_typed"
 METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")
