@@ -195,7 +195,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.inference.window_seconds = 30.0  # "sliding": attention window when model.sliding_window == 0
     c.inference.sink_turns = 1  # "sliding": leading micro-turns kept visible forever (attention sinks)
     c.inference.griffin_lim_iters = 32  # waveform reconstruction of the model's mel output
-    # Engine attention over the cache: "live_window" (pure JAX, visits only live key chunks) or
+    # Engine attention over the cache: "live_window" (pure JAX, visits only live key chunks, slot by
+    # slot), "live_window_batched" (the same chunks, all slots in one loop) or
     # "pallas" (split-K decode kernel; GPU: Triton, CPU: its reference) / "pallas_interpret" (tests).
     c.inference.decode_attention = "live_window"
     # Layers at decode time: "unrolled" (per-layer weights sliced out of the training stack once;

@@ -8,9 +8,10 @@ Why: a refactor of the forward path (the engine running the model's own blocks, 
 not make a micro-turn slower, and figures from different runs on this machine cannot be compared.
 `--before` is checked out into a temporary git worktree; `streaming.py` (engine rows only, no naive
 loop, no Hugging Face row) runs from the old tree and from this one, alternating, `--rounds` times,
-each in its own process, so drift over the run hits both sides alike. Each cell reports the median
-over rounds of each side's median step time and the ratio after / before (< 1: faster now). The
-worktree is removed at the end. Time it on a quiet machine.
+each in its own process, so drift over the run hits both sides alike (`--after_set KEY=VALUE`: a
+config override for this tree's side only, e.g. a new engine option the old tree does not have).
+Each cell reports the median over rounds of each side's median step time and the ratio after /
+before (< 1: faster now). The worktree is removed at the end. Time it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def _commit(ref: str, cwd: str) -> str:
     return r.stdout.strip()
 
 
-def _run(tree: str, args, out: str) -> list[dict]:
+def _run(tree: str, args, out: str, sets: list[str] = ()) -> list[dict]:
     cmd = [sys.executable, os.path.join(tree, STREAMING), f"--configs={args.configs}", f"--sessions={args.sessions}",
            f"--lengths={args.lengths}", f"--ticks={args.ticks}", "--no-naive", "--no-hf", f"--json={out}"]
+    cmd += [f"--set={kv}" for kv in sets]
     env = dict(os.environ, PYTHONPATH=tree)
     subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
     return [r for r in json.load(open(out))["rows"] if r["bench"] == "engine"]
@@ -51,6 +53,9 @@ def main() -> None:
     ap.add_argument("--lengths", default="10,60")
     ap.add_argument("--ticks", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--after_set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for this tree's side only, e.g. "
+                         "inference.decode_attention=live_window_batched")
     ap.add_argument("--json", default=os.path.join(REPO, "experiments/perf/results/engine_before_after_cpu.json"))
     args = ap.parse_args()
     if args.rounds < 1 or args.ticks < 1:
@@ -67,7 +72,8 @@ def main() -> None:
     try:
         for k in range(args.rounds):
             for side, tree in (("before", old_tree), ("after", REPO)):
-                rows = _run(tree, args, os.path.join(tmp, f"{side}_{k}.json"))
+                sets = args.after_set if side == "after" else []
+                rows = _run(tree, args, os.path.join(tmp, f"{side}_{k}.json"), sets)
                 for r in rows:
                     cell = (r["config"], r["sessions"], r["length_s"])
                     times.setdefault(cell, {"before": [], "after": []})[side].append(r["median_ms"])
@@ -88,7 +94,8 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"before": before, "after": after + ("-dirty" if dirty else ""), "rounds": args.rounds,
-                   "ticks": args.ticks, "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+                   "ticks": args.ticks, "after_set": args.after_set,
+                   "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
                    "command": " ".join(sys.argv), "cells": cells}, f, indent=1)
     print(f"wrote {args.json}")
 

@@ -67,7 +67,7 @@ def segments(layout: StreamLayout) -> list[tuple[int, int]]:
 
 # `inference.decode_attention`: the cache-attention strategy the engine asks for (`model/kv_cache.py`);
 # any other registered strategy name works too.
-DECODE_ATTENTION_IMPLS = ("live_window", "dense", "pallas", "pallas_interpret")
+DECODE_ATTENTION_IMPLS = ("live_window", "live_window_batched", "dense", "pallas", "pallas_interpret")
 
 
 def check_decode_attention(name: str) -> str:

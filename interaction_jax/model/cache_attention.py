@@ -9,6 +9,9 @@
   online in float32. Slots are mapped one after another (`lax.map`) with their own traced
   loop bounds, so a young session reads its own few chunks whatever the oldest session's age,
   an idle slot reads none, and a slot's result never depends on the other slots.
+* "live_window_batched": the same chunks with the slots in one batched loop that runs to the
+  largest slot's chunk count (the others masked): what equal-age sessions on a wide machine want,
+  where per-slot loops pay their overhead once per slot (`experiments/perf/README.md`).
 * "batch_invariant": `pallas_kernels.batch_invariant.chunked_attention` with keys gathered in
   absolute-position order from the rows (chunks of `BLOCK_KV` positions, only the live ones):
   bitwise the training forward's rows.
@@ -76,12 +79,15 @@ def live_chunk_counts(view: CacheView, rows: RowMap, t: int, block: int) -> jax.
     return jax.vmap(count)(view.q_positions, view.q_valid, view.kv_positions).astype(jnp.int32)
 
 
-def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, block: int | None = None) -> jax.Array:
+def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, block: int | None = None,
+                batched: bool = False) -> jax.Array:
     """Per-slot live-chunk attention over layer `layer` of the stacked cache (module docstring).
 
     `block`: cache rows per chunk (default `live_block` of the cache's head group and dtype).
     A last chunk that would run past the cache is moved back (the slice is clamped) and its rows
-    already visited are masked. Same result as "dense" to float rounding.
+    already visited are masked. Same result as "dense" to float rounding. `batched`: the slots
+    run as one loop (`vmap`) to the most chunks any slot needs, a slot past its own ranges masked
+    ("live_window_batched"): fewer, wider loop steps, but a young slot waits for the oldest.
     """
     del impl
     b, s, h, hd = q.shape
@@ -117,6 +123,8 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
 
     xs = (q.reshape(b, s, kvh, g, hd), view.q_positions, view.q_valid.astype(bool), view.kv_positions,
           jnp.arange(b, dtype=jnp.int32))
+    if batched:
+        return jax.vmap(one_slot)(xs).astype(q.dtype)
     return jax.lax.map(one_slot, xs).astype(q.dtype)
 
 
@@ -140,4 +148,5 @@ def batch_invariant(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) ->
 
 register_cache_attention("dense", dense)
 register_cache_attention("live_window", live_window)
+register_cache_attention("live_window_batched", functools.partial(live_window, batched=True))
 register_cache_attention("batch_invariant", batch_invariant)

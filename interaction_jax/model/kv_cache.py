@@ -20,7 +20,7 @@ A strategy is `fn(q, k, v, layer, view, rows, impl) -> out`: q [B, S, H, hd] (Ro
 k / v the stacked cache *after* this block's write, `impl` the module's `attention_impl`; out
 [B, S, H, hd]. Key j of slot b is visible to query i iff kv_positions[b, j] >= 0 (written),
 kv_positions[b, j] <= q_positions[b, i] and the window / sinks rule of `attention.py` holds.
-Built-ins ("dense", "live_window", "batch_invariant": `cache_attention.py`; "pallas",
+Built-ins ("dense", "live_window", "live_window_batched", "batch_invariant": `cache_attention.py`; "pallas",
 "pallas_interpret": `kernels.py`) load on first use; `register_cache_attention` adds more.
 """
 
@@ -139,7 +139,7 @@ def resolve_strategy(requested: str, *, batch_invariant: bool, impl: str) -> str
     whose `attention_impl` is a registered kernel reads the whole cache with "dense" (its kernel)."""
     if batch_invariant:
         return "batch_invariant"
-    if requested == "live_window" and impl not in PURE_XLA_IMPLS:
+    if requested in ("live_window", "live_window_batched") and impl not in PURE_XLA_IMPLS:
         return "dense"
     cache_attention_fn(requested)  # a clear error for an unknown name
     return requested

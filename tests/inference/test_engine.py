@@ -158,7 +158,7 @@ def test_moe_teacher_forced_equals_forward(moe_impl):
     _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
 
 
-@pytest.mark.parametrize("decode_attention", ["live_window", "pallas_interpret"])
+@pytest.mark.parametrize("decode_attention", ["live_window", "live_window_batched", "pallas_interpret"])
 def test_sliding_ring_buffer_equals_windowed_forward(decode_attention):
     """A model with a trained sliding window + sinks: the ring cache wraps several times and the
     engine still equals the windowed training forward — with the pure-JAX live-window attention

@@ -1,7 +1,7 @@
-"""The "live_window" cache attention (per-slot row chunks of the stacked cache) against
-`jax.nn.dot_product_attention` on the same rows with the mask written out from the positions: a
-"hard" cache whose last chunk is clamped, a wrapped "sliding" ring with sinks, two slots of
-different lengths, a traced layer; and a young slot visits only its own chunks."""
+"""The "live_window" cache attention (per-slot row chunks of the stacked cache; slot by slot and
+batched) against `jax.nn.dot_product_attention` on the same rows with the mask written out from
+the positions: a "hard" cache whose last chunk is clamped, a wrapped "sliding" ring with sinks,
+two slots of different lengths, a traced layer; and a young slot visits only its own chunks."""
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,8 @@ def _reference(q, q_pos, k, v, kv_pos, window, sinks):
         (ContextPolicy("sliding", 6, 40, 44, 5, None), (250, 17)),  # ring wrapped several times / barely used
     ],
 )
-def test_live_window_attention_matches_dense(policy, lengths):
+@pytest.mark.parametrize("batched", [False, True])
+def test_live_window_attention_matches_dense(policy, lengths, batched):
     s, b = 5, 2
     rng = np.random.RandomState(0)
     rows = policy.rows
@@ -47,11 +48,11 @@ def test_live_window_attention_matches_dense(policy, lengths):
     valid = jnp.ones((b, s), bool).at[1, 0].set(False)
     view = CacheView(q_pos, q_pos, kv_pos, valid)
     for layer in (0, 2):
-        got = live_window(q, k_all, v_all, layer, view, policy, "xla", block=64)
+        got = live_window(q, k_all, v_all, layer, view, policy, "xla", block=64, batched=batched)
         want = _reference(q, q_pos, k_all[layer], v_all[layer], kv_pos, policy.window, policy.sinks)
         np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5, rtol=0)
     # a traced layer index (the engine's scan over stacked layers) reads the same rows
-    traced = jax.jit(lambda i: live_window(q, k_all, v_all, i, view, policy, "xla", block=64))(1)
+    traced = jax.jit(lambda i: live_window(q, k_all, v_all, i, view, policy, "xla", block=64, batched=batched))(1)
     want = _reference(q, q_pos, k_all[1], v_all[1], kv_pos, policy.window, policy.sinks)
     np.testing.assert_allclose(np.asarray(traced)[valid], np.asarray(want)[valid], atol=2e-5, rtol=0)
 
