@@ -377,6 +377,7 @@ def _piece(ep: Episode, k: int, s: float, e: float) -> Episode:
         sample_rate=sr,
         user_audio=ep.user_audio[i0:i1],
         model_audio=ep.model_audio[i0:i1],
+        other_audio=ep.other_audio[i0:i1],
         user_words=words(ep.user_words),
         model_words=words(ep.model_words),
         other_words=words(ep.other_words),

@@ -84,16 +84,23 @@ class Episode:
     grading: list[GradingWindow] = dataclasses.field(default_factory=list)
     task: str = ""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The third voices as mixed into user_audio (other_words' audio, gain applied), kept so the
+    # user channel without them is user_audio - other_audio (FDB v1.5's clean input). Empty:
+    # no third voice, or not known (recordings, stores written before the field existed).
+    other_audio: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self):
         self.user_audio = np.asarray(self.user_audio, np.float32)
         self.model_audio = np.asarray(self.model_audio, np.float32)
+        self.other_audio = np.asarray(self.other_audio, np.float32)
         n = int(round(self.duration * self.sample_rate))
-        for name in ("user_audio", "model_audio"):
+        for name in ("user_audio", "model_audio", "other_audio"):
             a = getattr(self, name)
             if a.ndim != 1:
                 raise ValueError(f"Episode {self.episode_id}: {name} must be mono 1-D, got shape {a.shape}")
             if a.size == 0:
+                if name == "other_audio":
+                    continue  # stays empty: no track
                 setattr(self, name, np.zeros(n, np.float32))
             elif a.size != n:
                 # Pad/trim to the declared duration so both channels are time-aligned.

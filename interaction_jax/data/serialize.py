@@ -5,6 +5,8 @@ A record is an uncompressed `np.savez` container (a zip of .npy entries, loaded 
 
     header          uint8 JSON: format name, version, scalar fields, every event list
     user_audio      int16 PCM, model_audio likewise
+    other_audio     int16 PCM, only when the episode keeps its third voices alone (`Episode.other_audio`);
+                    records without it (older ones included) decode with an empty track
     video_frames    uint8 (N, H, W, 3) stack when every frame has the same shape, else
                     video_frame_<i> entries (frame times live in the header)
     extra.<name>    optional precomputed features (e.g. "user_logmel" float16), dtype kept
@@ -82,6 +84,8 @@ def episode_to_bytes(ep: Episode, extras: dict[str, np.ndarray] | None = None) -
         "video_times": [float(f.time) for f in ep.video],
         "extras": sorted(extras or {}),
     }
+    if ep.other_audio.size:
+        header["other_samples"] = int(ep.other_audio.size)
     for name in _EVENT_LISTS:
         header[name] = [dataclasses.asdict(e) for e in getattr(ep, name)]
     try:
@@ -93,6 +97,8 @@ def episode_to_bytes(ep: Episode, extras: dict[str, np.ndarray] | None = None) -
         "user_audio": quantize_pcm(ep.user_audio),
         "model_audio": quantize_pcm(ep.model_audio),
     }
+    if ep.other_audio.size:
+        arrays["other_audio"] = quantize_pcm(ep.other_audio)
     frames = [np.asarray(f.image) for f in ep.video]
     for i, fr in enumerate(frames):
         if fr.dtype != np.uint8 or fr.ndim != 3:
@@ -124,6 +130,9 @@ def _decode(data: bytes) -> tuple[Episode, dict[str, np.ndarray]]:
         user, model = z["user_audio"], z["model_audio"]
         if [user.size, model.size] != header["num_samples"]:
             raise ValueError(f"audio length {[user.size, model.size]} != header {header['num_samples']}")
+        other = z["other_audio"] if "other_audio" in z.files else np.zeros(0, np.int16)
+        if other.size != header.get("other_samples", 0):
+            raise ValueError(f"other_audio length {other.size} != header {header.get('other_samples', 0)}")
         times = header["video_times"]
         if times and "video_frames" in z.files:
             images = list(z["video_frames"])
@@ -139,6 +148,7 @@ def _decode(data: bytes) -> tuple[Episode, dict[str, np.ndarray]]:
         sample_rate=header["sample_rate"],
         user_audio=dequantize_pcm(user),
         model_audio=dequantize_pcm(model),
+        other_audio=dequantize_pcm(other),
         video=[VideoFrame(time=t, image=im) for t, im in zip(times, images)],
         task=header["task"],
         metadata=header["metadata"],

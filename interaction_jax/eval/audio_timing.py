@@ -291,6 +291,8 @@ def sample_timing(sample_dir: str, task: str, words: Sequence[Word] | None = Non
         words = _words_from_chunks(_read_json(os.path.join(sample_dir, name)))
     ann_name = FDB_TASKS.get(task)
     annotation = _read_json(os.path.join(sample_dir, ann_name)) if ann_name else None
+    if not isinstance(annotation, list):  # v1.5's metadata.json (one dict): no v1 turn to time against
+        annotation = None
     after = float(annotation[0]["timestamp"][1]) if task == "user_interruption" and annotation else 0.0
     ep_path = os.path.join(sample_dir, "episode.json")
     windows = _read_json(ep_path).get("grading", []) if os.path.isfile(ep_path) else []

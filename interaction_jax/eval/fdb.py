@@ -16,20 +16,24 @@ annotated for its task:
   `smooth_turn_taking`      `turn_taking.json`  `evaluate.py --task smooth_turn_taking`, `get_timing.py`
   `pause_handling`          `pause.json`        `evaluate.py --task pause_handling`
   `backchannel`             (folders `0..N-1`)  `evaluate.py --task backchannel`
+  `talking_to_other`        `metadata.json`     v1.5: `evaluate.py --task behavior` / `general_before_after`,
+  `background_speech`       `metadata.json`       `get_timing.py` (these two roots are known by folder name)
 
 `write_fdb_inputs(episodes, root)` lays synthetic episodes out as `root/<task>/<episode id>/`:
 interruption episodes with an interruption go to `user_interruption` (`interrupt.json`:
 `[{"context", "interrupt", "timestamp": [onset, end of the interruption]}]`), turn-taking episodes
 to `smooth_turn_taking` (`turn_taking.json`: `[{"text", "timestamp": [end of the first question,
-start of the next user speech]}]`; FDB reads `timestamp[0]`). Other episodes have no FDB task and
-are not written (nor are episodes with typed messages: FDB input is audio only). Each sample also
-gets `transcription.json` in FDB's format (`[{"speaker": 0, "item": [{"text", "timestamp"}]}]`;
+start of the next user speech]}]`; FDB reads `timestamp[0]`), talking-to-others episodes that keep
+their third voices to v1.5's `talking_to_other` and/or `background_speech` (`fdb_v15.overlap_events`:
+one sample per kind of third voice they hold). Other episodes have no FDB task and are not
+written (nor are episodes with typed messages: FDB input is audio only). Each sample also gets
+`transcription.json` in FDB's format (`[{"speaker": 0, "item": [{"text", "timestamp"}]}]`;
 speaker 0 = the user, 1 = the other voices mixed into `input.wav`, when there are any) and
 `episode.json`, this codebase's own annotation (timings, grading windows, generator metadata).
 Where the episode can provide them (`eval/fdb_v15.py`: interruption samples without other
-voices), v1.5's paired files are written too: `clean_input.wav` (the input without the
-interruption), `clean_input.json`, `input.json` and v1.5's `metadata.json` (`{context_text,
-current_turn_text, timestamps}`).
+voices, and every talking-to-others sample), v1.5's paired files are written too:
+`clean_input.wav` (the input without the overlap event), `clean_input.json`, `input.json` and
+v1.5's `metadata.json` (`{context_text, current_turn_text, timestamps}`).
 
 `export_fdb(engine, task_root, output_root)` runs every sample of one task root through live
 streaming sessions (`runner.run_episodes`, audio only) and writes per sample, atomically (temp
@@ -70,9 +74,13 @@ FDB_SAMPLE_RATE = 16000
 INPUT_WAV, OUTPUT_WAV, OUTPUT_JSON = "input.wav", "output.wav", "output.json"
 EPISODE_JSON, TRANSCRIPTION_JSON = "episode.json", "transcription.json"
 FDB_TASKS = {"user_interruption": "interrupt.json", "smooth_turn_taking": "turn_taking.json",
-             "pause_handling": "pause.json", "backchannel": None}
-# our benchmark task -> the FDB task root its episodes go to
-EPISODE_TASKS = {"interruption": "user_interruption", "turntaking": "smooth_turn_taking"}
+             "pause_handling": "pause.json", "backchannel": None,
+             "talking_to_other": "metadata.json", "background_speech": "metadata.json"}
+# v1.5 overlap roots: their annotation (metadata.json) is not theirs alone, so only a root's name tells them
+NAMED_ONLY = ("talking_to_other", "background_speech")
+# our benchmark task -> the FDB task roots its episodes go to
+EPISODE_TASKS = {"interruption": ("user_interruption",), "turntaking": ("smooth_turn_taking",),
+                 "others": NAMED_ONLY}
 FILE_MODE, DIR_MODE = 0o644, 0o755
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -140,24 +148,28 @@ def fdb_transcription(user_words: Sequence[Word], other_words: Sequence[Word], d
 
 
 # ---- inputs from synthetic episodes --------------------------------------------------------------
-def _task_annotation(ep: Episode) -> tuple[str, list] | None:
-    """(FDB task, annotation list) for an episode that maps onto an FDB task, else None."""
+def _task_annotations(ep: Episode) -> list[tuple[str, list | dict]]:
+    """[(FDB task, its annotation)] for an episode: one per FDB task root it maps onto (none, one or two)."""
+    from interaction_jax.eval.fdb_v15 import overlap_events, overlap_metadata
+
     md = ep.metadata
     if ep.task == "interruption" and md.get("interruption_onset") is not None:
         onset = float(md["interruption_onset"])
         before = [w for w in ep.user_words if w.start < onset]
         after = [w for w in ep.user_words if w.start >= onset]
         if after:
-            return EPISODE_TASKS["interruption"], [{
+            return [("user_interruption", [{
                 "context": " ".join(w.text for w in before), "interrupt": " ".join(w.text for w in after),
                 "timestamp": [round(onset, 3), round(after[-1].end, 3)],
-            }]  # fmt: skip
+            }])]  # fmt: skip
     if ep.task == "turntaking" and md.get("question_ends"):
         q_end = float(md["question_ends"][0])
         question = " ".join(w.text for w in ep.user_words if w.end <= q_end + 1e-6)
         nxt = min((w.start for w in ep.user_words if w.start > q_end), default=ep.duration)
-        return EPISODE_TASKS["turntaking"], [{"text": question, "timestamp": [round(q_end, 3), round(nxt, 3)]}]
-    return None
+        return [("smooth_turn_taking", [{"text": question, "timestamp": [round(q_end, 3), round(nxt, 3)]}])]
+    if ep.task == "others":  # metadata.json is the annotation; only episodes that kept their third voices
+        return [(task, overlap_metadata(ep, task)) for task in NAMED_ONLY if task in overlap_events(ep)]
+    return []
 
 
 def _jsonable(x):
@@ -202,17 +214,16 @@ def write_fdb_inputs(episodes: Sequence[Episode], root: str, *, overwrite: bool 
     from interaction_jax.eval.fdb_v15 import clean_files
     from interaction_jax.features.audio import ensure_audio, save_wav
 
-    todo = []
+    todo, written = [], set()
     for ep in episodes:
-        task = None if (skip_typed and ep.user_text) else _task_annotation(ep)
-        if task is None:
-            continue
-        if not _SAFE_ID.match(ep.episode_id):
-            raise FdbError(f"fdb: episode id {ep.episode_id!r} is not usable as a folder name")
-        final = os.path.join(root, task[0], ep.episode_id)
-        if os.path.exists(final) and not overwrite:
-            raise FdbError(f"fdb: sample folder {final} exists; pass overwrite=True or write to a new root")
-        todo.append((ep, task, final))
+        for task in [] if (skip_typed and ep.user_text) else _task_annotations(ep):
+            if not _SAFE_ID.match(ep.episode_id):
+                raise FdbError(f"fdb: episode id {ep.episode_id!r} is not usable as a folder name")
+            final = os.path.join(root, task[0], ep.episode_id)
+            if os.path.exists(final) and not overwrite:
+                raise FdbError(f"fdb: sample folder {final} exists; pass overwrite=True or write to a new root")
+            todo.append((ep, task, final))
+            written.add(id(ep))
     out = []
     for ep, (task, annotation), final in todo:
         task_root = os.path.dirname(final)
@@ -235,7 +246,7 @@ def write_fdb_inputs(episodes: Sequence[Episode], root: str, *, overwrite: bool 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         out.append(final)
-    skipped = len(episodes) - len(todo)
+    skipped = len(episodes) - len(written)
     print(f"[fdb] wrote {len(out)} sample folders under {root}"
           + (f" (skipped {skipped}: typed messages, or no FDB task annotation)" if skipped else ""), flush=True)
     return out
@@ -266,13 +277,14 @@ def detect_task(input_root: str, ids: Sequence[str] | None = None) -> str:
     if name in FDB_TASKS:
         task = name
     else:
-        full = [t for t, s in has.items() if len(s) == len(ids)]
+        full = [t for t, s in has.items() if len(s) == len(ids) and t not in NAMED_ONLY]
         if len(full) == 1:
             task = full[0]
         elif not any(has.values()) and all(s.isdigit() for s in ids):
             task = "backchannel"
         else:
-            found = ", ".join(f"{FDB_TASKS[t]} in {len(s)}" for t, s in has.items() if s) or "no annotation"
+            found = ", ".join(f"{FDB_TASKS[t]} in {len(s)}" for t, s in has.items()
+                              if s and t not in NAMED_ONLY[1:]) or "no annotation"
             raise FdbError(f"fdb: {input_root} is not one FDB task root ({len(ids)} samples; {found}); "
                            f"name it after its task ({', '.join(FDB_TASKS)}) or give one root per task")
     ann = FDB_TASKS[task]

@@ -14,10 +14,19 @@ backchannel, a side conversation, background speech) is added to the user's audi
   clean_output.json   its words (the whole transcript, as v1.5's ASR step writes it)
 
 An episode provides the first four (`clean_files`) when its overlap event can be removed
-exactly: a `user_interruption` sample whose input holds no other voice; the interruption is
-every user word from the onset on, so `clean_input.wav` is `input.wav` silent from the onset
-to its end (v1.5's interruption reference is the context followed by silence). Other samples
-get none (a mix of the user with other voices cannot be unmixed). The export
+exactly:
+  * a `user_interruption` sample whose input holds no other voice: the interruption is every
+    user word from the onset on, so `clean_input.wav` is `input.wav` silent from the onset to
+    its end (v1.5's interruption reference is the context followed by silence);
+  * a `talking_to_other` / `background_speech` sample from an `others` episode
+    (`overlap_events`): its third voices were rendered apart and kept (`Episode.other_audio`),
+    so `clean_input.wav` is `input.wav` minus the event's voices, the user and the noise floor
+    sample for sample as they are in `input.wav`. The event is the other person talking to
+    the user or answering them (segments `side_talk`, `address_other`) or the background
+    speech (`background`), every such segment of the episode (an episode of both kinds gives
+    one sample to each root, the other kind left in both inputs); the user's own words to the
+    other person stay in both inputs. `timestamps` span the event's words.
+Other samples get none (a recorded mix of the user with other voices cannot be unmixed). The export
 (`load_clean`, `export_clean`) writes the last two for every sample that has a `clean_input.wav`, from
 episodes or from FDB's own v1.5 folders.
 """
@@ -35,6 +44,54 @@ CLEAN_INPUT_WAV, CLEAN_INPUT_JSON = "clean_input.wav", "clean_input.json"
 CLEAN_OUTPUT_WAV, CLEAN_OUTPUT_JSON = "clean_output.wav", "clean_output.json"
 INPUT_JSON, METADATA_JSON = "input.json", "metadata.json"
 CLEAN_OUTPUTS = (CLEAN_OUTPUT_WAV, CLEAN_OUTPUT_JSON)
+# the v1.5 root of each `others` segment kind whose third voice is its overlap event (data/tasks/others.py)
+OVERLAP_TASKS = {"side_talk": "talking_to_other", "address_other": "talking_to_other",
+                 "background": "background_speech"}
+
+
+def overlap_events(ep: Episode) -> dict[str, tuple[list[tuple[float, float]], list[Word]]]:
+    """{v1.5 task: (its segments' spans [start, next segment's start), the third-voice words in them)}.
+
+    Only for an `others` episode that keeps its third voices (`other_audio`); segment k starts
+    at the k-th `silent` window (the task writes one per segment, in order). A task is listed
+    only when its segments hold third-voice words.
+    """
+    kinds = list(ep.metadata.get("segments", []))
+    starts = [g.start for g in ep.grading if g.kind == "silent"]
+    if ep.task != "others" or not ep.other_audio.size or not kinds or len(starts) != len(kinds):
+        return {}
+    out: dict[str, tuple[list, list]] = {}
+    for kind, a, b in zip(kinds, starts, [*starts[1:], ep.duration], strict=True):
+        words = [w for w in ep.other_words if a <= w.start < b]
+        if words and kind in OVERLAP_TASKS:
+            spans, event = out.setdefault(OVERLAP_TASKS[kind], ([], []))
+            spans.append((a, b))
+            event += words
+    return out
+
+
+def overlap_metadata(ep: Episode, task: str) -> dict | None:
+    """v1.5's metadata.json of an `others` sample (`overlap_events`): the user's words before / from the event on."""
+    event = overlap_events(ep).get(task)
+    if event is None:
+        return None
+    start, end = min(w.start for w in event[1]), max(w.end for w in event[1])
+    return {"context_text": " ".join(w.text for w in ep.user_words if w.start < start),
+            "current_turn_text": " ".join(w.text for w in ep.user_words if w.start >= start),
+            "timestamps": [round(start, 3), round(end, 3)]}
+
+
+def _without_event(ep: Episode, task: str, sample_rate: int) -> np.ndarray | None:
+    """The episode's user channel minus the event's third voices, at `sample_rate` (as input.wav is written)."""
+    from interaction_jax.features.audio import ensure_audio
+
+    spans = overlap_events(ep)[task][0]
+    sr = ep.sample_rate
+    removed = np.zeros_like(ep.user_audio)
+    for a, b in spans:
+        i0, i1 = int(round(a * sr)), int(round(b * sr))
+        removed[i0:i1] = ep.other_audio[i0:i1]
+    return ensure_audio(ep.user_audio - removed, sr, sample_rate, name=ep.episode_id)
 
 
 def clean_files(ep: Episode, task: str, annotation: Sequence[dict], audio: np.ndarray,
@@ -45,6 +102,16 @@ def clean_files(ep: Episode, task: str, annotation: Sequence[dict], audio: np.nd
     """
     from interaction_jax.eval.fdb import transcript_json
 
+    metadata = overlap_metadata(ep, task) if task in OVERLAP_TASKS.values() else None
+    if metadata is not None:
+        event = set(overlap_events(ep)[task][1])
+        return {
+            CLEAN_INPUT_WAV: _without_event(ep, task, sample_rate),
+            CLEAN_INPUT_JSON: transcript_json([*ep.user_words, *(w for w in ep.other_words if w not in event)],
+                                              ep.duration),
+            INPUT_JSON: transcript_json([*ep.user_words, *ep.other_words], ep.duration),
+            METADATA_JSON: metadata,
+        }
     if task != "user_interruption" or ep.other_words:
         return None
     onset, end = (float(x) for x in annotation[0]["timestamp"])
@@ -114,4 +181,5 @@ def export_clean(engine, clean: dict[str, np.ndarray], input_root: str, output_r
 
 
 __all__ = ["CLEAN_INPUT_JSON", "CLEAN_INPUT_WAV", "CLEAN_OUTPUTS", "CLEAN_OUTPUT_JSON", "CLEAN_OUTPUT_WAV",
-           "INPUT_JSON", "METADATA_JSON", "clean_files", "export_clean", "load_clean"]
+           "INPUT_JSON", "METADATA_JSON", "OVERLAP_TASKS", "clean_files", "export_clean", "load_clean",
+           "overlap_events", "overlap_metadata"]

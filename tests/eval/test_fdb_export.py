@@ -26,11 +26,13 @@ def engine(tiny_config):
 
 @pytest.fixture(scope="module")
 def episodes():
-    """One turn-taking and one interruption episode (spoken), a typed one and a talking-to-others one."""
+    """One turn-taking and one interruption episode (spoken), a typed one and a talking-to-others one (3 s of it:
+    background speech only)."""
     eps = [tasks.generate("turntaking", 1, duration_s=SECONDS), tasks.generate("interruption", 1, duration_s=6.0),
            tasks.generate("turntaking", 0, duration_s=SECONDS), tasks.generate("others", 1, duration_s=SECONDS)]
     assert [bool(e.user_text) for e in eps] == [False, False, True, False]
     assert eps[1].metadata["interruption_onset"] is not None
+    assert eps[3].metadata["segments"] == ["background"] and eps[3].other_words and not eps[3].user_words
     return eps
 
 
@@ -47,19 +49,19 @@ def _mode(path):
 
 def test_one_root_per_task_holding_only_its_samples(episodes, exported):
     out, runs = exported
-    tt, ui = episodes[0], episodes[1]
-    # typed / others: no FDB task; the audio timing summary lies beside the task roots, never in one
-    assert sorted(os.listdir(out)) == ["smooth_turn_taking", "timing_summary.json", "user_interruption"]
-    assert sorted(runs) == ["smooth_turn_taking", "user_interruption"]
-    assert os.listdir(os.path.join(out, "smooth_turn_taking")) == [tt.episode_id]
-    assert os.listdir(os.path.join(out, "user_interruption")) == [ui.episode_id]
-    for task, ep in (("smooth_turn_taking", tt), ("user_interruption", ui)):
+    tt, ui, bg = episodes[0], episodes[1], episodes[3]
+    # typed: no FDB task; the audio timing summary lies beside the task roots, never in one
+    roots = ["background_speech", "smooth_turn_taking", "user_interruption"]
+    assert sorted(os.listdir(out)) == sorted([*roots, "timing_summary.json"])
+    assert sorted(runs) == roots
+    for task, ep in (("smooth_turn_taking", tt), ("user_interruption", ui), ("background_speech", bg)):
+        assert os.listdir(os.path.join(out, task)) == [ep.episode_id]
         d = os.path.join(out, task, ep.episode_id)
         v15 = ["clean_input.wav", "clean_input.json", "input.json", "metadata.json", "clean_output.wav",
-               "clean_output.json"] if task == "user_interruption" else []  # only an interruption has a clean pair
-        assert sorted(os.listdir(d)) == sorted(["input.wav", "output.wav", "output.json", "transcription.json",
+               "clean_output.json"] if task != "smooth_turn_taking" else []  # turn-taking has no clean pair
+        assert sorted(os.listdir(d)) == sorted({"input.wav", "output.wav", "output.json", "transcription.json",
                                                 "episode.json", fdb.FDB_TASKS[task], "timing.json",
-                                                "output_audio.json", *v15])
+                                                "output_audio.json", *v15})
         assert fdb.detect_task(os.path.join(out, task)) == task
 
 
@@ -160,6 +162,35 @@ def test_v15_clean_pair_as_its_readers_read_it(episodes, exported):
         assert _mode(os.path.join(d, name)) == 0o644, name
 
 
+def test_background_speech_pair_is_the_input_without_the_third_voice(episodes, exported):
+    """An `others` sample: clean_input.wav is input.wav minus the background speech (the episode keeps it apart),
+    metadata.json's window is that speech's span, and the model ran a second time on the clean input."""
+    out, runs = exported
+    ep = episodes[3]
+    d = os.path.join(out, "background_speech", ep.episode_id)
+    x = sf.read(os.path.join(d, "input.wav"), dtype="float32")[0]
+    c, sr = sf.read(os.path.join(d, "clean_input.wav"), dtype="float32")
+    assert sr == 16000 and len(c) == len(x) == ep.num_samples
+    assert np.abs(c - (ep.user_audio - ep.other_audio)).max() <= 1.0 / 32768 + 1e-7  # 16-bit PCM of the difference
+    spoken = slice(int(ep.other_words[0].start * 16000) + 800, int(ep.other_words[-1].end * 16000))
+    assert np.abs(c[spoken]).max() < 0.02 < np.abs(x[spoken]).max()  # the noise floor is all that is left
+    with open(os.path.join(d, "metadata.json")) as f:
+        md = json.load(f)
+    assert md["timestamps"] == [pytest.approx(ep.other_words[0].start, abs=1e-3),
+                                pytest.approx(ep.other_words[-1].end, abs=1e-3)]
+    for name, words in (("input.json", ep.other_words), ("clean_input.json", [])):
+        with open(os.path.join(d, name)) as f:
+            assert [t for t, _ in _words(json.load(f))] == [w.text for w in words], name
+    y, sr_y = sf.read(os.path.join(d, "clean_output.wav"), dtype="int16")
+    assert sr_y == 16000 and len(y) == len(c) and np.any(y)
+    with open(os.path.join(d, "output.json")) as f:  # v1.5's ASR keeps every word: no crop here
+        run = runs["background_speech"][0]
+        assert [t for t, _ in _words(json.load(f))] == [w.text for w in sorted(run.words, key=lambda w: w.start)
+                                                         if w.start < run.duration]
+    for name in os.listdir(d):
+        assert _mode(os.path.join(d, name)) == 0o644, name
+
+
 def test_export_times_the_model_speech_from_its_audio(episodes, exported, tmp_path):
     """timing.json of a real export: VAD of the Griffin-Lim output, the run's words beside their audio times."""
     from interaction_jax.eval import corpus_formats
@@ -180,7 +211,7 @@ def test_export_times_the_model_speech_from_its_audio(episodes, exported, tmp_pa
             oa = json.load(f)
         assert all(c["timestamp"][0] >= t["output_json_after_s"] for c in oa["chunks"])
     with open(os.path.join(out, "timing_summary.json")) as f:
-        assert sorted(json.load(f)) == ["smooth_turn_taking", "user_interruption"]
+        assert sorted(json.load(f)) == ["background_speech", "smooth_turn_taking", "user_interruption"]
     manifest = corpus_formats.write_corpus(out, str(tmp_path / "corpus"))
     ep = episodes[1]
     m = next(m for m in manifest if m["sample"] == ep.episode_id)

@@ -9,7 +9,9 @@ Conventions every task follows (the evaluation and packing code rely on them):
     text slots per micro-turn. We therefore treat it as understood only at
     `time + typed_read_s(text)` (a byte tokenizer with 4 slots per 200 ms reads 20 bytes/s)
     and schedule reactions after that. `metadata["instruction_end"]` stores this time.
-  * user_audio = user + other voices (+ background speech at low gain) + a small noise floor.
+  * user_audio = user + other voices (+ background speech at low gain) + a small noise floor;
+    `Episode.other_audio` keeps the other voices alone, so user_audio - other_audio is the user
+    with the same noise floor and nobody else (FDB v1.5's clean input, `eval/fdb_v15.py`).
   * Grading windows: `speak` = a model utterance must *start* inside [start, end) and contain
     `expected` (it may run past `end`); `silent` = no model word starts inside; `stop` = model
     speech has ended by `end`; `no_stop` = the model keeps speaking across the whole window;
@@ -71,6 +73,7 @@ class EpisodeBuilder:
         n = int(round(self.duration * self.sr))
         self.user_track = np.zeros(n, np.float32)
         self.model_track = np.zeros(n, np.float32)
+        self.other_track = np.zeros(n, np.float32)  # the third voices alone (also mixed into user_track)
         self.user_words: list[Word] = []
         self.other_words: list[Word] = []
         self.model_words: list[Word] = []
@@ -102,8 +105,10 @@ class EpisodeBuilder:
         return words
 
     def other_says(self, text: str, start: float, gain: float = 1.0) -> list[Word]:
-        """A third voice in the user channel (gain < 1 for background speech)."""
-        words = place(self.user_track, self.render(text, self.other_voice), start, self.sr, gain)
+        """A third voice in the user channel (gain < 1 for background speech), also kept alone in `other_track`."""
+        rendered = self.render(text, self.other_voice)
+        words = place(self.user_track, rendered, start, self.sr, gain)
+        place(self.other_track, rendered, start, self.sr, gain)
         self.other_words += words
         return words
 
@@ -191,4 +196,5 @@ class EpisodeBuilder:
             grading=grading,
             task=self.task,
             metadata=dict(self.metadata),
+            other_audio=self.other_track if np.any(self.other_track) else np.zeros(0, np.float32),
         )
