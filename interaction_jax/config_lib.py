@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.layout.video_patches = 16  # patches per micro-turn (0 disables video)
     c.layout.patch_size = 40
     c.layout.video_frame_size = 160  # frames are resized/cropped to this square size
+    # a frame's patches every k micro-turns; the others carry no video positions (training only so far)
+    c.layout.video_every = 1
     c.layout.user_text_slots = 4
     c.layout.background_slots = 4
     c.layout.model_text_slots = 4
@@ -281,6 +283,7 @@ _RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("layout.frames_per_audio_position", 1, None, True, True),
     ("layout.patch_size", 1, None, True, True),
     ("layout.video_frame_size", 1, None, True, True),
+    ("layout.video_every", 1, None, True, True),
     ("features.sample_rate", 1, None, True, True),
     ("features.n_fft", 1, None, True, True),
     ("features.win_length", 1, None, True, True),
@@ -428,6 +431,11 @@ def validate_config(config) -> None:
         if int(m.num_heads) % int(m.num_kv_heads):
             raise ConfigError(f"config: model.num_heads={m.num_heads} must be a multiple of "
                               f"model.num_kv_heads={m.num_kv_heads} (grouped-query attention)")
+        lay = config.get("layout")
+        if bool(m.get("user_speech_feedback", False)) and lay is not None and int(lay.get("video_every", 1)) > 1 \
+                and int(lay.get("video_patches", 0)) > 0:
+            raise ConfigError("config: model.user_speech_feedback needs the same positions in every micro-turn; "
+                              "layout.video_every > 1 with video on is not supported with it")
         if bool(m.get("user_speech_feedback", False)) and not float(m.get("user_speech_loss_weight", 0.0)) > 0:
             raise ConfigError("config: model.user_speech_feedback=True feeds back the user-speech transcript, "
                               "which needs model.user_speech_loss_weight > 0 to be learned")

@@ -115,6 +115,8 @@ def bench(name: str, peak: float) -> dict:
         "compile_s": compile_s,
         "step_s_median": med,
         "tokens_per_s": tokens / med,
+        # seconds of episode trained per second (a lower video rate has fewer tokens per micro-turn)
+        "episode_seconds_per_s": B * W * float(cfg.layout.micro_turn_ms) / 1000.0 / med,
         "model_flops_per_s": flops,
         "mfu": flops / (peak * jax.device_count()),
         "data_batches_per_s": data_rate,

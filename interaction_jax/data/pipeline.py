@@ -78,7 +78,8 @@ class RandomWindow(grain.transforms.RandomMap):
 
     def random_map(self, grid: EpisodeGrid, rng: np.random.Generator) -> dict[str, np.ndarray]:
         last_start = max(0, grid.num_turns - self.num_turns)
-        start = int(rng.integers(0, last_start + 1))
+        k = grid.layout.video_every if not grid.layout.uniform else 1  # sparse video: starts on its grid
+        start = k * int(rng.integers(0, last_start // k + 1))
         if self.start_at_zero_prob > 0 and rng.random() < self.start_at_zero_prob:
             start = 0
         return pack_window(grid, start, self.num_turns)

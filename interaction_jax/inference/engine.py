@@ -257,6 +257,7 @@ class StreamEngine:
                  debug_outputs: bool = False):
         self.config = config
         self.layout = StreamLayout.from_config(config)
+        self.layout.require_uniform("the streaming engine")
         self.slots = int(slots if slots is not None else config.inference.slots)
         if self.slots < 1:
             raise ValueError(f"inference.slots must be >= 1, got {self.slots}")

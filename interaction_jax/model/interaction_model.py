@@ -286,17 +286,19 @@ def dummy_batch(config, batch_size: int, num_turns: int, seed: int = 0) -> dict:
     layout = StreamLayout.from_config(config)
     spec = layout.packed_spec(num_turns)
     rs = np.random.RandomState(seed)
-    b, n_turn = batch_size, layout.positions_per_turn
-    kinds = np.tile(layout.turn_kinds(), num_turns)
+    b = batch_size
+    kinds = layout.window_kinds(num_turns)
+    offsets = layout.turn_offsets(num_turns)
     vocab = make_tokenizer(config.text).vocab_size
     out = {
         "token_ids": rs.randint(0, vocab, (b,) + spec["token_ids"][0]),
         "dmel": rs.randint(0, int(config.features.dmel_bins), (b,) + spec["dmel"][0]),
         "patches": rs.randint(0, 256, (b,) + spec["patches"][0]),
-        "video_present": rs.rand(b, num_turns) < 0.7,
+        "video_present": rs.rand(b, layout.video_turns(num_turns)) < 0.7,
         "kinds": np.broadcast_to(kinds, (b, kinds.size)),
         "positions": np.broadcast_to(np.arange(kinds.size), (b, kinds.size)),
-        "micro_turn": np.broadcast_to(np.arange(kinds.size) // n_turn, (b, kinds.size)),
+        "micro_turn": np.broadcast_to(np.searchsorted(offsets, np.arange(kinds.size), side="right") - 1,
+                                      (b, kinds.size)),
         "valid": np.ones((b, kinds.size), bool),
         "text_targets": rs.randint(0, vocab, (b,) + spec["text_targets"][0]),
         "text_loss_mask": np.broadcast_to(kinds == int(Kind.MODEL_TEXT), (b, kinds.size)),
@@ -315,6 +317,7 @@ def block_of(batch: dict, start: int, stop: int, layout: StreamLayout) -> dict:
     """
     from interaction_jax.streams.layout import Kind
 
+    layout.require_uniform("block_of")
     seq = batch["kinds"].shape[1]
     turns = []
     vs = layout.block_slice(Kind.VIDEO)

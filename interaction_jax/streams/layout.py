@@ -12,6 +12,13 @@ Output block of micro-turn t: what the model says in [(t+1)*T, (t+2)*T); it is d
 the input block of t is prefilled and played during micro-turn t+1, so the response-latency
 floor is one micro-turn. Training (packing) and streaming inference both read this class;
 nothing else may re-derive position indices.
+
+Video rate: with `video_every = k > 1` only micro-turns 0, k, 2k, ... (counted from the start of
+a session, or of a training window, which then starts at a multiple of k) hold the VIDEO block
+and the frame that arrived last during their k micro-turns; the other micro-turns have no video
+positions at all (dropped from the sequence, not filled with empty patches). Positions stay the
+sequence index, a fixed function of time. Only the training path (packing, the model) reads such
+layouts so far; `uniform` says whether every micro-turn has the same positions.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class StreamLayout:
     user_text_slots: int = 4
     background_slots: int = 4
     model_text_slots: int = 4
+    video_every: int = 1  # a frame's patches every k micro-turns (module docstring)
 
     def __post_init__(self):
         ratio = self.micro_turn_ms / (self.frame_ms * self.frames_per_audio_position)
@@ -81,6 +89,8 @@ class StreamLayout:
         for name in ("user_text_slots", "background_slots", "model_text_slots", "video_patches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"layout: {name} must be >= 0, got {getattr(self, name)}")
+        if self.video_every < 1:
+            raise ValueError(f"layout: video_every must be >= 1 (a frame every k micro-turns), got {self.video_every}")
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -98,6 +108,7 @@ class StreamLayout:
             user_text_slots=int(lc.user_text_slots),
             background_slots=int(lc.background_slots),
             model_text_slots=int(lc.model_text_slots),
+            video_every=int(lc.get("video_every", 1)),
         )
 
     # ---- derived sizes --------------------------------------------------------------------
@@ -128,7 +139,34 @@ class StreamLayout:
 
     @property
     def positions_per_turn(self) -> int:
+        """Positions of a micro-turn that holds the VIDEO block (every micro-turn when `uniform`)."""
         return sum(b.size for b in self.blocks)
+
+    @property
+    def uniform(self) -> bool:
+        """Every micro-turn has the same positions (no video, or video in every micro-turn)."""
+        return self.video_every == 1 or self.video_patches == 0
+
+    def has_video(self, turn: int) -> bool:
+        """Whether micro-turn `turn` (from the start of the session or window) holds the VIDEO block."""
+        return self.video_patches > 0 and turn % self.video_every == 0
+
+    def video_turns(self, num_turns: int) -> int:
+        """Micro-turns of a `num_turns` window that hold the VIDEO block."""
+        return -(-num_turns // self.video_every) if self.video_patches else num_turns
+
+    def turn_offsets(self, num_turns: int) -> np.ndarray:
+        """Sequence index of each micro-turn's first position, [num_turns + 1] (the last: the length)."""
+        sizes = np.full(num_turns, self.positions_per_turn, np.int64)
+        if not self.uniform:
+            sizes[np.arange(num_turns) % self.video_every != 0] -= self.video_patches
+        return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+
+    def require_uniform(self, what: str) -> None:
+        """A clear error where code needs every micro-turn to have the same positions."""
+        if not self.uniform:
+            raise ValueError(f"{what} needs the same positions in every micro-turn; layout.video_every="
+                             f"{self.video_every} with video on is supported by training only")
 
     @property
     def input_size(self) -> int:
@@ -154,13 +192,33 @@ class StreamLayout:
         return np.concatenate([np.full(b.size, int(b.kind), np.int32) for b in self.blocks])
 
     def seq_len(self, num_turns: int) -> int:
-        return num_turns * self.positions_per_turn
+        if self.uniform:
+            return num_turns * self.positions_per_turn
+        return int(self.turn_offsets(num_turns)[-1])
 
     def kind_indices(self, kind: Kind, num_turns: int) -> np.ndarray:
-        """Sequence indices of every `kind` position in a `num_turns` window, shape [num_turns, size]."""
+        """Sequence indices of every `kind` position in a `num_turns` window, shape [num_turns, size]
+        ([video_turns(num_turns), size] for VIDEO)."""
         s = self.block_slice(kind)
-        base = np.arange(num_turns, dtype=np.int32)[:, None] * self.positions_per_turn
-        return base + np.arange(s.start, s.stop, dtype=np.int32)[None, :]
+        within = np.arange(s.start, s.stop, dtype=np.int32)[None, :]
+        if self.uniform:
+            base = np.arange(num_turns, dtype=np.int32)[:, None] * self.positions_per_turn
+            return base + within
+        turns = np.arange(num_turns)
+        starts = self.turn_offsets(num_turns)[:-1].astype(np.int32)
+        if kind == Kind.VIDEO:
+            return starts[turns % self.video_every == 0][:, None] + within
+        # VIDEO is the first block: a micro-turn without it has every other block V positions earlier
+        shift = np.where(turns % self.video_every == 0, 0, self.video_patches).astype(np.int32)
+        return (starts - shift)[:, None] + within
+
+    def window_kinds(self, num_turns: int) -> np.ndarray:
+        """Kind id of every position of a `num_turns` window, [seq_len(num_turns)]."""
+        kinds = self.turn_kinds()
+        if self.uniform:
+            return np.tile(kinds, num_turns)
+        rest = kinds[self.block_slice(Kind.VIDEO).stop :]
+        return np.concatenate([kinds if self.has_video(t) else rest for t in range(num_turns)]).astype(np.int32)
 
     # ---- time mapping ------------------------------------------------------------------------
     def input_turn(self, t_seconds: float) -> int:
@@ -189,11 +247,12 @@ class StreamLayout:
         L = self.seq_len(num_turns)
         F, M = self.frames_per_audio_position, self.n_mels
         V, ps = self.video_patches, self.patch_size
+        W = self.video_turns(num_turns)
         return {
             "token_ids": ((L,), np.int32),  # text id fed at text positions, PAD elsewhere
             "dmel": ((L, F, M), np.uint8),  # dMel codes fed at audio positions, 0 elsewhere
-            "patches": ((num_turns, V, ps, ps, 3), np.uint8),  # video patches per micro-turn
-            "video_present": ((num_turns,), np.bool_),  # a frame arrived in this micro-turn
+            "patches": ((W, V, ps, ps, 3), np.uint8),  # video patches per micro-turn holding VIDEO
+            "video_present": ((W,), np.bool_),  # a frame arrived in this micro-turn (its k micro-turns)
             "kinds": ((L,), np.int32),
             "positions": ((L,), np.int32),  # 0..L-1 within the window: position is time
             "micro_turn": ((L,), np.int32),  # absolute micro-turn index in the episode

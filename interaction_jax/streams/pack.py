@@ -157,6 +157,8 @@ def pack_window(grid: EpisodeGrid, start: int, num_turns: int) -> dict[str, np.n
     layout = grid.layout
     if start < 0:
         raise ValueError(f"window start must be >= 0, got {start}")
+    if not layout.uniform:
+        return _pack_sparse_video(grid, start, num_turns)
     spec = layout.packed_spec(num_turns)
     out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
     P, F, N = layout.positions_per_turn, layout.frames_per_audio_position, layout.frames_per_turn
@@ -200,6 +202,34 @@ def pack_window(grid: EpisodeGrid, start: int, num_turns: int) -> dict[str, np.n
         out["patches"][w] = grid.patches[t]
         out["video_present"][w] = grid.video_present[t]
     return out
+
+
+def _pack_sparse_video(grid: EpisodeGrid, start: int, num_turns: int) -> dict[str, np.ndarray]:
+    """`pack_window` for `layout.video_every = k > 1`: the window packed with video in every
+    micro-turn, then the VIDEO positions of the micro-turns between every k-th dropped. A video
+    micro-turn t shows the last frame that arrived in micro-turns t-k+1..t (never a later one)."""
+    import dataclasses as dc
+
+    layout = grid.layout
+    k = layout.video_every
+    if start % k:
+        raise ValueError(f"with layout.video_every={k} a window must start at a multiple of {k}, got {start}")
+    full = dc.replace(layout, video_every=1)
+    out = pack_window(dc.replace(grid, layout=full), start, num_turns)
+    keep = np.ones(full.seq_len(num_turns), bool)
+    drop = full.kind_indices(Kind.VIDEO, num_turns)[np.arange(num_turns) % k != 0]
+    keep[drop.reshape(-1)] = False
+    packed = {name: v[keep] for name, v in out.items() if name not in ("patches", "video_present")}
+    packed["positions"] = np.arange(int(keep.sum()), dtype=np.int32)
+    # video micro-turn t: the last frame of t-k+1..t (one that arrived in between is not lost)
+    patches = np.zeros(layout.packed_spec(num_turns)["patches"][0], np.uint8)
+    present = np.zeros(layout.video_turns(num_turns), bool)
+    for i, t in enumerate(range(start, start + num_turns, k)):
+        got = [j for j in range(max(0, t - k + 1), min(t + 1, grid.num_turns)) if grid.video_present[j]]
+        if got:
+            patches[i], present[i] = grid.patches[got[-1]], True
+    packed["patches"], packed["video_present"] = patches, present
+    return packed
 
 
 @dataclasses.dataclass

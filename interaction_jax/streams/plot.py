@@ -28,7 +28,8 @@ def plot_window(window: dict, layout: StreamLayout, tokenizer, path: str, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    W = len(window["video_present"])
+    turns = np.asarray(window["micro_turn"])
+    W = int(turns.max() - turns.min() + 1)  # micro-turns in the window (video may be in fewer)
     T = layout.micro_turn_s
     t0 = int(window["micro_turn"][0]) * T
     A, F, M = layout.audio_positions, layout.frames_per_audio_position, layout.n_mels

@@ -33,6 +33,7 @@ def _pairs(layout: StreamLayout, batch: dict, weights: dict):
     """Static user-text (source, target) indices for this batch's window, if that loss is on."""
     if weights.get("user_text", 0.0) <= 0.0 or not layout.user_text_slots:
         return None
+    layout.require_uniform("model.user_text_loss_weight")
     return user_text_pairs(layout, batch["kinds"].shape[1] // layout.positions_per_turn)
 
 

@@ -222,7 +222,7 @@ class Trainer:
         local = {k: np.asarray(v[:1]) for k, v in host_batch.items()}
         one = multihost_utils.broadcast_one_to_all(local)  # no-op on one process
         one = {k: np.asarray(v).astype(local[k].dtype) for k, v in one.items()}  # the psum made bools ints
-        W = len(one["video_present"][0])
+        W = int(np.ptp(one["micro_turn"][0])) + 1  # micro-turns in the window (video may be in fewer)
         audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
         text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
         replicated = NamedSharding(self.mesh, P())
@@ -248,7 +248,7 @@ class Trainer:
         from interaction_jax.streams.plot import plot_window
         from interaction_jax.streams.tokenizer import make_tokenizer
 
-        W = len(one["video_present"][0])
+        W = int(np.ptp(one["micro_turn"][0])) + 1  # micro-turns in the window (video may be in fewer)
         audio_idx = self.layout.kind_indices(Kind.MODEL_AUDIO, W).reshape(-1)
         text_idx = self.layout.kind_indices(Kind.MODEL_TEXT, W).reshape(-1)
         window = {k: np.asarray(v[0]).copy() for k, v in one.items()}
