@@ -51,6 +51,7 @@ EVAL_DIR = os.path.join("v1_v1.5", "evaluation")
 FDB_FILES = ("evaluate.py", "eval_smooth_turn_taking.py", "eval_user_interruption.py", "eval_pause_handling.py",
              "eval_backchannel.py", "get_timing.py", "icc_gt_distribution.json")
 TIMING_TASKS = ("user_interruption", "smooth_turn_taking")  # get_timing.py's two-speaker latencies
+V15_ONLY = ("talking_to_other", "background_speech")  # eval/fdb.py NAMED_ONLY: v1.5 behaviour roots
 FDB_PACKAGES = ("torch", "torchaudio", "silero-vad", "scipy", "numpy", "openai", "python-dotenv", "tqdm")
 
 # eval_user_interruption with a stand-in for the OpenAI client (argv: evaluation dir, root dir)
@@ -337,9 +338,15 @@ def main(argv: Sequence[str]) -> None:
         env = dict(os.environ)
         if FLAGS.offline_silero:
             env["TORCH_HOME"] = _silero_home(tmp)
+        skipped: dict = {}
         for name, task_roots in roots.items():
             systems[name] = {}
             for task, root in sorted(task_roots.items()):
+                if task in V15_ONLY:  # v1.5 behaviour roots: FDB's v1 evaluate.py has no such task
+                    skipped.setdefault(name, []).append(task)
+                    print(f"[fdb_scoring] {name}/{task}: a v1.5 root (scored by v1.5's `evaluate.py --task "
+                          "behavior`, which needs an OpenAI judge); not scored here", flush=True)
+                    continue
                 r = score_root(task, root, eval_dir=eval_dir, python=FLAGS.python, env=env, judge=FLAGS.judge,
                                timeout=FLAGS.timeout, tmp=tmp)
                 r["ours"] = ours(root)
@@ -356,6 +363,7 @@ def main(argv: Sequence[str]) -> None:
         "exports": {n: {t: len([s for s in os.listdir(r) if not s.startswith(".")]) for t, r in sorted(rs.items())}
                     for n, rs in roots.items()},
         "systems": systems,
+        "skipped_v15_roots": skipped,
     }  # fmt: skip
     result["table"] = table(systems)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -205,3 +205,15 @@ def test_bad_inputs_exit_2_with_one_line(score, tmp_path, capsys):
     assert _invoke(score, [f"--export={export}", f"--fdb_repo={fdb}", f"--out={tmp_path / 'r.json'}"]) == 2
     assert "has no output.json" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_v15_behaviour_roots_are_listed_not_scored(score, tmp_path, capsys):
+    """A `talking_to_other` root (v1.5: scored by its GPT-judged behaviour script) is skipped with a line."""
+    fdb, export, out = _fake_fdb(tmp_path), _export(tmp_path), tmp_path / "results.json"
+    _sample(export / "talking_to_other", "others-2400001", {"timestamps": [1.0, 2.0]}, "metadata.json",
+            {"text": {}, "audio": {}})
+    assert _invoke(score, [f"--export=model={export}", f"--fdb_repo={fdb}", f"--out={out}"]) == 0
+    r = json.loads(out.read_text())
+    assert r["skipped_v15_roots"] == {"model": ["talking_to_other"]}
+    assert set(r["systems"]["model"]) == {"smooth_turn_taking", "user_interruption"}
+    assert "model/talking_to_other: a v1.5 root" in capsys.readouterr().out
