@@ -107,10 +107,19 @@ def griffin_lim(magnitude: np.ndarray, *, n_fft: int, hop_length: int, win_lengt
     angles = np.exp(2j * np.pi * phase0.T).astype(np.complex64) * mag_tf
     args = (n_fft, hop_length, win_length)
     previous = None
-    eps = np.finfo(np.float32).tiny
     for _ in range(n_iter):
         rebuilt = _analyse(_synthesise(angles, *args, length), *args)
         angles = rebuilt.copy() if previous is None else rebuilt - np.float32(momentum / (1 + momentum)) * previous
-        angles *= mag_tf / (np.abs(angles) + eps)
+        with_magnitude(angles, mag_tf)
         previous = rebuilt
     return _synthesise(angles, *args, length)
+
+
+def with_magnitude(angles: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """`angles` (complex, in place) set to `magnitude` with their own phase; 0 where they are 0.
+
+    Normalised first, then scaled: a ratio magnitude / |angle| overflows float32 where the analysis
+    is (near) zero under a loud target, and 0 x inf is NaN (seen on a trained model's output)."""
+    angles /= np.abs(angles) + np.finfo(np.float32).tiny
+    angles *= magnitude
+    return angles

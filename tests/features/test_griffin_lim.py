@@ -79,3 +79,13 @@ def test_bad_shapes_name_the_expected_one():
         gl.griffin_lim(np.zeros((10, 20)), length=100, **KW)
     with pytest.raises(ValueError, match="clips, frames"):
         mel_to_audio(np.zeros((2, 2, 5, 80)))
+
+
+def test_a_zero_analysis_under_a_loud_target_stays_zero_not_nan():
+    """The phase step where the re-analysis is (near) zero and the target magnitude is large: the
+    unit-phase times magnitude of librosa's update (0 there), never 0 x inf (NaN) from a ratio."""
+    angles = np.array([0.0, 1e-30 + 0j, 3.0 + 4.0j], np.complex64)
+    mag = np.array([1e6, 1e6, 2.0], np.float32)
+    got = gl.with_magnitude(angles.copy(), mag)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, [0.0, 1e6, 1.2 + 1.6j], rtol=1e-5)
