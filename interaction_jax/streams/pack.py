@@ -208,14 +208,12 @@ def _pack_sparse_video(grid: EpisodeGrid, start: int, num_turns: int) -> dict[st
     """`pack_window` for `layout.video_every = k > 1`: the window packed with video in every
     micro-turn, then the VIDEO positions of the micro-turns between every k-th dropped. A video
     micro-turn t shows the last frame that arrived in micro-turns t-k+1..t (never a later one)."""
-    import dataclasses as dc
-
     layout = grid.layout
     k = layout.video_every
     if start % k:
         raise ValueError(f"with layout.video_every={k} a window must start at a multiple of {k}, got {start}")
-    full = dc.replace(layout, video_every=1)
-    out = pack_window(dc.replace(grid, layout=full), start, num_turns)
+    full = dataclasses.replace(layout, video_every=1)
+    out = pack_window(dataclasses.replace(grid, layout=full), start, num_turns)
     keep = np.ones(full.seq_len(num_turns), bool)
     drop = full.kind_indices(Kind.VIDEO, num_turns)[np.arange(num_turns) % k != 0]
     keep[drop.reshape(-1)] = False
