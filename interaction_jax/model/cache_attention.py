@@ -10,8 +10,8 @@
   loop bounds, so a young session reads its own few chunks whatever the oldest session's age,
   an idle slot reads none, and a slot's result never depends on the other slots.
 * "live_window_batched": the same chunks with the slots in one batched loop that runs to the
-  largest slot's chunk count (the others masked): what equal-age sessions on a wide machine want,
-  where per-slot loops pay their overhead once per slot (`experiments/perf/README.md`).
+  largest slot's chunk count (the others masked): equal-age sessions share each loop step. On the
+  2-core CPU it is slower than the per-slot loop (`experiments/perf/README.md`); unmeasured elsewhere.
 * "batch_invariant": `pallas_kernels.batch_invariant.chunked_attention` with keys gathered in
   absolute-position order from the rows (chunks of `BLOCK_KV` positions, only the live ones):
   bitwise the training forward's rows.
