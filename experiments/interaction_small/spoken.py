@@ -1,0 +1,143 @@
+"""Do spoken instructions work once the model reads its own transcript? TimeSpeak with every
+instruction spoken, the recipe with and without `model.user_speech_feedback`, same data and steps.
+
+    python experiments/interaction_small/spoken.py --workdir=runs/interaction_small_spoken \
+        [--rows=recipe,feedback] [--steps=1000] [--num_examples=50] [--temperature=0.7]
+
+The full run does TimeSpeak from typed instructions (the word to say is copied from text) and
+not at all from spoken ones: copying the word out of dMel frames is a different, harder circuit.
+With `model.user_speech_feedback` the transcript the model writes at its USER_AUDIO positions is
+fed back one micro-turn later as text tokens, so a heard instruction becomes text the model can
+copy as it copies a typed one. Both rows are the recipe's config.py (4 layers, the user-speech
+transcription target) trained on spoken-instruction TimeSpeak episodes only, from the same
+rendered data; `feedback` changes that one switch. Each row is evaluated through live streaming
+sessions on the *test* seed range with spoken instructions, the cascade beside it, at one
+decoding temperature (default: the one the full run chose on validation seeds, results.json).
+
+Writes `spoken.json` beside this file (committed; every row's TimeSpeak metrics, the training
+loss and user-speech word accuracy at the end, wall times, commit) and prints the table the
+README quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from ablations import chosen_temperature, link_data  # noqa: E402
+from depth import _last_scalars  # noqa: E402
+
+# name -> (what changes, config overrides)
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "recipe": ("the recipe (4 layers, user-speech transcription target)", []),
+    "feedback": ("the recipe with the transcript fed back (model.user_speech_feedback)",
+                 ["model.user_speech_feedback=True"]),
+}
+TASK = "timespeak_spoken"
+BENCHMARK = "timespeak"
+METRICS = ("accuracy", "window_accuracy", "speak_hit_rate", "early_speech_rate", "timing_error_median_s", "examples")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defined when run as a script, not on import (tests import ROWS and table)."""
+    flags.DEFINE_string("workdir", "runs/interaction_small_spoken", "Data, runs and evaluations of every row.")
+    flags.DEFINE_list("rows", list(ROWS), "Rows to run, in order.")
+    flags.DEFINE_integer("steps", 1000, "Training steps of every row.")
+    flags.DEFINE_integer("num_episodes", 3000, "Rendered training episodes (shared by the rows).")
+    flags.DEFINE_integer("num_examples", 50, "Test episodes.")
+    flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
+    flags.DEFINE_string("out", os.path.join(HERE, "spoken.json"), "Where the results JSON goes.")
+
+
+def _commit() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
+def _overrides(name: str) -> list[str]:
+    return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
+            f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
+
+
+def run_row(name: str, temperature: float) -> dict:
+    """Prepares (shared data), trains (resumable) and evaluates one row; returns its JSON entry."""
+    from interaction_jax import config_lib
+    from interaction_jax.evaluate import evaluate
+
+    workdir = os.path.join(FLAGS.workdir, name)
+    link_data(workdir, os.path.abspath(os.path.join(FLAGS.workdir, "data")))
+    cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}", "--stages=prepare,train",
+           *[f"--config.{o}" for o in _overrides(name)]]
+    print(f"[spoken] {name}: " + " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    train_s = time.perf_counter() - t0
+    config = config_lib.load_run_config(os.path.join(workdir, "run"))
+    with config.unlocked():
+        config.inference.temperature = float(temperature)
+    t0 = time.perf_counter()
+    res = evaluate(config, workdir=os.path.join(workdir, "run"), init="checkpoint", benchmarks=[BENCHMARK],
+                   num_examples=FLAGS.num_examples, out_dir=os.path.join(workdir, "eval"), baseline=True,
+                   split="test", instruction_mode="spoken")
+    eval_s = time.perf_counter() - t0
+    return {"change": ROWS[name][0], "overrides": _overrides(name),
+            BENCHMARK: {s: {k: res["metrics"][s][BENCHMARK].get(k) for k in METRICS}
+                        for s in res["metrics"] if BENCHMARK in res["metrics"][s]},
+            "training": _last_scalars(os.path.join(workdir, "run", "tb")),
+            "wall_seconds": {"prepare_and_train": round(train_s, 1), "evaluate": round(eval_s, 1)}}
+
+
+def table(rows: dict[str, dict]) -> str:
+    """A markdown table: one row per row, the model's and the cascade's spoken-TimeSpeak metrics (test seeds)."""
+    lines = ["| row | change | accuracy | speak-window hits | early speech | timing error median | "
+             "word acc. (train) | cascade accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def f(x, unit=""):
+        return "-" if x is None else f"{x:.2f}{unit}"
+
+    for name, r in rows.items():
+        m, c = r[BENCHMARK].get("model", {}), r[BENCHMARK].get("turn-based baseline", {})
+        lines.append(f"| {name} | {r['change']} | {f(m.get('accuracy'))} | {f(m.get('speak_hit_rate'))} | "
+                     f"{f(m.get('early_speech_rate'))} | {f(m.get('timing_error_median_s'), ' s')} | "
+                     f"{f(r['training'].get('user_speech_word_accuracy'))} | {f(c.get('accuracy'))} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    unknown = [r for r in FLAGS.rows if r not in ROWS]
+    if unknown:
+        raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    if FLAGS.steps < 1 or FLAGS.num_examples < 1 or FLAGS.num_episodes < 1:
+        raise app.UsageError("--steps, --num_episodes and --num_examples must be >= 1")
+    temperature = chosen_temperature(FLAGS.temperature)
+    prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
+    rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
+    for name in FLAGS.rows:
+        rows[name] = {**run_row(name, temperature), "commit": _commit(),
+                      "command": "python experiments/interaction_small/spoken.py " + " ".join(
+                          a for a in sys.argv[1:] if not a.startswith("--workdir="))}
+        summary = {"task": TASK, "benchmark": BENCHMARK, "instruction_mode": "spoken", "steps": FLAGS.steps,
+                   "num_episodes": FLAGS.num_episodes, "num_examples": FLAGS.num_examples,
+                   "temperature": temperature, "split": "test", "rows": rows}
+        with open(FLAGS.out + ".tmp", "w") as fh:
+            json.dump(summary, fh, indent=1)
+        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+    print(table(rows))
+    print(f"[spoken] wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    from interaction_jax.cli import run as run_cli
+
+    run_cli(main, define_flags=_define_flags)
