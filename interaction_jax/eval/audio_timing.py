@@ -276,7 +276,7 @@ def sample_timing(sample_dir: str, task: str, words: Sequence[Word] | None = Non
     `words` are the run's text-stream words (all of them); default: the sample's
     `output_text.json`, else `output.json`.
     """
-    from interaction_jax.eval.fdb import FDB_TASKS, FdbError
+    from interaction_jax.eval.fdb import FdbError, read_annotation
     from interaction_jax.features.audio import AudioError, load_audio
 
     audio = {}
@@ -289,10 +289,7 @@ def sample_timing(sample_dir: str, task: str, words: Sequence[Word] | None = Non
     if words is None:
         name = OUTPUT_TEXT_JSON if os.path.isfile(os.path.join(sample_dir, OUTPUT_TEXT_JSON)) else "output.json"
         words = _words_from_chunks(_read_json(os.path.join(sample_dir, name)))
-    ann_name = FDB_TASKS.get(task)
-    annotation = _read_json(os.path.join(sample_dir, ann_name)) if ann_name else None
-    if not isinstance(annotation, list):  # v1.5's metadata.json (one dict): no v1 turn to time against
-        annotation = None
+    annotation = read_annotation(sample_dir, task)  # v1.5's overlap roots: None, no v1 turn to time against
     after = float(annotation[0]["timestamp"][1]) if task == "user_interruption" and annotation else 0.0
     ep_path = os.path.join(sample_dir, "episode.json")
     windows = _read_json(ep_path).get("grading", []) if os.path.isfile(ep_path) else []

@@ -13,6 +13,7 @@ annotated for its task:
 
   task root (`FDB_TASKS`)   annotation          FDB scripts that score it
   `user_interruption`       `interrupt.json`    `evaluate.py --task user_interruption`, `get_timing.py`
+                            (v1.5: `metadata.json`, read as interrupt.json: `read_annotation`)
   `smooth_turn_taking`      `turn_taking.json`  `evaluate.py --task smooth_turn_taking`, `get_timing.py`
   `pause_handling`          `pause.json`        `evaluate.py --task pause_handling`
   `backchannel`             (folders `0..N-1`)  `evaluate.py --task backchannel`
@@ -78,6 +79,9 @@ FDB_TASKS = {"user_interruption": "interrupt.json", "smooth_turn_taking": "turn_
              "talking_to_other": "metadata.json", "background_speech": "metadata.json"}
 # v1.5 overlap roots: their annotation (metadata.json) is not theirs alone, so only a root's name tells them
 NAMED_ONLY = ("talking_to_other", "background_speech")
+# FDB v1.5's own user_interruption samples carry metadata.json ({context_text, current_turn_text,
+# timestamps: [start, end]}) where v1 has interrupt.json; FDB's interruption script reads either
+V15_ANNOTATION = {"user_interruption": "metadata.json"}
 # our benchmark task -> the FDB task roots its episodes go to
 EPISODE_TASKS = {"interruption": ("user_interruption",), "turntaking": ("smooth_turn_taking",),
                  "others": NAMED_ONLY}
@@ -289,9 +293,12 @@ def detect_task(input_root: str, ids: Sequence[str] | None = None) -> str:
                            f"name it after its task ({', '.join(FDB_TASKS)}) or give one root per task")
     ann = FDB_TASKS[task]
     if ann:
-        missing = [s for s in ids if s not in has[task]]
+        alt = V15_ANNOTATION.get(task) if name == task else None  # only a named root says metadata.json is its own
+        missing = [s for s in ids if s not in has[task]
+                   and not (alt and os.path.isfile(os.path.join(input_root, s, alt)))]
         if missing:
-            raise FdbError(f"fdb: {len(missing)} samples of the {task} root {input_root} have no {ann} "
+            also = f" (or FDB v1.5's {alt})" if alt else ""
+            raise FdbError(f"fdb: {len(missing)} samples of the {task} root {input_root} have no {ann}{also} "
                            f"(e.g. {missing[0]!r}); a task root holds only samples annotated for it")
     else:
         bad = sorted(set(ids) - {str(i) for i in range(len(ids))})
@@ -335,14 +342,46 @@ def output_waveform(run, engine, num_samples: int, n_iter: int | None = None) ->
     return out
 
 
-def _interrupt_end(sample_dir: str) -> float:
-    """`interrupt.json` timestamp[1]: FDB transcribes the output only from here on."""
-    path = os.path.join(sample_dir, FDB_TASKS["user_interruption"])
+def read_annotation(sample_dir: str, task: str) -> list[dict] | None:
+    """A sample's FDB annotation in v1's form (`[{..., "timestamp": [start, end]}]`), None where the task has none.
+
+    A v1.5 `user_interruption` sample's `metadata.json` is read as v1's `interrupt.json`
+    (`context_text` -> `context`, `current_turn_text` -> `interrupt`, `timestamps` -> `timestamp`),
+    as FDB's interruption script does. v1.5's other roots (one dict of metadata, no turn to time
+    against) give None.
+    """
+    name = FDB_TASKS.get(task)
+    if not name:
+        return None
+    path = os.path.join(sample_dir, name)
+    alt = V15_ANNOTATION.get(task)
+    if alt and not os.path.isfile(path) and os.path.isfile(os.path.join(sample_dir, alt)):
+        path = os.path.join(sample_dir, alt)
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+            start, end = (float(t) for t in meta["timestamps"][:2])
+            return [{"context": meta.get("context_text", ""), "interrupt": meta.get("current_turn_text", ""),
+                     "timestamp": [start, end]}]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FdbError(f"fdb: {path}: expected FDB v1.5 metadata {{\"timestamps\": [start, end], ...}} "
+                           f"({type(e).__name__}: {e})") from e
     try:
         with open(path) as f:
-            return float(json.load(f)[0]["timestamp"][1])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise FdbError(f"fdb: {path}: expected [{{\"timestamp\": [start, end], ...}}] ({e})") from e
+            ann = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FdbError(f"fdb: {path}: not readable JSON ({e})") from e
+    return ann if isinstance(ann, list) else None
+
+
+def _interrupt_end(sample_dir: str) -> float:
+    """The interruption's end (v1 `interrupt.json` or v1.5 `metadata.json`): FDB transcribes the output from here on."""
+    ann = read_annotation(sample_dir, "user_interruption")
+    try:
+        return float(ann[0]["timestamp"][1])
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise FdbError(f"fdb: {sample_dir}: expected interrupt.json [{{\"timestamp\": [start, end], ...}}] "
+                       f"({type(e).__name__}: {e})") from e
 
 
 def export_fdb(engine, input_root: str, output_root: str | None = None, *, task: str | None = None, seed: int = 0,
@@ -492,6 +531,6 @@ def export_oracle_tree(episodes: Sequence[Episode], out_root: str, *, config=Non
     return runs
 
 
-__all__ = ["FDB_TASKS", "FdbError", "detect_task", "export_fdb", "export_fdb_tree", "export_oracle_tree",
-           "fdb_transcription", "load_samples", "output_waveform", "sample_dirs", "task_roots", "transcript_json",
-           "write_fdb_inputs", "write_json"]
+__all__ = ["FDB_TASKS", "V15_ANNOTATION", "FdbError", "detect_task", "export_fdb", "export_fdb_tree",
+           "export_oracle_tree", "fdb_transcription", "load_samples", "output_waveform", "read_annotation",
+           "sample_dirs", "task_roots", "transcript_json", "write_fdb_inputs", "write_json"]

@@ -323,3 +323,37 @@ def test_crash_leaves_no_partial_output(exported, episodes, engine, tmp_path, mo
     assert not [n for n in os.listdir(d) if n.startswith(".")]
     with open(os.path.join(d, "input.wav"), "rb") as f:
         assert f.read() == wav_bytes  # writing beside the inputs never touches them
+
+
+def test_v15_interruption_root_with_metadata_only(exported, engine, tmp_path):
+    """FDB v1.5's own user_interruption samples have metadata.json (`timestamps`) and no interrupt.json: read as
+    FDB's interruption script reads them, output.json keeps the words from `timestamps[1]` on."""
+    out, _ = exported
+    src_root = os.path.join(out, "user_interruption")
+    sid = os.listdir(src_root)[0]
+    end = 1.0  # earlier than the episode's own interruption end, so the cut is this file's, not interrupt.json's
+    root = tmp_path / "v15" / "user_interruption"
+    (root / sid).mkdir(parents=True)
+    shutil.copy(os.path.join(src_root, sid, "input.wav"), root / sid / "input.wav")
+    with open(root / sid / "metadata.json", "w") as f:
+        json.dump({"context_text": "a b", "current_turn_text": "c d", "timestamps": [0.5, end]}, f)
+    assert fdb.detect_task(str(root)) == "user_interruption"
+    assert fdb.read_annotation(str(root / sid), "user_interruption") == [
+        {"context": "a b", "interrupt": "c d", "timestamp": [0.5, end]}]
+    runs = fdb.export_fdb(engine, str(root), str(tmp_path / "o"), seed=0, n_iter=4, log=False)
+    with open(tmp_path / "o" / sid / "output.json") as f:
+        kept = _words(json.load(f))
+    expected = [w for w in runs[0].words if w.start >= end]
+    assert 0 < len(expected) < len(runs[0].words)  # the cut keeps some words and drops some
+    assert [t for t, _ in kept] == [w.text for w in expected]
+    assert all(s >= end for _, s in kept)
+    # a root not named after the task does not claim v1.5's shared metadata.json as an interruption annotation
+    other = tmp_path / "unnamed"
+    shutil.copytree(root, other)
+    with pytest.raises(fdb.FdbError, match="not one FDB task root"):
+        fdb.detect_task(str(other))
+    # a malformed v1.5 annotation is one clear error
+    with open(root / sid / "metadata.json", "w") as f:
+        json.dump({"context_text": "a"}, f)
+    with pytest.raises(fdb.FdbError, match="expected FDB v1.5 metadata"):
+        fdb.read_annotation(str(root / sid), "user_interruption")
