@@ -88,13 +88,13 @@ class ContextPolicy:
                 raise ValueError(f"inference.max_session_seconds must be > 0, got {secs}")
             max_turns = max(1, math.ceil(secs / layout.micro_turn_s - 1e-9))
             sinks = model_sinks if model_window else 0
-            ring = max_turns * P - sinks
+            ring = layout.seq_len(max_turns) - sinks  # max_turns * P, less with sparse video
             return cls(kind, sinks, model_window, ring, max_block, max_turns)
         if model_window:
             window, sinks = model_window, model_sinks
         else:
             window = max(1, math.ceil(float(inf.window_seconds) / layout.micro_turn_s - 1e-9)) * P
-            sinks = int(inf.sink_turns) * P
+            sinks = layout.seq_len(int(inf.sink_turns))  # the first sink_turns micro-turns
         ring = window - 1 + max_block  # enough that no block evicts a row its queries still need
         return cls(kind, sinks, window, ring, max_block, None)
 
@@ -104,11 +104,12 @@ class ContextPolicy:
         return jnp.where(p < self.sinks, p, self.sinks + (p - self.sinks) % self.ring).astype(jnp.int32)
 
     def write_rows(self, start: jax.Array, size: int, active: jax.Array) -> jax.Array:
-        """Rows [B, size] where positions start[b] + i are written; idle slots write to scratch."""
+        """Rows [B, size] where positions start[b] + i are written; idle slots (`active` [B] False),
+        or single positions (`active` [B, size] False), write to scratch."""
         p = start[:, None] + jnp.arange(size, dtype=jnp.int32)[None, :]
         rows = self.position_rows(p)
         scratch = self.sinks + self.ring + jnp.arange(size, dtype=jnp.int32)[None, :]
-        return jnp.where(active[:, None], rows, scratch).astype(jnp.int32)
+        return jnp.where(active[:, None] if active.ndim == 1 else active, rows, scratch).astype(jnp.int32)
 
     def row_positions(self, length: jax.Array) -> jax.Array:
         """Absolute position held by each row [B, rows] once `length` [B] positions are written (-1: empty)."""
@@ -194,7 +195,8 @@ def memory_report(state: EngineState, policy: ContextPolicy, layout: StreamLayou
     slots = k.shape[1]
     per_row = 2 * k.shape[0] * int(np.prod(k.shape[3:])) * k.dtype.itemsize
     per_session = per_row * policy.rows
-    positions_per_min = 60.0 / layout.micro_turn_s * layout.positions_per_turn
+    per_turn = layout.mean_positions_per_turn  # fewer with sparse video (`layout.video_every`)
+    positions_per_min = 60.0 / layout.micro_turn_s * per_turn
     return {
         "policy": policy.kind,
         "slots": slots,
@@ -204,5 +206,5 @@ def memory_report(state: EngineState, policy: ContextPolicy, layout: StreamLayou
         # growth a linear (unbounded) cache would need; bounded policies allocate it once
         "kv_bytes_per_minute_linear": per_row * positions_per_min,
         "max_session_seconds": (policy.max_turns * layout.micro_turn_s) if policy.max_turns else float("inf"),
-        "window_seconds": (policy.window / layout.positions_per_turn * layout.micro_turn_s) if policy.window else None,
+        "window_seconds": (policy.window / per_turn * layout.micro_turn_s) if policy.window else None,
     }

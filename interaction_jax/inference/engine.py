@@ -16,10 +16,20 @@ Segments come from `StreamLayout` (kinds and block slices), never from hard-code
 `inputs` is one micro-turn per slot in the packed format of `StreamLayout.packed_spec(1)`
 (token_ids [B, P], dmel [B, P, F, M], patches [B, 1, V, ps, ps, 3], video_present [B, 1]) plus
 `active` [B] (slot takes part in this tick) and `forced` [B] (teacher forcing: output positions
-take the given inputs instead of the samples — `pack_window(grid, t, 1)` of an episode makes the
+take the given inputs instead of the samples — `pack.pack_turn(grid, t)` of an episode makes the
 engine replay exactly the training sequence); optional `forced_audio` [B] forces only the
 model-audio positions (the model hears the given speech while its text is sampled). Idle slots'
 state is left untouched.
+
+Sparse video (`layout.video_every = k > 1`): a session's micro-turn t holds VIDEO positions only
+when t % k == 0, t counted from the session's own start (`state.turn`, reset to 0), as in a
+training window. Slots may be at different phases of k, so the step keeps ONE compiled shape: it
+always runs a whole micro-turn's positions, and in a slot's micro-turn without video the VIDEO
+positions are invalid queries whose K/V go to scratch rows (never visible), every later position
+of the micro-turn takes its absolute position V earlier, and the slot's cache length grows by
+P - V. The frame a video micro-turn shows (the last one of its k micro-turns) is the caller's
+choice (`session.py`, `pack.pack_turn`); the patches of a micro-turn without video are ignored.
+The uniform layout (k = 1) traces none of this.
 """
 
 from __future__ import annotations
@@ -150,6 +160,8 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
     if self_audio not in SELF_AUDIO:
         raise ValueError(f"inference.self_audio={self_audio!r}; expected one of {SELF_AUDIO}")
     mute_self = self_audio == "silence"
+    sparse = not layout.uniform  # video_every = k > 1 (module docstring)
+    video_stop, n_video, every = layout.block_slice(Kind.VIDEO).stop, layout.video_patches, layout.video_every
 
     def stream_step(params: EngineParams, state: EngineState, inputs: dict):
         model, groups = merge_engine_params(graph, params)
@@ -167,6 +179,11 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
         texts, logits_out, mels, codes_out, hiddens = [], [], [], [], []
         heard_tok = jnp.zeros((B, heard_sl.stop - heard_sl.start), jnp.int32)
         valid = jnp.broadcast_to(active[:, None], (B, P))
+        if sparse:  # a micro-turn without video: its VIDEO positions dropped, the rest V earlier
+            with_video = state.turn % every == 0
+            base = state.length - jnp.where(with_video, 0, n_video).astype(jnp.int32)
+            in_turn = jnp.arange(P, dtype=jnp.int32)[None, :]
+            valid = valid & (with_video[:, None] | (in_turn >= video_stop))
         for a, z in segs:
             tok, dm = tok_in[:, a:z], dmel_in[:, a:z]
             for p in range(a, z):
@@ -185,8 +202,12 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
                 "patches": inputs["patches"] if a == 0 else inputs["patches"][:, :0],
                 "video_present": inputs["video_present"] if a == 0 else inputs["video_present"][:, :0],
             }
-            rows = policy.write_rows(base + a, z - a, active)
-            kv_pos = policy.row_positions(jnp.where(active, base + z, base))
+            if sparse:
+                rows = policy.write_rows(base + a, z - a, valid[:, a:z])
+                kv_pos = policy.row_positions(jnp.where(active, base + z, state.length))
+            else:
+                rows = policy.write_rows(base + a, z - a, active)
+                kv_pos = policy.row_positions(jnp.where(active, base + z, base))
             hidden, logits, k_all, v_all = cached_forward(model, block, k_all, v_all, rows, kv_pos, policy=policy,
                                                           strategy=strategy, groups=groups)
             if a == 0:  # what the text head writes at the user's audio: its transcript of the user
@@ -215,7 +236,7 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
         new_state = state._replace(
             k=k_all,
             v=v_all,
-            length=keep(base + P, base),
+            length=keep(base + P, state.length),
             turn=keep(state.turn + 1, state.turn),
             last_text=keep(text_feed, state.last_text),
             last_codes=keep(codes_feed, state.last_codes),
@@ -257,7 +278,6 @@ class StreamEngine:
                  debug_outputs: bool = False):
         self.config = config
         self.layout = StreamLayout.from_config(config)
-        self.layout.require_uniform("the streaming engine")
         self.slots = int(slots if slots is not None else config.inference.slots)
         if self.slots < 1:
             raise ValueError(f"inference.slots must be >= 1, got {self.slots}")

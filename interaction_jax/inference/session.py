@@ -13,7 +13,10 @@ Each session turns its chunk into its row of the engine inputs with the *same* l
 training: `StreamingFeatures` gives pack's dMel codes, typed text becomes `text + TEXT_END`
 tokens and background events go through `background.slots.BackgroundQueue`, both slot-filled
 with carry-over exactly like `text_streams.fill_slots`; every position comes from
-`StreamLayout.block_slice`. A session without a pending chunk sits the tick out (its slot is
+`StreamLayout.block_slice`. With `layout.video_every = k > 1` a session shows video only in its
+micro-turns 0, k, 2k, ... (counted from its own start): the last frame pushed in the k chunks up
+to and including that one, as the packer shows it (`pack.sparse_frame`); the engine drops the VIDEO
+positions of the other micro-turns. A session without a pending chunk sits the tick out (its slot is
 idle and untouched); sessions join and leave between ticks without affecting the others,
 because slots never share state and RNG keys are per session (tested bitwise).
 
@@ -30,9 +33,10 @@ stamped output_window(t).start + i T / slots, as `pack.unpack` does). `session.d
 keeps request time, text, job id, result arrival time, result and status (for evaluators).
 
 Teacher forcing (`Chunk.force`, tests and oracle evaluation): one packed micro-turn of an
-episode (`pack_window(grid, t, 1)`) whose *output* block (model text and model audio) the engine
-is fed instead of its own samples; the input block still comes from the chunk and the hub. The
-session then treats the forced model text as what the model said (it is what its context holds).
+episode (`pack.pack_turn(grid, t)`, which is `pack_window(grid, t, 1)` for a uniform layout)
+whose *output* block (model text and model audio) the engine is fed instead of its own samples;
+the input block still comes from the chunk and the hub. The session then treats the forced
+model text as what the model said (it is what its context holds).
 `Chunk.force_audio_only` forces only the model-audio positions: the model hears the episode's
 own speech as its voice while its text is sampled (a diagnostic for the audio feedback loop).
 """
@@ -118,7 +122,7 @@ def check_chunk(chunk: Chunk, layout: StreamLayout, session_id: str = "session",
     if chunk.force is not None:
         missing = {"token_ids", "dmel", "text_targets"} - set(chunk.force)
         if missing:
-            raise bad(f"Chunk.force must be pack_window(grid, t, 1); missing {sorted(missing)}")
+            raise bad(f"Chunk.force must be pack_turn(grid, t); missing {sorted(missing)}")
     return partial
 
 
@@ -132,7 +136,7 @@ class Chunk:
     video: np.ndarray | None = None  # an RGB frame [H, W, 3] uint8 (the last one of the micro-turn)
     background: Sequence = ()  # DelegationEvents polled during this micro-turn (with a hub: into its queue)
     transcript: Sequence[Word] = ()  # user words heard so far in this chunk, session times (ASR / ground truth)
-    force: Mapping[str, np.ndarray] | None = None  # teacher forcing: pack_window(grid, t, 1) (module docstring)
+    force: Mapping[str, np.ndarray] | None = None  # teacher forcing: pack.pack_turn(grid, t) (module docstring)
     force_audio_only: bool = False  # with `force`: force only the model-audio inputs, sample the text
 
     @property
@@ -232,6 +236,7 @@ class Session:
         # model.user_speech_feedback: what the model heard last micro-turn is fed at its user-audio slots
         self._feedback = bool(engine.config.model.get("user_speech_feedback", False))
         self._heard_feed = np.full(self.layout.audio_positions, int(Control.NOTHING), np.int32)
+        self._frame: np.ndarray | None = None  # video_every > 1: the last frame since the last video micro-turn
 
     # ---- client side ------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> None:
@@ -285,8 +290,13 @@ class Session:
         inputs["dmel"][row][lay.block_slice(Kind.USER_AUDIO)] = self.features.push(chunk.audio, chunk.sample_rate)
         inputs["patches"][row] = 0
         inputs["video_present"][row] = False
-        if lay.video_patches and chunk.video is not None:
-            inputs["patches"][row, 0] = frame_to_patches(chunk.video, lay.video_frame_size, lay.patch_size)
+        frame = chunk.video
+        if not lay.uniform:  # video only every k-th micro-turn: the last frame of its k micro-turns
+            self._frame, frame = self._frame if frame is None else frame, None
+            if lay.has_video(self.turns_fed):
+                frame, self._frame = self._frame, None
+        if lay.video_patches and frame is not None:
+            inputs["patches"][row, 0] = frame_to_patches(frame, lay.video_frame_size, lay.patch_size)
             inputs["video_present"][row, 0] = True
         inputs["active"][row] = True
         text_forced = chunk.text_forced

@@ -290,7 +290,7 @@ def serving_plan(config, shape: Mapping[str, int]) -> dict:
     head_entry = fit[3] if len(fit) > 3 else None
     head_split = math.prod(sizes[a] for a in ((head_entry,) if isinstance(head_entry, str) else head_entry or ()))
     per_position = 2 * L * (kvh // head_split) * hd * item  # K and V of one position, one device
-    positions_per_minute = 60.0 / layout.micro_turn_s * layout.positions_per_turn
+    positions_per_minute = 60.0 / layout.micro_turn_s * layout.mean_positions_per_turn
     return {
         "mesh": {a: n for a, n in sizes.items()},
         "devices": math.prod(sizes.values()),

@@ -17,8 +17,9 @@ Video rate: with `video_every = k > 1` only micro-turns 0, k, 2k, ... (counted f
 a session, or of a training window, which then starts at a multiple of k) hold the VIDEO block
 and the frame that arrived last during their k micro-turns; the other micro-turns have no video
 positions at all (dropped from the sequence, not filled with empty patches). Positions stay the
-sequence index, a fixed function of time. Only the training path (packing, the model) reads such
-layouts so far; `uniform` says whether every micro-turn has the same positions.
+sequence index, a fixed function of time. Packing, the model and the streaming engine read such
+layouts (the engine counts micro-turns from each session's own start, `inference/engine.py`);
+`uniform` says whether every micro-turn has the same positions.
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ class StreamLayout:
         """Micro-turns of a `num_turns` window that hold the VIDEO block."""
         return -(-num_turns // self.video_every) if self.video_patches else num_turns
 
+    @property
+    def mean_positions_per_turn(self) -> float:
+        """Positions per micro-turn averaged over a video period (`positions_per_turn` when `uniform`)."""
+        return self.seq_len(self.video_every) / self.video_every
+
     def turn_offsets(self, num_turns: int) -> np.ndarray:
         """Sequence index of each micro-turn's first position, [num_turns + 1] (the last: the length)."""
         sizes = np.full(num_turns, self.positions_per_turn, np.int64)
@@ -165,8 +171,8 @@ class StreamLayout:
     def require_uniform(self, what: str) -> None:
         """A clear error where code needs every micro-turn to have the same positions."""
         if not self.uniform:
-            raise ValueError(f"{what} needs the same positions in every micro-turn; layout.video_every="
-                             f"{self.video_every} with video on is supported by training only")
+            raise ValueError(f"{what} needs the same positions in every micro-turn; got layout.video_every="
+                             f"{self.video_every} with video on (expected layout.video_every=1 or no video)")
 
     @property
     def input_size(self) -> int:

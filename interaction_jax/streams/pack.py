@@ -4,7 +4,8 @@ Two stages, so windows are cheap:
   1. `EpisodeGrid.from_episode` (once per episode): features and text streams on the
      micro-turn grid — dMel codes, log-mel targets, slot-filled tokens, video patches.
   2. `pack_window(grid, start, num_turns)`: pure slicing into the fixed-shape arrays of
-     `StreamLayout.packed_spec` (one training example, or one streaming micro-turn).
+     `StreamLayout.packed_spec` (one training example, or one streaming micro-turn; `pack_turn`
+     gives any micro-turn in the streaming engine's format, also with sparse video).
 
 Time mapping (T = micro-turn length, H = frame hop = 12.5 ms, N = frames per micro-turn):
   * user audio: log-mel frame k is centred at k*H; its analysis window ends at k*H + win/2.
@@ -16,7 +17,8 @@ Time mapping (T = micro-turn length, H = frame hop = 12.5 ms, N = frames per mic
     codes of the previous position's frames (the model hears itself); at turn 0 it is fed
     silence.
   * text: see `text_streams.py` (input events at `input_turn`, model words at `output_turn`).
-  * video: the last frame that arrived during micro-turn t.
+  * video: the last frame that arrived during micro-turn t (with `layout.video_every = k`, the
+    last one of micro-turns t-k+1..t, in micro-turns t % k == 0 only: `sparse_frame`).
 """
 
 from __future__ import annotations
@@ -219,15 +221,41 @@ def _pack_sparse_video(grid: EpisodeGrid, start: int, num_turns: int) -> dict[st
     keep[drop.reshape(-1)] = False
     packed = {name: v[keep] for name, v in out.items() if name not in ("patches", "video_present")}
     packed["positions"] = np.arange(int(keep.sum()), dtype=np.int32)
-    # video micro-turn t: the last frame of t-k+1..t (one that arrived in between is not lost)
     patches = np.zeros(layout.packed_spec(num_turns)["patches"][0], np.uint8)
     present = np.zeros(layout.video_turns(num_turns), bool)
     for i, t in enumerate(range(start, start + num_turns, k)):
-        got = [j for j in range(max(0, t - k + 1), min(t + 1, grid.num_turns)) if grid.video_present[j]]
-        if got:
-            patches[i], present[i] = grid.patches[got[-1]], True
+        patches[i], present[i] = sparse_frame(grid, t)
     packed["patches"], packed["video_present"] = patches, present
     return packed
+
+
+def sparse_frame(grid: EpisodeGrid, turn: int) -> tuple[np.ndarray, bool]:
+    """(patches [V, ps, ps, 3], present) a video micro-turn `turn` of a `video_every = k` layout
+    shows: the last frame that arrived in micro-turns turn-k+1..turn, so a frame that arrived in
+    between is not lost and none from later is shown."""
+    k = grid.layout.video_every
+    got = [j for j in range(max(0, turn - k + 1), min(turn + 1, grid.num_turns)) if grid.video_present[j]]
+    if not got:
+        return np.zeros(grid.patches.shape[1:], np.uint8), False
+    return grid.patches[got[-1]], True
+
+
+def pack_turn(grid: EpisodeGrid, turn: int) -> dict[str, np.ndarray]:
+    """Micro-turn `turn` as one row of the streaming engine's inputs (`packed_spec(1)`: every
+    position of a micro-turn that holds VIDEO), e.g. for teacher forcing (`Chunk.force`).
+
+    `pack_window(grid, turn, 1)` when the layout is uniform. With `video_every = k > 1` any
+    micro-turn works: a video micro-turn (turn % k == 0) holds `sparse_frame`, any other one an
+    empty VIDEO block (zeros, not present) whose positions the engine drops.
+    """
+    layout = grid.layout
+    if layout.uniform:
+        return pack_window(grid, turn, 1)
+    one = pack_window(dataclasses.replace(grid, layout=dataclasses.replace(layout, video_every=1)), turn, 1)
+    patches, present = sparse_frame(grid, turn) if layout.has_video(turn) else (None, False)
+    one["patches"] = np.zeros_like(one["patches"]) if patches is None else patches[None]
+    one["video_present"] = np.array([present], bool)
+    return one
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Shared test helpers: a small synthetic episode (no TTS) and packing through streams/pack.py."""
+"""Shared test helpers: a small synthetic episode (no TTS), packing through streams/pack.py, and the
+engine-vs-training-forward comparison."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 
 from interaction_jax.data.episode import BackgroundEvent, Episode, TextEvent, VideoFrame, Word
 from interaction_jax.features.mel import FeatureParams
-from interaction_jax.streams.layout import StreamLayout
-from interaction_jax.streams.pack import EpisodeGrid, pack_window
+from interaction_jax.inference import sampling
+from interaction_jax.streams.layout import Kind, StreamLayout
+from interaction_jax.streams.pack import EpisodeGrid, pack_turn, pack_window
 from interaction_jax.streams.tokenizer import ByteTokenizer
 
 
@@ -40,9 +42,31 @@ def grid_and_window(config, ep: Episode):
 def forced_inputs(engine, grid, turn: int, slot: int, inputs=None) -> dict:
     """Engine inputs with `slot` teacher-forced to micro-turn `turn` of the packed episode."""
     inputs = engine.empty_inputs() if inputs is None else inputs
-    one = pack_window(grid, turn, 1)
+    one = pack_turn(grid, turn)
     for k in ("token_ids", "dmel", "patches", "video_present"):
         inputs[k][slot] = one[k]
     inputs["active"][slot] = True
     inputs["forced"][slot] = True
     return inputs
+
+
+def check_alignment(model, layout, grid, ref, outs, slot, atol, seed: int = 7) -> None:
+    """The engine outputs `outs` (one per micro-turn of `slot`, a session reset with `seed`, debug
+    outputs on) equal the training forward `ref` on the packed window at the model-output positions:
+    text logits, flow conditioning states, and the mel frames the flow ODE draws from them."""
+    n = grid.num_turns
+    ti = layout.kind_indices(Kind.MODEL_TEXT, n).reshape(-1)
+    ai = layout.kind_indices(Kind.MODEL_AUDIO, n).reshape(-1)
+    logits = np.concatenate([o["text_logits"][slot] for o in outs])
+    hidden = np.concatenate([o["audio_hidden"][slot] for o in outs])
+    np.testing.assert_allclose(logits, ref["text_logits"][0][ti], atol=atol, rtol=0)
+    np.testing.assert_allclose(hidden, ref["hidden"][0][ai], atol=atol, rtol=0)
+    # flow outputs: the engine's mel frames == the flow ODE on the *reference* hidden with the same keys
+    key = sampling.session_key_data(seed)[None]
+    ref_h = ref["hidden"][0][ai].reshape(n, layout.audio_positions, -1)
+    for t in (0, n - 1):
+        tk = sampling.turn_keys(key, np.array([t], np.int32))
+        for j in range(layout.audio_positions):
+            k = sampling.position_keys(tk, sampling.AUDIO_KEY_OFFSET + j)[0]
+            want = np.asarray(model.sample_mel(ref_h[t, j], k))
+            np.testing.assert_allclose(outs[t]["mel"][slot, j], want, atol=10 * atol, rtol=0)

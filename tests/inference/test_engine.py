@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from conftest import config_path
 from flax import nnx
-from helpers import episode, forced_inputs, grid_and_window
+from helpers import check_alignment, episode, forced_inputs, grid_and_window
 
 from interaction_jax.config_lib import load_config
-from interaction_jax.inference import sampling
 from interaction_jax.inference.engine import StreamEngine, segments
 from interaction_jax.model.interaction_model import InteractionModel
 from interaction_jax.model.moe import MoEFeedForward
@@ -46,22 +45,7 @@ def _replay(engine, grid, slot, others=()):
 
 
 def _check_alignment(model, engine, layout, grid, ref, outs, slot, atol):
-    n = grid.num_turns
-    ti = layout.kind_indices(Kind.MODEL_TEXT, n).reshape(-1)
-    ai = layout.kind_indices(Kind.MODEL_AUDIO, n).reshape(-1)
-    logits = np.concatenate([o["text_logits"][slot] for o in outs])
-    hidden = np.concatenate([o["audio_hidden"][slot] for o in outs])
-    np.testing.assert_allclose(logits, ref["text_logits"][0][ti], atol=atol, rtol=0)
-    np.testing.assert_allclose(hidden, ref["hidden"][0][ai], atol=atol, rtol=0)
-    # flow outputs: the engine's mel frames == the flow ODE on the *reference* hidden with the same keys
-    key = sampling.session_key_data(7)[None]
-    ref_h = ref["hidden"][0][ai].reshape(n, layout.audio_positions, -1)
-    for t in (0, n - 1):
-        tk = sampling.turn_keys(key, np.array([t], np.int32))
-        for j in range(layout.audio_positions):
-            k = sampling.position_keys(tk, sampling.AUDIO_KEY_OFFSET + j)[0]
-            want = np.asarray(model.sample_mel(ref_h[t, j], k))
-            np.testing.assert_allclose(outs[t]["mel"][slot, j], want, atol=10 * atol, rtol=0)
+    check_alignment(model, layout, grid, ref, outs, slot, atol)
 
 
 def test_segments_follow_the_layout(dense):

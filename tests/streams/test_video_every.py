@@ -1,6 +1,7 @@
 """`layout.video_every = k`: a frame's patches every k micro-turns, the other micro-turns without
 video positions. Checked against hand-computed indices, against the every-micro-turn packing with
-the dropped positions removed, for causality of the frames shown, and through the model."""
+the dropped positions removed, for causality of the frames shown, and through the model (the
+streaming engine with such layouts: tests/inference/test_engine_video_every.py)."""
 
 import dataclasses
 
@@ -54,8 +55,8 @@ def test_positions_of_a_sparse_video_window_by_hand():
     assert sum(SPARSE.kind_indices(k, 5).size for k in Kind) == 112
     with pytest.raises(ValueError, match="video_every"):
         StreamLayout(video_every=0)
-    with pytest.raises(ValueError, match="training only"):
-        SPARSE.require_uniform("the streaming engine")
+    with pytest.raises(ValueError, match="block_of needs the same positions.*expected layout.video_every=1"):
+        SPARSE.require_uniform("block_of")
 
 
 def test_sparse_window_is_the_full_window_without_the_dropped_video_positions():
@@ -105,11 +106,3 @@ def test_the_model_trains_on_sparse_video_windows_and_stays_causal():
     first = layout.kind_indices(Kind.VIDEO, 6)[2, 0]
     np.testing.assert_allclose(a[:first], b[:first], atol=1e-6)
     assert not np.allclose(a[first:], b[first:], atol=1e-4)
-
-
-def test_the_engine_refuses_a_sparse_video_layout():
-    from interaction_jax.inference.engine import StreamEngine
-
-    c = load_config(config_path("tiny.py"), ["layout.video_every=2", "inference.slots=1"])
-    with pytest.raises(ValueError, match="streaming engine"):
-        StreamEngine(c)
