@@ -12,6 +12,10 @@ beside them this project's own measures of the same samples (each sample's `timi
 by the export: FDB's turn rule re-implemented, this project's 3 s takeover rule, stop latency;
 from the text stream and from a VAD on `output.wav`).
 
+The v1.5 behaviour roots (`talking_to_other`, `background_speech`) are scored only with
+`--judge=openai` (v1.5's `evaluate.py --task behavior`, a GPT judge; its printed ratios are kept);
+otherwise they are listed in `skipped_v15_roots`.
+
 FDB's `user_interruption` task rates relevance with GPT-4 (`evaluate.py` calls OpenAI before it
 reads a file). Without `--judge=openai` the same FDB function `eval_user_interruption` is called
 with a stand-in client that returns one fixed rating, so FDB's own code computes TOR and
@@ -26,6 +30,7 @@ model of the `silero-vad` package (which is built from that repository).
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -90,8 +95,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", os.path.join(HERE, "results.json"), "Where the results JSON goes.")
     flags.DEFINE_string("python", sys.executable, "Python with FDB's requirements (torch, torchaudio, silero-vad, "
                         "scipy, tqdm, openai, python-dotenv).")
-    flags.DEFINE_enum("judge", "stub", ["stub", "openai"], "user_interruption: FDB's evaluate.py with OpenAI "
-                      "(OPENAI_API_KEY, network), or its eval function with a stand-in judge (rating null).")
+    flags.DEFINE_enum("judge", "stub", ["stub", "openai"], "openai: FDB's evaluate.py with its OpenAI judge "
+                      "(OPENAI_API_KEY, network), the v1.5 behaviour roots too; stub: user_interruption's eval "
+                      "function with a stand-in judge (rating null), v1.5 behaviour roots skipped.")
     flags.DEFINE_bool("offline_silero", False, "Serve get_timing.py's torch.hub Silero VAD from the silero-vad "
                       "package (no network).")
     flags.DEFINE_integer("timeout", 1800, "Seconds per FDB script run.", lower_bound=1)
@@ -179,6 +185,19 @@ def parse_fdb_output(text: str) -> dict:
     return out
 
 
+def parse_behavior_output(text: str) -> dict:
+    """v1.5's `evaluate.py --task behavior` prints `Ratios (C-axis): {...}` (the judged share of each behaviour
+    class); kept as that dict where it parses, else as the printed text."""
+    m = re.search(r"^Ratios \(C-axis\):\s*(.+?)\s*$", text, re.M)
+    if not m:
+        return {}
+    try:
+        value = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return {"behavior_ratios_text": m.group(1)}
+    return {"behavior_ratios": value} if isinstance(value, dict) else {"behavior_ratios_text": m.group(1)}
+
+
 def failure_line(stderr: str) -> str | None:
     """The last line of a Python traceback (`ZeroDivisionError: division by zero`), if there is one."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
@@ -260,11 +279,16 @@ def score_root(task: str, root: str, *, eval_dir: str, python: str, env: dict, j
     if task == "user_interruption" and judge == "stub":
         cmd = [python, "-c", STUB_JUDGE, eval_dir, work]
         shown = f"{os.path.basename(python)} -c <eval_user_interruption with a stand-in judge> {task}/"
+    elif task in V15_ONLY:  # v1.5's GPT-judged behaviour script (main() only calls it with --judge=openai)
+        cmd = [python, "evaluate.py", "--task", "behavior", "--root_dir", work]
+        shown = f"python evaluate.py --task behavior --root_dir {task}/"
     else:
         cmd = [python, "evaluate.py", "--task", task, "--root_dir", work]
         shown = f"python evaluate.py --task {task} --root_dir {task}/"
     r = _run(cmd, eval_dir, env, timeout)
     res = {"command": shown, "returncode": r["returncode"], **parse_fdb_output(r["stdout"])}
+    if task in V15_ONLY:
+        res.update(parse_behavior_output(r["stdout"]))
     if r["returncode"] != 0:
         res["failure"] = failure_line(r["stderr"])
     if task == "user_interruption":
@@ -310,8 +334,13 @@ def table(systems: dict) -> str:
     head = ("| system | task | n | FDB TOR | FDB latency mean (s) | ours, FDB's rule: TOR / latency mean (text) | "
             "ours: takeover <3 s (text) | ours: latency median (text / audio, s) | get_timing resp. gap median (s) |")
     rows = [head, "|" + " --- |" * 9]
+    behaviour = []
     for name, tasks in systems.items():
         for task, r in tasks.items():
+            if task in V15_ONLY:  # v1.5's judged behaviour classes: no v1 turn, a table of their own
+                ratios = r["fdb"].get("behavior_ratios", r["fdb"].get("behavior_ratios_text"))
+                behaviour.append(f"| {name} | {task} | {r['fdb'].get('failure') or ratios} |")
+                continue
             f, o, g = r["fdb"], r["ours"], r.get("get_timing", {})
             tor = f.get("take_turn", f.get("tor_mean"))
             if tor is None:
@@ -322,6 +351,9 @@ def table(systems: dict) -> str:
                         f"{_f(o['text']['response_latency_s']['median'])} / "
                         f"{_f(o['audio']['response_latency_s']['median'])} | "
                         f"{_f(g.get('response_gap_s', {}).get('median'))} |")
+    if behaviour:
+        rows += ["", "| system | v1.5 root | `evaluate.py --task behavior` ratios (C-axis) |", "| --- | --- | --- |",
+                 *behaviour]
     return "\n".join(rows)
 
 
@@ -342,16 +374,17 @@ def main(argv: Sequence[str]) -> None:
         for name, task_roots in roots.items():
             systems[name] = {}
             for task, root in sorted(task_roots.items()):
-                if task in V15_ONLY:  # v1.5 behaviour roots: FDB's v1 evaluate.py has no such task
+                if task in V15_ONLY and FLAGS.judge != "openai":  # v1.5 behaviour roots need the GPT judge
                     skipped.setdefault(name, []).append(task)
                     print(f"[fdb_scoring] {name}/{task}: a v1.5 root (scored by v1.5's `evaluate.py --task "
                           "behavior`, which needs an OpenAI judge); not scored here", flush=True)
                     continue
                 r = score_root(task, root, eval_dir=eval_dir, python=FLAGS.python, env=env, judge=FLAGS.judge,
                                timeout=FLAGS.timeout, tmp=tmp)
-                r["ours"] = ours(root)
-                r["tor_agreement"] = agreement(r["fdb"].get("per_sample", {}),
-                                               r["ours"].pop("per_sample_fdb_rule_take_turn_text"))
+                if task not in V15_ONLY:  # ours: the v1 turn measures; v1.5 roots have no v1 turn to time
+                    r["ours"] = ours(root)
+                    r["tor_agreement"] = agreement(r["fdb"].get("per_sample", {}),
+                                                   r["ours"].pop("per_sample_fdb_rule_take_turn_text"))
                 systems[name][task] = r
     result = {
         "fdb_repository": "https://github.com/DanielLin94144/Full-Duplex-Bench",

@@ -217,3 +217,24 @@ def test_v15_behaviour_roots_are_listed_not_scored(score, tmp_path, capsys):
     assert r["skipped_v15_roots"] == {"model": ["talking_to_other"]}
     assert set(r["systems"]["model"]) == {"smooth_turn_taking", "user_interruption"}
     assert "model/talking_to_other: a v1.5 root" in capsys.readouterr().out
+
+
+def test_v15_behaviour_roots_scored_with_the_openai_judge(score, tmp_path):
+    """--judge=openai: a v1.5 root runs v1.5's `evaluate.py --task behavior`; its printed ratios are kept."""
+    fdb, export, out = _fake_fdb(tmp_path), _export(tmp_path), tmp_path / "results.json"
+    _sample(export / "talking_to_other", "others-2400001", {"timestamps": [1.0, 2.0]}, "metadata.json",
+            {"text": {}, "audio": {}})
+    ev = fdb / "v1_v1.5" / "evaluation" / "evaluate.py"
+    ev.write_text(ev.read_text() + textwrap.dedent("""
+        if a.task == "behavior":
+            print("Ratios (C-axis): {'C_RESPOND': 0.25, 'C_RESUME': 0.75}")
+        """))
+    (fdb / "v1_v1.5" / "evaluation" / "eval_user_interruption.py").write_text("")  # evaluate.py runs it itself
+    assert _invoke(score, [f"--export=model={export}", f"--fdb_repo={fdb}", f"--out={out}", "--judge=openai"]) == 0
+    r = json.loads(out.read_text())
+    assert r["skipped_v15_roots"] == {}
+    tto = r["systems"]["model"]["talking_to_other"]["fdb"]
+    assert tto["command"] == "python evaluate.py --task behavior --root_dir talking_to_other/"
+    assert tto["behavior_ratios"] == {"C_RESPOND": 0.25, "C_RESUME": 0.75}
+    assert "| model | talking_to_other | {'C_RESPOND': 0.25, 'C_RESUME': 0.75} |" in r["table"]
+    assert score.parse_behavior_output("Ratios (C-axis): not a dict\n") == {"behavior_ratios_text": "not a dict"}
