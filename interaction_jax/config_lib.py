@@ -109,6 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
     # auxiliary: write the text of the user's spoken words at the USER_AUDIO positions after they are
     # heard (streams/text_streams.user_speech_tokens); teaches the audio embedding word identity
     c.model.user_speech_loss_weight = 0.0
+    # when a word's transcript may start: "next_turn" (the micro-turn after the one the word ends in)
+    # or "at_end" (the first user-audio position whose input holds the word's last frame, so the
+    # feedback below arrives a micro-turn earlier; streams/text_streams.user_speech_tokens)
+    c.model.user_speech_timing = "next_turn"
     # feed that transcript back in: at each USER_AUDIO position the text embedding of what the same
     # slot wrote one micro-turn earlier is added to its dMel embedding (training: the transcript
     # target, teacher-forced; serving: the model's own heard tokens), so a word heard is also a word
@@ -355,6 +359,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.remat": ("none", "full", "dots"),
     "model.hmlp_gelu": ("tanh", "exact"),
     "model.dmel_embed": ("bag", "frames_mlp"),
+    "model.user_speech_timing": ("next_turn", "at_end"),  # text_streams.USER_SPEECH_TIMINGS
     "model.moe.router": ("softmax", "sigmoid"),
     "model.flow.solver": ("euler", "midpoint"),
     "train.on_nonfinite": ("stop", "skip"),

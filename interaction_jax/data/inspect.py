@@ -59,7 +59,7 @@ def render_window(config, source, index: int, start: int, path: str) -> str:
 
     layout = StreamLayout.from_config(config)
     rec = source[index]  # read (or render) the episode once
-    grid = ToGrid(layout, config.text, config.features).map(rec)
+    grid = ToGrid.from_config(config, layout).map(rec)
     window = pack_window(grid, min(start, max(0, grid.num_turns - 1)), config.data.window_micro_turns)
     ep = rec[0] if isinstance(rec, tuple) else rec
     return plot_window(window, layout, make_tokenizer(config.text), path, title=f"{ep.episode_id} ({ep.task})")

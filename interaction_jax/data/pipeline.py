@@ -46,6 +46,12 @@ class ToGrid(grain.transforms.Map):
     layout: StreamLayout
     text_config: Any
     feature_config: Any
+    user_speech_timing: str = "next_turn"  # model.user_speech_timing (text_streams.user_speech_tokens)
+
+    @classmethod
+    def from_config(cls, config, layout: StreamLayout) -> ToGrid:
+        """The grid transform a config trains on (its text, features and transcript timing)."""
+        return cls(layout, config.text, config.features, str(config.model.get("user_speech_timing", "next_turn")))
 
     def map(self, record):
         from interaction_jax.features.mel import FeatureParams
@@ -59,6 +65,7 @@ class ToGrid(grain.transforms.Map):
             FeatureParams.from_config(self.feature_config),
             user_logmel=None if um is None else np.asarray(um, np.float32),
             model_logmel=None if mm is None else np.asarray(mm, np.float32),
+            user_speech_timing=self.user_speech_timing,
         )
 
 
@@ -171,7 +178,7 @@ def make_dataset(
     if len(ds) == 0:
         raise ValueError(f"process {pi} of {pc} got no episodes; use at least {pc} episodes")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    to_grid = ToGrid(layout, config.text, config.features)
+    to_grid = ToGrid.from_config(config, layout)
     window = RandomWindow(w, float(config.data.start_at_zero_prob))
     ds = ds.map(_OnRecord(to_grid) if carry_skips else to_grid)
     ds = ds.random_map(_WindowCarrying(window) if carry_skips else window, seed=seed + 7919 * (pi + 1))

@@ -346,9 +346,10 @@ class Session:
         """What the model heard the user say: its own transcript of the user's speech, word by word.
 
         Meaningful for a model trained with the user-speech target (`model.user_speech_loss_weight`
-        > 0), which writes each word's text at its USER_AUDIO positions the micro-turn after the word
-        ends; a word is complete at the space that ends it. Each word is stamped with the start of
-        the micro-turn that wrote its last token (the word itself ended during the one before).
+        > 0), which writes each word's text at its USER_AUDIO positions once it has heard the word
+        (`model.user_speech_timing`: the micro-turn after the one the word ends in, or from the
+        position holding its last frame); a word is complete at the space that ends it. Each word is
+        stamped with the start of the micro-turn that wrote its last token.
         """
         words: list[TextEvent] = []
         buf: list[int] = []

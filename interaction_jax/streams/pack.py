@@ -16,7 +16,9 @@ Time mapping (T = micro-turn length, H = frame hop = 12.5 ms, N = frames per mic
     [(t+1)T, (t+2)T) = frames [N(t+1), N(t+2)). Each MODEL_AUDIO position is fed the dMel
     codes of the previous position's frames (the model hears itself); at turn 0 it is fed
     silence.
-  * text: see `text_streams.py` (input events at `input_turn`, model words at `output_turn`).
+  * text: see `text_streams.py` (input events at `input_turn`, model words at `output_turn`;
+    the user's words as transcript targets after the micro-turn of their end, or with
+    `user_speech_timing="at_end"` from the first USER_AUDIO position holding their last frame).
   * video: the last frame that arrived during micro-turn t (with `layout.video_every = k`, the
     last one of micro-turns t-k+1..t, in micro-turns t % k == 0 only: `sparse_frame`).
 """
@@ -67,8 +69,12 @@ class EpisodeGrid:
         *,
         user_logmel: np.ndarray | None = None,
         model_logmel: np.ndarray | None = None,
+        user_speech_timing: str = "next_turn",
     ) -> EpisodeGrid:
-        """Computes features (or takes precomputed log-mels) and fills every stream."""
+        """Computes features (or takes precomputed log-mels) and fills every stream.
+
+        `user_speech_timing` (`model.user_speech_timing`): when a user word's transcript targets
+        may start (`text_streams.user_speech_tokens`)."""
         from interaction_jax.features import mel as mel_lib  # host-side only
 
         params = feature_params or mel_lib.FeatureParams()
@@ -112,7 +118,9 @@ class EpisodeGrid:
             text_streams.model_text_tokens(episode, layout, tokenizer), n_turns, layout.model_text_slots
         )
         us, ov_s = text_streams.fill_slots(
-            text_streams.user_speech_tokens(episode, layout, tokenizer), n_turns, layout.audio_positions
+            text_streams.user_speech_tokens(episode, layout, tokenizer, user_speech_timing, frame_delay=d),
+            n_turns,
+            layout.audio_positions,
         )
         if layout.model_text_slots:
             flat = mt.reshape(-1)

@@ -3,13 +3,15 @@
 Every text stream (user typed text, background results, model text) is a time-ordered list of
 tokens, each with the micro-turn in which it becomes available. `fill_slots` places them into
 the fixed slots of each micro-turn in order; tokens that do not fit carry over to the next
-micro-turn (never dropped inside the window, never reordered, never placed early). Unused
-slots hold `Control.NOTHING`: silence is data.
+micro-turn (never dropped inside the window, never reordered, never placed early). A token may
+also name the first slot of its micro-turn it may take (`TimedToken.slot`; the user's words with
+`model.user_speech_timing = "at_end"`). Unused slots hold `Control.NOTHING`: silence is data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from interaction_jax.streams.tokenizer import Control
 
 # Gap (seconds) between two model words that starts a new utterance (SPEECH_END / SPEECH_START).
 UTTERANCE_GAP_S = 0.5
+# When a user word's transcript may start (`model.user_speech_timing`, see `user_speech_tokens`).
+USER_SPEECH_TIMINGS = ("next_turn", "at_end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +31,18 @@ class TimedToken:
 
     Tokens are ordered by (turn, time, seq): `time` is the time of the event the token belongs
     to (all tokens of one event share it) and `seq` keeps an event's tokens together and in order.
+    `slot`: the first slot of micro-turn `turn` the token may take (any slot of a later one).
     """
 
     turn: int
     time: float
     token: int
     seq: int = 0
+    slot: int = 0
 
 
-def _event_tokens(turn: int, time: float, ids: list[int], seq0: int) -> list[TimedToken]:
-    return [TimedToken(turn, time, int(i), seq0 + j) for j, i in enumerate(ids)]
+def _event_tokens(turn: int, time: float, ids: list[int], seq0: int, slot: int = 0) -> list[TimedToken]:
+    return [TimedToken(turn, time, int(i), seq0 + j, slot) for j, i in enumerate(ids)]
 
 
 def fill_slots(tokens: list[TimedToken], num_turns: int, slots: int) -> tuple[np.ndarray, int]:
@@ -50,11 +56,10 @@ def fill_slots(tokens: list[TimedToken], num_turns: int, slots: int) -> tuple[np
     ordered = sorted(tokens, key=lambda x: (x.turn, x.time, x.seq))
     i = 0
     for t in range(num_turns):
-        k = 0
-        while i < len(ordered) and ordered[i].turn <= t and k < slots:
-            out[t, k] = ordered[i].token
-            i += 1
-            k += 1
+        for k in range(slots):
+            if i < len(ordered) and (ordered[i].turn < t or (ordered[i].turn == t and ordered[i].slot <= k)):
+                out[t, k] = ordered[i].token
+                i += 1
     return out, len(ordered) - i
 
 
@@ -91,17 +96,41 @@ def background_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list
     return out
 
 
-def user_speech_tokens(episode: Episode, layout: StreamLayout, tokenizer) -> list[TimedToken]:
-    """What the user said, as text: each spoken word's tokens, available the micro-turn after
-    the one in which the word ends (its audio has then been heard in full).
+def heard_slot(end_s: float, layout: StreamLayout, frame_delay: int) -> tuple[int, int]:
+    """(micro-turn, USER_AUDIO slot) of the first position whose input holds the last frame of a
+    sound ending at `end_s`: the last frame centred before `end_s` (frame k is centred at k*H),
+    in the row the causal shift of `frame_delay` frames puts it (`pack.causal_frame_delay`:
+    micro-turn t holds frames [N*t - d, N*t + N - d), slot j the j-th F of them)."""
+    last = max(0, math.ceil(end_s * 1000.0 / layout.frame_ms - 1e-9) - 1)
+    turn, within = divmod(last + int(frame_delay), layout.frames_per_turn)
+    return turn, within // layout.frames_per_audio_position
+
+
+def user_speech_tokens(
+    episode: Episode, layout: StreamLayout, tokenizer, timing: str = "next_turn", frame_delay: int | None = None
+) -> list[TimedToken]:
+    """What the user said, as text: each spoken word's tokens, available once it has been heard.
 
     The target of the auxiliary transcription loss (`model.user_speech_loss_weight`): at the
     USER_AUDIO positions the model writes what it has just heard, so the audio embedding has
     to carry word identity, not only timing (an inner transcript, as open duplex models keep).
+    `timing` (`model.user_speech_timing`): "next_turn", from the micro-turn after the one in which
+    the word ends; "at_end", from the first position whose input holds the word's last frame
+    (`heard_slot`; needs the features' `frame_delay`), so the transcript, and the feed of it one
+    micro-turn later, come a micro-turn earlier.
     """
+    if timing not in USER_SPEECH_TIMINGS:
+        raise ValueError(f"user_speech_timing={timing!r}: expected one of {list(USER_SPEECH_TIMINGS)}")
+    if timing == "at_end" and frame_delay is None:
+        raise ValueError("user_speech_timing='at_end' needs frame_delay (pack.causal_frame_delay of the features)")
     out: list[TimedToken] = []
     for w in sorted(episode.user_words, key=lambda w: w.end):
-        out += _event_tokens(layout.input_turn(w.end) + 1, w.end, tokenizer.encode(w.text + " "), len(out))
+        ids = tokenizer.encode(w.text + " ")
+        if timing == "at_end":
+            turn, slot = heard_slot(w.end, layout, frame_delay)
+            out += _event_tokens(turn, w.end, ids, len(out), slot)
+        else:
+            out += _event_tokens(layout.input_turn(w.end) + 1, w.end, ids, len(out))
     return out
 
 

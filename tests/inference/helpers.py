@@ -35,7 +35,8 @@ def episode(duration: float = 1.0, seed: int = 0, frame_size: int = 80) -> Episo
 
 def grid_and_window(config, ep: Episode):
     layout = StreamLayout.from_config(config)
-    grid = EpisodeGrid.from_episode(ep, layout, ByteTokenizer(), FeatureParams.from_config(config.features))
+    grid = EpisodeGrid.from_episode(ep, layout, ByteTokenizer(), FeatureParams.from_config(config.features),
+                                    user_speech_timing=str(config.model.get("user_speech_timing", "next_turn")))
     return layout, grid, pack_window(grid, 0, grid.num_turns)
 
 

@@ -1,7 +1,10 @@
 """`model.user_speech_feedback`: the transcript a model writes at the user's audio is fed back one
 micro-turn later. Checked on hand-built batches (training's teacher forcing), against the training
 forward (the engine fed its own heard tokens gives the forward's logits on the same tokens), and
-through a live session (what it feeds is what it heard the micro-turn before)."""
+through a live session (what it feeds is what it heard the micro-turn before); the engine checks run
+for both `model.user_speech_timing` placements of the transcript."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +15,15 @@ from flax import nnx
 from helpers import episode, forced_inputs, grid_and_window
 
 from interaction_jax.config_lib import ConfigError, load_config
+from interaction_jax.data.episode import Word
 from interaction_jax.inference.engine import StreamEngine
 from interaction_jax.inference.session import Chunk, Scheduler
 from interaction_jax.model.interaction_model import InteractionModel, user_speech_feedback
 from interaction_jax.streams.layout import Kind
-from interaction_jax.streams.tokenizer import NUM_CONTROL, Control
+from interaction_jax.streams.tokenizer import NUM_CONTROL, ByteTokenizer, Control
 
 N, PAD = int(Control.NOTHING), int(Control.PAD)
+TOK = ByteTokenizer()
 FEEDBACK = ["model.user_speech_loss_weight=0.5", "model.user_speech_feedback=True", "inference.slots=2"]
 
 
@@ -70,9 +75,9 @@ def test_user_audio_token_ids_are_ignored_without_feedback():
         assert (not np.allclose(a[0, audio], b[0, audio])) == changes
 
 
-@pytest.fixture(scope="module")
-def feedback_engine():
-    c = load_config(config_path("tiny.py"), FEEDBACK)
+@pytest.fixture(scope="module", params=["next_turn", "at_end"])
+def feedback_engine(request):
+    c = load_config(config_path("tiny.py"), FEEDBACK + [f"model.user_speech_timing={request.param}"])
     model = InteractionModel(c, rngs=nnx.Rngs(0))
     return c, model, StreamEngine(c, model, debug_outputs=True)
 
@@ -112,6 +117,38 @@ def test_engine_fed_its_heard_tokens_equals_the_training_forward(feedback_engine
     other = np.asarray(model({**{k: jnp.asarray(v[None]) for k, v in win.items()},
                               "token_ids": jnp.asarray(silent[None])})["text_logits"][0])
     assert np.any(heard[:-1] != N) and not np.allclose(other[ti], logits[ti], atol=1e-3)
+
+
+USER_WORDS = [Word("yes", 0.05, 0.31), Word("go", 0.33, 0.47), Word("now", 0.5, 0.78)]
+
+
+def test_engine_fed_the_transcript_targets_equals_the_teacher_forced_forward(feedback_engine):
+    """The engine fed, at its user-audio slots, the transcript targets of the micro-turn before gives
+    the training forward's logits on the window with `user_speech_feedback` applied (training's
+    teacher forcing, as packed with the config's `user_speech_timing`)."""
+    c, model, engine = feedback_engine
+    layout, grid, win = grid_and_window(c, dataclasses.replace(episode(1.0, seed=5), user_words=USER_WORDS))
+    ua, n = layout.block_slice(Kind.USER_AUDIO), grid.num_turns
+    if c.model.user_speech_timing == "at_end":  # each word starts in the micro-turn in which it ends
+        for w in USER_WORDS:
+            assert int(TOK.encode(w.text)[0]) in grid.user_speech[layout.input_turn(w.end)].tolist(), w
+    engine.reset(1, seed=7)
+    outs = []
+    for t in range(n):
+        inputs = forced_inputs(engine, grid, t, 1)
+        inputs["token_ids"][1, ua] = grid.user_speech[t - 1] if t else N
+        outs.append(engine.step(inputs))
+    batch = {k: jnp.asarray(v[None]) for k, v in win.items()}
+    fed = user_speech_feedback(batch, layout.positions_per_turn)
+    ui = layout.kind_indices(Kind.USER_AUDIO, n)
+    np.testing.assert_array_equal(np.asarray(fed["token_ids"][0])[ui[1:]], grid.user_speech[:-1])
+    assert np.any(grid.user_speech[:-1] != N)
+    logits = np.asarray(model(fed)["text_logits"][0])
+    ti = layout.kind_indices(Kind.MODEL_TEXT, n).reshape(-1)
+    np.testing.assert_allclose(np.concatenate([o["text_logits"][1] for o in outs]), logits[ti], atol=2e-5, rtol=0)
+    heard = np.stack([np.asarray(o["heard_tokens"][1]) for o in outs])
+    top = np.take_along_axis(logits[ui], heard[..., None], -1)[..., 0]
+    assert np.all((heard == logits[ui].argmax(-1)) | (logits[ui].max(-1) - top < 1e-4))
 
 
 def test_a_session_feeds_what_it_heard_the_micro_turn_before(feedback_engine):
