@@ -2,14 +2,16 @@
 audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8,frames_mlp,feedback] [--steps=1000] [--num_examples=50] [--temperature=0.7]
+        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end] [--steps=1000] [--num_examples=50] \
+        [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
 identity from dMel frames spread over two or three micro-turns, its membership in the category
 the typed instruction named, and the response word copied from that instruction. A transformer
 position has only `num_layers` serial steps however long the model waits (a later position reads
 earlier ones layer by layer), so if 4 layers are too few the model cannot do all three in time.
-Each row changes one thing against `layers4` (`model.num_layers`, or the audio embedding; every
+Each row changes one thing against `layers4` (`model.num_layers`, or the audio embedding;
+`feedback_at_end` one thing against `feedback`; every
 other setting is the recipe's config.py, including the user-speech transcription target) and is
 trained on typed-instruction CueSpeak episodes only, from the same rendered data. Each row is
 evaluated through live streaming sessions on the *test* seed range (typed instructions, the
@@ -49,6 +51,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # fed back as a text token one micro-turn later, a heard word is read like a typed one
     "feedback": ("4 layers, the user-speech transcript fed back (model.user_speech_feedback)",
                  ["model.num_layers=4", "model.user_speech_feedback=True"]),
+    # one change from `feedback`: the transcript starts in the micro-turn the word ends, so the feed
+    # arrives one micro-turn earlier (the `feedback` row's feed came after most cue responses were due)
+    "feedback_at_end": ("feedback, transcript written from the word's last frame (model.user_speech_timing=at_end)",
+                        ["model.num_layers=4", "model.user_speech_feedback=True", "model.user_speech_timing=at_end"]),
 }
 TASK = "cuespeak_typed"
 METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")
