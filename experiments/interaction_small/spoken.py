@@ -15,8 +15,9 @@ sessions on the *test* seed range with spoken instructions, the cascade beside i
 decoding temperature (default: the one the full run chose on validation seeds, results.json).
 
 Writes `spoken.json` beside this file (committed; every row's TimeSpeak metrics, the training
-loss and user-speech word accuracy at the end, wall times, commit) and prints the table the
-README quotes.
+loss and user-speech word accuracy at the end, wall times, commit, and `analysis`: whether the
+speak windows are lost to timing or to the word, see `analyse`) and prints the table the README
+quotes. `--analyse_only` recomputes the analysis from the rows' saved evaluations.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_examples", 50, "Test episodes.")
     flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
     flags.DEFINE_string("out", os.path.join(HERE, "spoken.json"), "Where the results JSON goes.")
+    flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
 
 
 def _commit() -> str:
@@ -96,21 +98,57 @@ def run_row(name: str, temperature: float) -> dict:
             "wall_seconds": {"prepare_and_train": round(train_s, 1), "evaluate": round(eval_s, 1)}}
 
 
+def analyse(examples: list[dict]) -> dict:
+    """Per system, where the speak windows are lost: no speech in the window, or speech with the wrong word.
+
+    `spoke_in_window`: of the speak windows, the fraction in which the system said anything;
+    `said_right_word`: of those, the fraction where it said the requested word (the copy of the
+    spoken word; timing is the other part of a hit).
+    """
+    out: dict[str, dict] = {}
+    for e in examples:
+        c = out.setdefault(e["system"], {"speak_windows": 0, "with_speech": 0, "right_word": 0})
+        for w in e["windows"]:
+            if w["kind"] != "speak":
+                continue
+            said = [x["text"] for x in e["output"]["words"] if w["start"] <= x["start"] < w["end"]]
+            c["speak_windows"] += 1
+            c["with_speech"] += bool(said)
+            c["right_word"] += w["expected"] in said
+    for c in out.values():
+        c["spoke_in_window"] = c["with_speech"] / c["speak_windows"] if c["speak_windows"] else None
+        c["said_right_word"] = c["right_word"] / c["with_speech"] if c["with_speech"] else None
+    return out
+
+
+def _analysis(name: str) -> dict:
+    res = json.load(open(os.path.join(FLAGS.workdir, name, "eval", "results.json")))
+    return analyse(res["examples"][BENCHMARK])
+
+
 def table(rows: dict[str, dict]) -> str:
     """A markdown table: one row per row, the model's and the cascade's spoken-TimeSpeak metrics (test seeds)."""
-    lines = ["| row | change | accuracy | speak-window hits | early speech | timing error median | "
-             "word acc. (train) | cascade accuracy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| row | change | accuracy | speak-window hits | spoke in window / right word | early speech | "
+             "timing error median | word acc. (train) | cascade accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def f(x, unit=""):
         return "-" if x is None else f"{x:.2f}{unit}"
 
     for name, r in rows.items():
         m, c = r[BENCHMARK].get("model", {}), r[BENCHMARK].get("turn-based baseline", {})
+        a = r.get("analysis", {}).get("model", {})
         lines.append(f"| {name} | {r['change']} | {f(m.get('accuracy'))} | {f(m.get('speak_hit_rate'))} | "
+                     f"{f(a.get('spoke_in_window'))} / {f(a.get('said_right_word'))} | "
                      f"{f(m.get('early_speech_rate'))} | {f(m.get('timing_error_median_s'), ' s')} | "
                      f"{f(r['training'].get('user_speech_word_accuracy'))} | {f(c.get('accuracy'))} |")
     return "\n".join(lines)
+
+
+def _write(summary: dict) -> None:
+    with open(FLAGS.out + ".tmp", "w") as fh:
+        json.dump(summary, fh, indent=1)
+    os.replace(FLAGS.out + ".tmp", FLAGS.out)
 
 
 def main(argv):
@@ -120,19 +158,24 @@ def main(argv):
         raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
     if FLAGS.steps < 1 or FLAGS.num_examples < 1 or FLAGS.num_episodes < 1:
         raise app.UsageError("--steps, --num_episodes and --num_examples must be >= 1")
+    if FLAGS.analyse_only:
+        summary = json.load(open(FLAGS.out))
+        for name in FLAGS.rows:
+            summary["rows"][name]["analysis"] = _analysis(name)
+        _write(summary)
+        print(table(summary["rows"]))
+        return
     temperature = chosen_temperature(FLAGS.temperature)
     prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
     for name in FLAGS.rows:
-        rows[name] = {**run_row(name, temperature), "commit": _commit(),
+        rows[name] = {**run_row(name, temperature), "analysis": _analysis(name), "commit": _commit(),
                       "command": "python experiments/interaction_small/spoken.py " + " ".join(
                           a for a in sys.argv[1:] if not a.startswith("--workdir="))}
         summary = {"task": TASK, "benchmark": BENCHMARK, "instruction_mode": "spoken", "steps": FLAGS.steps,
                    "num_episodes": FLAGS.num_episodes, "num_examples": FLAGS.num_examples,
                    "temperature": temperature, "split": "test", "rows": rows}
-        with open(FLAGS.out + ".tmp", "w") as fh:
-            json.dump(summary, fh, indent=1)
-        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+        _write(summary)
     print(table(rows))
     print(f"[spoken] wrote {FLAGS.out}")
 

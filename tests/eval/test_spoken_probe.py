@@ -33,6 +33,26 @@ def test_table_formats_model_and_cascade(spoken):
            "timespeak": {"model": {"accuracy": 0.5, "speak_hit_rate": 0.625, "early_speech_rate": 0.1,
                                    "timing_error_median_s": 0.2},
                          "turn-based baseline": {"accuracy": 0.0}}}
+    row["analysis"] = {"model": {"spoke_in_window": 1.0, "said_right_word": 0.375}}
     lines = spoken.table({"feedback": row, "recipe": {"change": "r", "training": {}, "timespeak": {}}}).splitlines()
-    assert lines[2] == "| feedback | c | 0.50 | 0.62 | 0.10 | 0.20 s | 0.77 | 0.00 |"
-    assert lines[3] == "| recipe | r | - | - | - | - | - | - |"
+    assert lines[2] == "| feedback | c | 0.50 | 0.62 | 1.00 / 0.38 | 0.10 | 0.20 s | 0.77 | 0.00 |"
+    assert lines[3] == "| recipe | r | - | - | - / - | - | - | - | - |"
+
+
+def test_analyse_splits_missed_windows_into_silence_and_wrong_word(spoken):
+    def window(kind, start, expected=""):
+        return {"kind": kind, "start": start, "end": start + 1.0, "expected": expected}
+
+    examples = [  # right word in window 1; wrong word in window 2; silence in window 3; a silent window ignored
+        {"system": "model", "windows": [window("speak", 1.0, "red"), window("speak", 3.0, "blue"),
+                                        window("silent", 4.5)],
+         "output": {"words": [{"text": "red", "start": 1.5}, {"text": "green", "start": 3.2},
+                              {"text": "blue", "start": 4.9}]}},
+        {"system": "model", "windows": [window("speak", 6.0, "cat")], "output": {"words": []}},
+        {"system": "turn-based baseline", "windows": [window("speak", 1.0, "red")], "output": {"words": []}},
+    ]
+    got = spoken.analyse(examples)
+    assert got["model"] == {"speak_windows": 3, "with_speech": 2, "right_word": 1, "spoke_in_window": 2 / 3,
+                            "said_right_word": 0.5}
+    assert got["turn-based baseline"]["spoke_in_window"] == 0.0
+    assert got["turn-based baseline"]["said_right_word"] is None
