@@ -89,6 +89,26 @@ def link_data(workdir: str, shared: str) -> None:
         os.symlink(shared, link)
 
 
+def short_commit() -> str:
+    """This checkout's commit (short), recorded beside every row a probe writes."""
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
+def train_row(workdir: str, shared_data: str, overrides: list[str], tag: str) -> float:
+    """`run.py --stages=prepare,train` for one probe row (data rendered once in `shared_data`, resumable);
+    returns the wall seconds."""
+    import time
+
+    link_data(workdir, os.path.abspath(shared_data))
+    cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}", "--stages=prepare,train",
+           *[f"--config.{o}" for o in overrides]]
+    print(f"[{tag}] {os.path.basename(workdir)}: " + " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
 def run_row(name: str, temperature: float) -> dict:
     """Runs one row's pipeline (resumable) and returns its headline on the test seeds."""
     _, overrides = ROWS[name]

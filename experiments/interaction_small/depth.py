@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -36,9 +35,8 @@ from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from ablations import chosen_temperature, link_data  # noqa: E402  (experiments/interaction_small/ablations.py)
+from ablations import chosen_temperature, short_commit, train_row  # noqa: E402  (experiments/interaction_small/ablations.py)
 
 # name -> (what changes, config overrides)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -73,11 +71,6 @@ def _define_flags() -> None:
     flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
 
 
-def _commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
-
-
 def _command() -> str:
     """This run's command line, the work directory written relative to the repository (no machine paths)."""
     args = [os.path.relpath(sys.argv[0], REPO)] if os.path.isabs(sys.argv[0]) else [sys.argv[0]]
@@ -107,13 +100,7 @@ def run_row(name: str, temperature: float) -> dict:
     from interaction_jax.evaluate import evaluate
 
     workdir = os.path.join(FLAGS.workdir, name)
-    link_data(workdir, os.path.abspath(os.path.join(FLAGS.workdir, "data")))
-    cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}", "--stages=prepare,train",
-           *[f"--config.{o}" for o in _overrides(name)]]
-    print(f"[depth] {name}: " + " ".join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    train_s = time.perf_counter() - t0
+    train_s = train_row(workdir, os.path.join(FLAGS.workdir, "data"), _overrides(name), "depth")
     config = config_lib.load_run_config(os.path.join(workdir, "run"))
     with config.unlocked():
         config.inference.temperature = float(temperature)
@@ -223,7 +210,7 @@ def main(argv):
     prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
     for name in FLAGS.rows:
-        rows[name] = {**run_row(name, temperature), "commit": _commit(), "command": _command()}
+        rows[name] = {**run_row(name, temperature), "commit": short_commit(), "command": _command()}
         summary = {"task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
                    "num_examples": FLAGS.num_examples, "temperature": temperature, "split": "test",
                    "rows": rows}

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from ablations import chosen_temperature, link_data  # noqa: E402
+from ablations import chosen_temperature, short_commit, train_row  # noqa: E402
 from depth import _last_scalars  # noqa: E402
 
 # name -> (what changes, config overrides)
@@ -60,11 +58,6 @@ def _define_flags() -> None:
     flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
 
 
-def _commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
-
-
 def _overrides(name: str) -> list[str]:
     return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
             f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
@@ -76,13 +69,7 @@ def run_row(name: str, temperature: float) -> dict:
     from interaction_jax.evaluate import evaluate
 
     workdir = os.path.join(FLAGS.workdir, name)
-    link_data(workdir, os.path.abspath(os.path.join(FLAGS.workdir, "data")))
-    cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}", "--stages=prepare,train",
-           *[f"--config.{o}" for o in _overrides(name)]]
-    print(f"[spoken] {name}: " + " ".join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    train_s = time.perf_counter() - t0
+    train_s = train_row(workdir, os.path.join(FLAGS.workdir, "data"), _overrides(name), "spoken")
     config = config_lib.load_run_config(os.path.join(workdir, "run"))
     with config.unlocked():
         config.inference.temperature = float(temperature)
@@ -169,7 +156,7 @@ def main(argv):
     prev = json.load(open(FLAGS.out)) if os.path.exists(FLAGS.out) else {}
     rows = dict(prev.get("rows", {})) if prev.get("steps") == FLAGS.steps else {}
     for name in FLAGS.rows:
-        rows[name] = {**run_row(name, temperature), "analysis": _analysis(name), "commit": _commit(),
+        rows[name] = {**run_row(name, temperature), "analysis": _analysis(name), "commit": short_commit(),
                       "command": "python experiments/interaction_small/spoken.py " + " ".join(
                           a for a in sys.argv[1:] if not a.startswith("--workdir="))}
         summary = {"task": TASK, "benchmark": BENCHMARK, "instruction_mode": "spoken", "steps": FLAGS.steps,
