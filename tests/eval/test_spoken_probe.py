@@ -56,3 +56,16 @@ def test_analyse_splits_missed_windows_into_silence_and_wrong_word(spoken):
                             "said_right_word": 0.5}
     assert got["turn-based baseline"]["spoke_in_window"] == 0.0
     assert got["turn-based baseline"]["said_right_word"] is None
+
+
+def test_live_transcript_matches_words_in_order():
+    spec = importlib.util.spec_from_file_location("interaction_small_live_transcript",
+                                                  SCRIPT.parent / "live_transcript.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.path.remove(str(SCRIPT.parent))
+    said = "say river in three seconds".split()
+    assert module.match_words(said, said) == 5
+    assert module.match_words(said, "say liver in three seconds".split()) == 4  # one word misheard
+    assert module.match_words(said, "seconds three in river say".split()) == 1  # order counts
+    assert module.match_words(said, []) == 0
