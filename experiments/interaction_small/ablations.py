@@ -89,6 +89,31 @@ def link_data(workdir: str, shared: str) -> None:
         os.symlink(shared, link)
 
 
+def define_probe_flags(rows: list[str], workdir: str, out: str) -> None:
+    """The flags every one-task probe (depth.py, spoken.py) takes: rows, budget, test set, temperature, output."""
+    flags.DEFINE_string("workdir", workdir, "Data, runs and evaluations of every row.")
+    flags.DEFINE_list("rows", rows, "Rows to run, in order.")
+    flags.DEFINE_integer("steps", 1000, "Training steps of every row.")
+    flags.DEFINE_integer("num_episodes", 3000, "Rendered training episodes (shared by the rows).")
+    flags.DEFINE_integer("num_examples", 50, "Test episodes.")
+    flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
+    flags.DEFINE_string("out", out, "Where the results JSON goes.")
+    flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
+
+
+def probe_overrides(task: str, row_overrides: list[str]) -> list[str]:
+    """A probe row's config overrides: its task and the probe flags' budget, then the row's own."""
+    return [f"data.task={task}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
+            f"train.keep_every={FLAGS.steps}", *row_overrides]
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Writes `obj` to `path` via a temporary file and a rename (a stopped run never leaves half a JSON)."""
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def short_commit() -> str:
     """This checkout's commit (short), recorded beside every row a probe writes."""
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)

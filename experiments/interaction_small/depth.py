@@ -36,7 +36,14 @@ from absl import app, flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from ablations import chosen_temperature, short_commit, train_row  # noqa: E402  (experiments/interaction_small/ablations.py)
+from ablations import (  # noqa: E402
+    chosen_temperature,  # noqa: E402  (experiments/interaction_small/ablations.py)
+    define_probe_flags,
+    probe_overrides,
+    short_commit,
+    train_row,
+    write_json_atomic,
+)
 
 # name -> (what changes, config overrides)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -61,14 +68,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Defined when run as a script, not on import (tests import ROWS and table)."""
-    flags.DEFINE_string("workdir", "runs/interaction_small_depth", "Data, runs and evaluations of every row.")
-    flags.DEFINE_list("rows", list(ROWS), "Rows to run, in order.")
-    flags.DEFINE_integer("steps", 1000, "Training steps of every row.")
-    flags.DEFINE_integer("num_episodes", 3000, "Rendered training episodes (shared by the rows).")
-    flags.DEFINE_integer("num_examples", 50, "Test episodes.")
-    flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
-    flags.DEFINE_string("out", os.path.join(HERE, "depth.json"), "Where the results JSON goes.")
-    flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
+    define_probe_flags(list(ROWS), "runs/interaction_small_depth", os.path.join(HERE, "depth.json"))
 
 
 def _command() -> str:
@@ -82,8 +82,7 @@ def _command() -> str:
 
 
 def _overrides(name: str) -> list[str]:
-    return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
-            f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
+    return probe_overrides(TASK, ROWS[name][1])
 
 
 def _last_scalars(logdir: str) -> dict:
@@ -166,7 +165,10 @@ def analyse(examples: list[dict], episodes: dict) -> dict:
 def _analysis(name: str) -> dict:
     from interaction_jax.eval.episodes import benchmark_episodes
 
-    res = json.load(open(os.path.join(FLAGS.workdir, name, "eval", "results.json")))
+    path = os.path.join(FLAGS.workdir, name, "eval", "results.json")
+    if not os.path.exists(path):
+        raise app.UsageError(f"--analyse_only: {path} not found (row {name!r} has no saved evaluation under --workdir)")
+    res = json.load(open(path))
     eps = {e.episode_id: e for e in benchmark_episodes("cuespeak", FLAGS.num_examples, float(res["episode_seconds"]),
                                                        split="test", instruction_mode="typed", log=False)}
     return analyse(res["examples"]["cuespeak"], eps)
@@ -201,9 +203,7 @@ def main(argv):
         summary = json.load(open(FLAGS.out))
         for name in FLAGS.rows:
             summary["rows"][name]["analysis"] = _analysis(name)
-        with open(FLAGS.out + ".tmp", "w") as fh:
-            json.dump(summary, fh, indent=1)
-        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+        write_json_atomic(FLAGS.out, summary)
         print(table(summary["rows"]))
         return
     temperature = chosen_temperature(FLAGS.temperature)
@@ -214,9 +214,7 @@ def main(argv):
         summary = {"task": TASK, "steps": FLAGS.steps, "num_episodes": FLAGS.num_episodes,
                    "num_examples": FLAGS.num_examples, "temperature": temperature, "split": "test",
                    "rows": rows}
-        with open(FLAGS.out + ".tmp", "w") as fh:
-            json.dump(summary, fh, indent=1)
-        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+        write_json_atomic(FLAGS.out, summary)
     print(table(rows))
     print(f"[depth] wrote {FLAGS.out}")
 

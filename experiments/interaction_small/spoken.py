@@ -31,7 +31,14 @@ from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ablations import chosen_temperature, short_commit, train_row  # noqa: E402
+from ablations import (  # noqa: E402
+    chosen_temperature,  # noqa: E402
+    define_probe_flags,
+    probe_overrides,
+    short_commit,
+    train_row,
+    write_json_atomic,
+)
 from depth import _last_scalars  # noqa: E402
 
 # name -> (what changes, config overrides)
@@ -48,19 +55,11 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Defined when run as a script, not on import (tests import ROWS and table)."""
-    flags.DEFINE_string("workdir", "runs/interaction_small_spoken", "Data, runs and evaluations of every row.")
-    flags.DEFINE_list("rows", list(ROWS), "Rows to run, in order.")
-    flags.DEFINE_integer("steps", 1000, "Training steps of every row.")
-    flags.DEFINE_integer("num_episodes", 3000, "Rendered training episodes (shared by the rows).")
-    flags.DEFINE_integer("num_examples", 50, "Test episodes.")
-    flags.DEFINE_float("temperature", -1.0, "Decoding temperature (< 0: the one results.json chose on validation).")
-    flags.DEFINE_string("out", os.path.join(HERE, "spoken.json"), "Where the results JSON goes.")
-    flags.DEFINE_bool("analyse_only", False, "Only recompute `analysis` from the rows' saved evaluations.")
+    define_probe_flags(list(ROWS), "runs/interaction_small_spoken", os.path.join(HERE, "spoken.json"))
 
 
 def _overrides(name: str) -> list[str]:
-    return [f"data.task={TASK}", f"data.num_episodes={FLAGS.num_episodes}", f"train.num_steps={FLAGS.steps}",
-            f"train.keep_every={FLAGS.steps}", *ROWS[name][1]]
+    return probe_overrides(TASK, ROWS[name][1])
 
 
 def run_row(name: str, temperature: float) -> dict:
@@ -109,7 +108,10 @@ def analyse(examples: list[dict]) -> dict:
 
 
 def _analysis(name: str) -> dict:
-    res = json.load(open(os.path.join(FLAGS.workdir, name, "eval", "results.json")))
+    path = os.path.join(FLAGS.workdir, name, "eval", "results.json")
+    if not os.path.exists(path):
+        raise app.UsageError(f"--analyse_only: {path} not found (row {name!r} has no saved evaluation under --workdir)")
+    res = json.load(open(path))
     return analyse(res["examples"][BENCHMARK])
 
 
@@ -132,12 +134,6 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _write(summary: dict) -> None:
-    with open(FLAGS.out + ".tmp", "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(FLAGS.out + ".tmp", FLAGS.out)
-
-
 def main(argv):
     del argv
     unknown = [r for r in FLAGS.rows if r not in ROWS]
@@ -149,7 +145,7 @@ def main(argv):
         summary = json.load(open(FLAGS.out))
         for name in FLAGS.rows:
             summary["rows"][name]["analysis"] = _analysis(name)
-        _write(summary)
+        write_json_atomic(FLAGS.out, summary)
         print(table(summary["rows"]))
         return
     temperature = chosen_temperature(FLAGS.temperature)
@@ -162,7 +158,7 @@ def main(argv):
         summary = {"task": TASK, "benchmark": BENCHMARK, "instruction_mode": "spoken", "steps": FLAGS.steps,
                    "num_episodes": FLAGS.num_episodes, "num_examples": FLAGS.num_examples,
                    "temperature": temperature, "split": "test", "rows": rows}
-        _write(summary)
+        write_json_atomic(FLAGS.out, summary)
     print(table(rows))
     print(f"[spoken] wrote {FLAGS.out}")
 
