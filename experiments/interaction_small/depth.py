@@ -2,7 +2,7 @@
 audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end] [--steps=1000] [--num_examples=50] \
+        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,width256] [--steps=1000] [--num_examples=50] \
         [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
@@ -10,7 +10,7 @@ identity from dMel frames spread over two or three micro-turns, its membership i
 the typed instruction named, and the response word copied from that instruction. A transformer
 position has only `num_layers` serial steps however long the model waits (a later position reads
 earlier ones layer by layer), so if 4 layers are too few the model cannot do all three in time.
-Each row changes one thing against `layers4` (`model.num_layers`, or the audio embedding;
+Each row changes one thing against `layers4` (`model.num_layers`, the audio embedding or the width;
 `feedback_at_end` one thing against `feedback`; every
 other setting is the recipe's config.py, including the user-speech transcription target) and is
 trained on typed-instruction CueSpeak episodes only, from the same rendered data. Each row is
@@ -60,6 +60,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # arrives one micro-turn earlier (the `feedback` row's feed came after most cue responses were due)
     "feedback_at_end": ("feedback, transcript written from the word's last frame (model.user_speech_timing=at_end)",
                         ["model.num_layers=4", "model.user_speech_feedback=True", "model.user_speech_timing=at_end"]),
+    # width instead of depth: on this CPU a d_model 128 step is overhead-bound, so twice the width
+    # (4 heads of 64, FFN 1024) costs little more time per step than the recipe
+    "width256": ("4 layers, twice the width (model.d_model=256, 4 heads of 64, FFN 1024)",
+                 ["model.num_layers=4", "model.d_model=256", "model.head_dim=64", "model.ffn_dim=1024"]),
 }
 TASK = "cuespeak_typed"
 METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")
