@@ -19,8 +19,6 @@ The recipe is interaction_small's (experiments/interaction_small/config.py), wit
   its text does not lean on hearing itself; served, it hears its own generated voice.
 * The visual tasks only (data/tasks/visual.py), negatives included so that a change of the
   picture alone is never a reason to speak.
-* Width 256, 4 layers, 4 heads of 64 (2 KV heads): on a 2-core CPU a width-128 step is bound by
-  per-op overhead, so twice the width costs little more per step. 2,000 steps of 4 episodes.
 """
 
 from interaction_jax.config_lib import base_config
@@ -42,18 +40,18 @@ def get_config(arg=None):
     c.data.window_micro_turns = 50  # the whole episode, from position 0
     c.data.batch_size = 4
     c.data.read_threads = 1
-    c.model.d_model = 256
+    c.model.d_model = 128
     c.model.num_layers = 4
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
-    c.model.head_dim = 64
-    c.model.ffn_dim = 1024
+    c.model.head_dim = 32
+    c.model.ffn_dim = 512
     c.model.flow.hidden_dim = 128
     c.model.flow.num_layers = 2
     c.model.flow.ode_steps = 4
     c.model.scan_layers = False  # speed on CPU (interaction_small)
     c.model.attention_impl = "xla_causal_blocks"
-    c.train.num_steps = 2000
+    c.train.num_steps = 3000
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 50
     c.train.weight_decay = 0.05
