@@ -60,8 +60,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # arrives one micro-turn earlier (the `feedback` row's feed came after most cue responses were due)
     "feedback_at_end": ("feedback, transcript written from the word's last frame (model.user_speech_timing=at_end)",
                         ["model.num_layers=4", "model.user_speech_feedback=True", "model.user_speech_timing=at_end"]),
-    # width instead of depth: on this CPU a d_model 128 step is overhead-bound, so twice the width
-    # (4 heads of 64, FFN 1024) costs little more time per step than the recipe
+    # width instead of depth: more features per position for the word's identity and the copy
+    # (4 heads of 64, FFN 1024; 3.3x the parameters, about 1.7x the step time on this CPU)
     "width256": ("4 layers, twice the width (model.d_model=256, 4 heads of 64, FFN 1024)",
                  ["model.num_layers=4", "model.d_model=256", "model.head_dim=64", "model.ffn_dim=1024"]),
 }
