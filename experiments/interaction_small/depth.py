@@ -81,6 +81,9 @@ def _command() -> str:
     for a in sys.argv[1:]:
         if a.startswith("--workdir=") and os.path.isabs(a.split("=", 1)[1]):
             a = "--workdir=runs/interaction_small_depth"
+        if a.startswith("--out=") and os.path.isabs(a.split("=", 1)[1]):  # no machine paths in the JSON
+            rel = os.path.relpath(a.split("=", 1)[1], REPO)
+            a = "--out=" + (os.path.basename(rel) if rel.startswith("..") else rel)
         args.append(a)
     return " ".join(args)
 
