@@ -2,7 +2,8 @@
 audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,width256] [--steps=1000] [--num_examples=50] \
+        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,
+        feedback_at_end_speak,width256] [--steps=1000] [--num_examples=50] \
         [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
@@ -11,7 +12,7 @@ the typed instruction named, and the response word copied from that instruction.
 position has only `num_layers` serial steps however long the model waits (a later position reads
 earlier ones layer by layer), so if 4 layers are too few the model cannot do all three in time.
 Each row changes one thing against `layers4` (`model.num_layers`, the audio embedding or the width;
-`feedback_at_end` one thing against `feedback`; every
+`feedback_at_end` one thing against `feedback`, `feedback_at_end_speak` one against that; every
 other setting is the recipe's config.py, including the user-speech transcription target) and is
 trained on typed-instruction CueSpeak episodes only, from the same rendered data. Each row is
 evaluated through live streaming sessions on the *test* seed range (typed instructions, the
@@ -60,6 +61,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # arrives one micro-turn earlier (the `feedback` row's feed came after most cue responses were due)
     "feedback_at_end": ("feedback, transcript written from the word's last frame (model.user_speech_timing=at_end)",
                         ["model.num_layers=4", "model.user_speech_feedback=True", "model.user_speech_timing=at_end"]),
+    # one change from `feedback_at_end`, whose errors are mostly misses (it speaks in under half of
+    # the cue windows): the silence targets that dominate the text loss weighted 0.3
+    "feedback_at_end_speak": ("feedback_at_end, silence targets weighted 0.3 (model.text_nothing_loss_weight)",
+                              ["model.num_layers=4", "model.user_speech_feedback=True",
+                               "model.user_speech_timing=at_end", "model.text_nothing_loss_weight=0.3"]),
     # width instead of depth: more features per position for the word's identity and the copy
     # (4 heads of 64, FFN 1024; 3.3x the parameters, about 1.7x the step time on this CPU)
     "width256": ("4 layers, twice the width (model.d_model=256, 4 heads of 64, FFN 1024)",
