@@ -2,9 +2,8 @@
 audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,
-        feedback_at_end_speak,width256] [--steps=1000] [--num_examples=50] \
-        [--temperature=0.7]
+        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,feedback_at_end_speak,width256] \
+        [--steps=1000] [--num_examples=50] [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
 identity from dMel frames spread over two or three micro-turns, its membership in the category
