@@ -71,7 +71,10 @@ def matmul_reference(x, w, *, block_m: int = BLOCK_M, block_k: int = BLOCK_K) ->
     """Batch-invariant x [..., K] @ w [K, N] in pure JAX (float32 accumulation in K-chunk order)."""
     k, n = w.shape
     kp = round_up(k, block_k)
-    wp = pad_axis(w, 0, kp).reshape(kp // block_k, block_k, n)
+    # the barrier fixes the weight's layout before the loop: without it XLA may fold a transposed
+    # `w` (a tied unembedding's table.T) into the dot when the loop has one trip (M <= block_m)
+    # but not when it has several, and the two dots can round differently
+    wp = jax.lax.optimization_barrier(pad_axis(w, 0, kp).reshape(kp // block_k, block_k, n))
 
     def tile(xt):
         xt = pad_axis(xt, 1, kp).reshape(block_m, kp // block_k, block_k)
