@@ -66,7 +66,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                               ["model.num_layers=4", "model.user_speech_feedback=True",
                                "model.user_speech_timing=at_end", "model.text_nothing_loss_weight=0.3"]),
     # width instead of depth: more features per position for the word's identity and the copy
-    # (4 heads of 64, FFN 1024; 3.3x the parameters, about 1.7x the step time on this CPU)
+    # (4 heads of 64, FFN 1024: about 3x the parameters and a slower step)
     "width256": ("4 layers, twice the width (model.d_model=256, 4 heads of 64, FFN 1024)",
                  ["model.num_layers=4", "model.d_model=256", "model.head_dim=64", "model.ffn_dim=1024"]),
 }
