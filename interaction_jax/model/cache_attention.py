@@ -8,7 +8,9 @@
   one dynamic slice of the stacked cache (no gather, no per-layer copy) and the softmax is
   online in float32. Slots are mapped one after another (`lax.map`) with their own traced
   loop bounds, so a young session reads its own few chunks whatever the oldest session's age,
-  an idle slot reads none, and a slot's result never depends on the other slots.
+  an idle slot reads none, and a slot's result never depends on the other slots. When no slot
+  needs more than the first chunk (every session younger than one chunk), all slots take that
+  chunk in one batched softmax instead, without the per-slot loop's overhead.
 * "live_window_batched": the same chunks with the slots in one batched loop that runs to the
   largest slot's chunk count (the others masked): equal-age sessions share each loop step. On the
   2-core CPU it is slower than the per-slot loop (`experiments/perf/README.md`); unmeasured elsewhere.
@@ -125,7 +127,43 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
           jnp.arange(b, dtype=jnp.int32))
     if batched:
         return jax.vmap(one_slot)(xs).astype(q.dtype)
-    return jax.lax.map(one_slot, xs).astype(q.dtype)
+    if t <= block:  # one chunk holds the whole cache: no per-slot loop to save
+        return _first_chunk(q, k, v, layer, view, rows, block).astype(q.dtype)
+    return jax.lax.cond(_first_chunk_suffices(view, rows, block),
+                        lambda: _first_chunk(q, k, v, layer, view, rows, block),
+                        lambda: jax.lax.map(one_slot, xs)).astype(q.dtype)
+
+
+def _first_chunk_suffices(view: CacheView, rows: RowMap, block: int) -> jax.Array:
+    """() bool: every slot's live chunks are at most the first one (young sessions, idle slots)."""
+
+    def ok(qp, valid, kvp):
+        return jnp.all(jnp.stack([(hi <= lo) | (hi <= 1) for lo, hi in slot_chunk_ranges(qp, valid, kvp, rows, block)]))
+
+    return jnp.all(jax.vmap(ok)(view.q_positions, view.q_valid.astype(bool), view.kv_positions))
+
+
+def _first_chunk(q, k, v, layer, view: CacheView, rows: RowMap, block: int) -> jax.Array:
+    """"live_window" when no slot needs more than rows [0, block): every slot in one batched
+    softmax over that static slice (the old engine's shape: no per-slot loop overhead). Same
+    arithmetic as one step of the per-slot loop; a slot without a valid query gets zeros."""
+    b, s, h, hd = q.shape
+    kvh = k.shape[3]
+    g = h // kvh
+    kc = jax.lax.dynamic_slice(k, (layer, 0, 0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
+    vc = jax.lax.dynamic_slice(v, (layer, 0, 0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
+    pos = view.kv_positions[:, :block]
+    qb = q.reshape(b, s, kvh, g, hd)
+    logits = jnp.einsum("bskgd,bckd->bkgsc", qb, kc, preferred_element_type=jnp.float32) * (hd**-0.5)
+    mask = make_mask(view.q_positions, pos, window=rows.window, sinks=rows.sinks, kv_valid=pos >= 0)
+    mask = (mask & jnp.any(view.q_valid.astype(bool), axis=1)[:, None, None])[:, None, None]  # [B, 1, 1, S, C]
+    logits = jnp.where(mask, logits, NEG_INF)
+    m = jnp.max(logits, axis=-1)
+    pr = jnp.where(mask, jnp.exp(logits - m[..., None]), 0.0)
+    den = jnp.sum(pr, axis=-1)
+    acc = jnp.einsum("bkgsc,bckd->bkgsd", pr.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+    out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd)
 
 
 def batch_invariant(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from interaction_jax.inference.cache import ContextPolicy
-from interaction_jax.model.cache_attention import live_block, live_chunk_counts, live_window
+from interaction_jax.model.cache_attention import _first_chunk_suffices, live_block, live_chunk_counts, live_window
 from interaction_jax.model.kv_cache import CacheView
 
 L, KVH, H, HD = 3, 2, 4, 16
@@ -30,6 +30,7 @@ def _reference(q, q_pos, k, v, kv_pos, window, sinks):
     "policy, lengths",
     [
         (ContextPolicy("hard", 0, 0, 300, 5, 60), (123, 297)),  # rows 305: the last 64-row chunk is clamped
+        (ContextPolicy("hard", 0, 0, 300, 5, 60), (12, 64)),  # both slots in the first chunk: one batched softmax
         (ContextPolicy("hard", 4, 50, 296, 5, 60), (200, 290)),  # model window + sinks, hard (row == position)
         (ContextPolicy("sliding", 6, 40, 44, 5, None), (250, 17)),  # ring wrapped several times / barely used
     ],
@@ -95,3 +96,18 @@ def test_default_chunks_match_the_reference():
     got = live_window(q, k_all, v_all, 2, view, policy, "xla")
     want = _reference(q, q_pos, k_all[2], v_all[2], kv_pos, policy.window, policy.sinks)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=0)
+
+
+def test_the_first_chunk_path_is_taken_only_when_every_slot_fits_in_it():
+    """The batched first-chunk path runs iff no slot's live chunks go past rows [0, block): two
+    young slots and an idle one take it; one slot a position past the chunk does not."""
+    policy = ContextPolicy("hard", 0, 0, 300, 5, 60)
+
+    def suffices(lengths, valid):
+        length = jnp.asarray(lengths, jnp.int32)
+        q_pos = length[:, None] - 1
+        view = CacheView(q_pos, q_pos, policy.row_positions(length), jnp.asarray(valid)[:, None])
+        return bool(_first_chunk_suffices(view, policy, 64))
+
+    assert suffices([10, 64, 250], [True, True, False])  # the old slot is idle this step
+    assert not suffices([10, 65, 0], [True, True, False])  # position 64 is in the second chunk
