@@ -144,7 +144,7 @@ def _first_chunk_suffices(view: CacheView, rows: RowMap, block: int) -> jax.Arra
 
 
 def _first_chunk(q, k, v, layer, view: CacheView, rows: RowMap, block: int) -> jax.Array:
-    """"live_window" when no slot needs more than rows [0, block): every slot in one batched
+    """The "live_window" path when no slot needs more than rows [0, block): every slot in one batched
     softmax over that static slice (the old engine's shape: no per-slot loop overhead). Same
     arithmetic as one step of the per-slot loop; a slot without a valid query gets zeros."""
     b, s, h, hd = q.shape
