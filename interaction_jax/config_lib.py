@@ -65,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.episode_seconds = 12.0
     c.data.window_micro_turns = 40
     c.data.batch_size = 8
+    # task weights that change during training, "STEP:task=w,...;STEP:..." (data/curriculum.py); "" = off
+    c.data.curriculum = ""
     c.data.start_at_zero_prob = 0.0  # windows starting at the episode's first micro-turn (see pipeline.RandomWindow)
     c.data.worker_count = 0  # Grain worker processes (0 = in the training process)
     c.data.read_threads = 2  # threads reading ahead inside each process
@@ -457,6 +459,18 @@ def validate_config(config) -> None:
             check_task(task)
         except ValueError as e:
             raise ConfigError(f"config: data.task={task!r}: {e}") from None
+    curriculum = _get(config, "data.curriculum")
+    if isinstance(curriculum, str) and curriculum:
+        from interaction_jax.data.curriculum import parse_curriculum
+
+        try:
+            phases = parse_curriculum(curriculum)
+        except ValueError as e:
+            raise ConfigError(f"config: {e}") from None
+        steps = _get(config, "train.num_steps")
+        if isinstance(steps, int) and phases[-1].start_step >= steps:
+            raise ConfigError(f"config: data.curriculum's last phase starts at step {phases[-1].start_step}, "
+                              f"at or after train.num_steps={steps}: it would never run")
     if "layout" in config and "features" in config:
         from interaction_jax.streams.layout import StreamLayout
 

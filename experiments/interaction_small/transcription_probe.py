@@ -54,7 +54,8 @@ def probe(config, params, rest) -> dict:
     logits = jax.jit(lambda b: model(b)["text_logits"])
     nothing = int(Control.NOTHING)
     n = {"user_speech_words": 0, "user_speech_hits": 0, "model_text_words": 0, "model_text_hits": 0, "windows": 0}
-    for batch in make_iterator(config, open_source(config, split="eval"), worker_count=0, num_epochs=1, seed=0):
+    for batch in make_iterator(config, open_source(config, split="eval"), worker_count=0, num_epochs=1, seed=0,
+                               curriculum=False):
         batch = {k: np.asarray(v) for k, v in batch.items()}
         pred = np.asarray(jnp.argmax(logits(batch), -1))
         heard = (batch["kinds"] == int(Kind.USER_AUDIO)) & batch["valid"].astype(bool)

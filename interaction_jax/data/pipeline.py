@@ -3,7 +3,8 @@
     MapDataset(SkipCorrupt(source))    random access to episodes (a prepared store or synthetic);
                                        corrupt records skipped or stopped on (data/corrupt.py)
       .slice(process_index::count)     each host reads a disjoint shard
-      .shuffle(seed).repeat()          reshuffled every epoch
+      .shuffle(seed).repeat()          reshuffled every epoch (or data.curriculum's phases:
+                                       task weights that change at given steps, curriculum.py)
       .map(ToGrid)                     features + text streams on the micro-turn grid
       .random_map(RandomWindow)        a window start per element, from a per-index RNG
       .batch(B, drop_remainder=True)   static shapes
@@ -25,6 +26,7 @@ import grain
 import numpy as np
 
 from interaction_jax.data.corrupt import SkipCorrupt, Skips
+from interaction_jax.data.curriculum import CurriculumError, curriculum_dataset, episode_tasks, parse_curriculum
 from interaction_jax.data.episode import Episode
 from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.streams.pack import EpisodeGrid, pack_window
@@ -153,11 +155,14 @@ def make_dataset(
     process_count: int | None = None,
     num_epochs: int | None = None,
     carry_skips: bool = False,
+    curriculum: bool = True,
 ) -> grain.MapDataset:
     """The map-style pipeline (before batching workers); `make_iterator` wraps it.
 
     Corrupt records are reported where they are read, unless `carry_skips`: then each batch
-    carries them under SKIPS_KEY for the consuming process to report (`make_iterator`)."""
+    carries them under SKIPS_KEY for the consuming process to report (`make_iterator`).
+    `data.curriculum` (data/curriculum.py) replaces the epoch shuffle with its phases unless
+    `curriculum=False` (held-out data is read as it is)."""
     import jax
 
     if len(source) == 0:
@@ -177,7 +182,18 @@ def make_dataset(
         ds = ds.slice(slice(pi, None, pc))
     if len(ds) == 0:
         raise ValueError(f"process {pi} of {pc} got no episodes; use at least {pc} episodes")
-    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    phases = parse_curriculum(str(config.data.get("curriculum", ""))) if curriculum else []
+    if phases:
+        if num_epochs is not None:
+            raise ValueError("data.curriculum draws an endless stream; it cannot run a fixed number of epochs")
+        tasks_of = episode_tasks(source)
+        if tasks_of is None:
+            raise CurriculumError("data.curriculum needs the task of every episode: a synthetic data set "
+                                  "(prepared or generated), not a corpus store")
+        ds = curriculum_dataset(ds, tasks_of[pi::pc] if pc > 1 else tasks_of, phases, seed=seed,
+                                elements_per_step=per_host)
+    else:
+        ds = ds.shuffle(seed=seed).repeat(num_epochs)
     to_grid = ToGrid.from_config(config, layout)
     window = RandomWindow(w, float(config.data.start_at_zero_prob))
     ds = ds.map(_OnRecord(to_grid) if carry_skips else to_grid)

@@ -42,6 +42,7 @@ import numpy as np
 
 from interaction_jax.config_lib import ConfigError
 from interaction_jax.data.corrupt import SkipCorrupt
+from interaction_jax.data.curriculum import parse_curriculum
 from interaction_jax.data.pipeline import make_iterator
 from interaction_jax.data.sources import open_source
 from interaction_jax.parallel import make_mesh
@@ -173,7 +174,7 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, step: int, *, summaries: bool = True) -> dict:
         cfg = self.config
-        it = make_iterator(cfg, self.eval_source, seed=int(cfg.data.eval_seed))
+        it = make_iterator(cfg, self.eval_source, seed=int(cfg.data.eval_seed), curriculum=False)
         rng = jax.random.key(12345)
         sums: dict[str, float] = {}
         batch = None
@@ -289,8 +290,13 @@ class Trainer:
         t_start, since_log, interval = t_last, 0, []
         pending = None  # (step, metrics) whose finite flag is not read yet
         self._skipped = 0
+        phase_starts = {ph.start_step: ph for ph in parse_curriculum(str(self.config.data.get("curriculum", "")))}
         try:
             while step < num_steps:
+                if step in phase_starts:  # the batch about to be read is the phase's first
+                    ph = phase_starts[step]
+                    mix = ", ".join(f"{t} {w:.2f}" for t, w in zip(ph.tasks, ph.weights))
+                    self.log(f"[train] curriculum: from step {step + 1}, windows come from {mix}")
                 host_batch = next(self.data)
                 if self.batch_hook is not None:
                     host_batch = self.batch_hook(step + 1, host_batch)

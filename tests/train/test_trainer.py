@@ -280,3 +280,13 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(refere
     assert any("skipped checkpoint step 4" in line and "resumed from step 2" in line for line in lines), lines
     assert r.step == 6 and losses(r) == losses(ref)[2:]  # resumed bitwise from step 2
     assert os.path.isdir(os.path.join(workdir, "checkpoints.skipped", "4"))  # set aside, not deleted
+
+
+def test_a_curriculum_run_says_when_each_phase_starts(tmp_path):
+    lines: list[str] = []
+    c = cfg("train.num_steps=4", "train.checkpoint_every=0", "data.task=mix:timespeak=1,others=1",
+            "data.curriculum=0:timespeak=1;2:timespeak=1,others=3")
+    assert Trainer(c, str(tmp_path), log=lines.append).run().step == 4
+    phases = [line for line in lines if "curriculum" in line]
+    assert phases == ["[train] curriculum: from step 1, windows come from timespeak 1.00",
+                      "[train] curriculum: from step 3, windows come from timespeak 0.25, others 0.75"], lines
