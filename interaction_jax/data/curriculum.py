@@ -5,7 +5,9 @@
 Phases are `STEP:task=weight,...` separated by `;`, the first at step 0, steps increasing (steps
 count micro-batches, like `train.num_steps`). From each phase's first step on, every training
 element comes from that phase's tasks in proportion to its weights; a task not named in a phase
-is not drawn in it. The episodes are the prepared data's own (`data.data_dir` or the synthetic
+is not drawn in it. `STEP:all` is every episode as prepared, in exactly the order the pipeline
+reads without a curriculum, so `"0:all;2000:..."` trains bitwise like the plain run to step 2000
+(a branch can resume from that run's step-2000 checkpoint). The episodes are the prepared data's own (`data.data_dir` or the synthetic
 source): the curriculum re-weights which of them are read, so the data must hold every task a
 phase names, and the task of each episode must be known without reading it (a synthetic store's
 manifest or a `SyntheticSource`: episode i of task spec T with seed s is `mix_task(s + i, T)`).
@@ -26,6 +28,9 @@ import grain
 import numpy as np
 
 from interaction_jax.errors import UserError
+
+
+ALL = "all"  # a phase of every episode as prepared, in the plain pipeline's epoch shuffle
 
 
 class CurriculumError(UserError, ValueError):
@@ -60,6 +65,9 @@ def parse_curriculum(spec: str) -> list[Phase]:
             raise CurriculumError(f"data.curriculum: phase steps must increase; {step} follows {phases[-1].start_step}")
         if not phases and step != 0:
             raise CurriculumError(f"data.curriculum: the first phase must start at step 0, got {step}")
+        if mix.strip() == ALL:
+            phases.append(Phase(step, (ALL,), (1.0,)))
+            continue
         try:
             names, p = parse_mix("mix:" + mix.strip())
         except TaskError as e:
@@ -141,6 +149,9 @@ def curriculum_dataset(ds: grain.MapDataset, tasks_of: list[str], phases: list[P
     by_task = {t: np.asarray(ix, np.int64) for t, ix in by_task.items()}
     built = []
     for k, ph in enumerate(phases):
+        if ph.tasks == (ALL,):  # exactly the plain pipeline's order (same seed): no curriculum in it
+            built.append(ds.shuffle(seed=seed).repeat())
+            continue
         missing = [t for t in ph.tasks if t not in by_task]
         if missing:
             held = ", ".join(f"{t} ({len(ix)})" for t, ix in sorted(by_task.items()))

@@ -296,6 +296,7 @@ class Trainer:
                 if step in phase_starts:  # the batch about to be read is the phase's first
                     ph = phase_starts[step]
                     mix = ", ".join(f"{t} {w:.2f}" for t, w in zip(ph.tasks, ph.weights))
+                    mix = "every episode as prepared" if ph.tasks == ("all",) else mix
                     self.log(f"[train] curriculum: from step {step + 1}, windows come from {mix}")
                 host_batch = next(self.data)
                 if self.batch_hook is not None:

@@ -19,6 +19,7 @@ def test_parse_curriculum_phases_and_errors():
     assert [p.start_step for p in phases] == [0, 200]
     assert phases[0].tasks == ("timespeak", "others") and phases[0].weights == pytest.approx((0.75, 0.25))
     assert parse_curriculum("") == []
+    assert parse_curriculum("0:all;10:others=1")[0].tasks == ("all",)
     for bad, says in [("5:timespeak=1", "first phase must start at step 0"),
                       ("0:timespeak=1;0:others=1", "must increase"),
                       ("0:timespeak=1;x:others=1", "not an integer"),
@@ -117,3 +118,18 @@ def test_stored_episode_tasks_match_the_episodes(tmp_path):
     store = open_store(path)
     assert episode_tasks(store) == [store.episode(i).task for i in range(len(store))]
     assert len(set(episode_tasks(store))) > 1
+
+
+def test_an_all_phase_reads_exactly_what_the_plain_pipeline_reads(tiny_config):
+    """"0:all;2:timespeak=1": the first two steps are the plain run's batches, bitwise."""
+    c = tiny_config.copy_and_resolve_references()
+    kw = dict(batch_size=2, num_turns=5, process_index=0, process_count=1, worker_count=0)
+    src = TaskedToySource(n=8)
+    plain = make_iterator(c, src, **kw)
+    c.data.curriculum = "0:all;2:timespeak=1"
+    cur = make_iterator(c, src, **kw)
+    for _ in range(2):
+        a, b = next(plain), next(cur)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert np.round(next(cur)["valid"].mean(axis=1), 2).tolist() == [0.4, 0.4]  # then timespeak only
