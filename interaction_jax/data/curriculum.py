@@ -7,10 +7,11 @@ count micro-batches, like `train.num_steps`). From each phase's first step on, e
 element comes from that phase's tasks in proportion to its weights; a task not named in a phase
 is not drawn in it. `STEP:all` is every episode as prepared, in exactly the order the pipeline
 reads without a curriculum, so `"0:all;2000:..."` trains bitwise like the plain run to step 2000
-(a branch can resume from that run's step-2000 checkpoint). The episodes are the prepared data's own (`data.data_dir` or the synthetic
-source): the curriculum re-weights which of them are read, so the data must hold every task a
-phase names, and the task of each episode must be known without reading it (a synthetic store's
-manifest or a `SyntheticSource`: episode i of task spec T with seed s is `mix_task(s + i, T)`).
+(a branch can resume from that run's step-2000 checkpoint). The episodes are the prepared
+data's own (`data.data_dir` or the synthetic source): the curriculum re-weights which of them
+are read, so the data must hold every task a phase names, and the task of each episode must be
+known without reading it (a synthetic store's manifest or a `SyntheticSource`: episode i of task
+spec T with seed s is `mix_task(s + i, T)`).
 
 Why a schedule of weights and not a second data set: a phase is a pure function of the element
 index, so the iterator's state stays one integer, a resumed run reads exactly the batches it
@@ -28,7 +29,6 @@ import grain
 import numpy as np
 
 from interaction_jax.errors import UserError
-
 
 ALL = "all"  # a phase of every episode as prepared, in the plain pipeline's epoch shuffle
 
