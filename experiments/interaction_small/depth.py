@@ -2,7 +2,8 @@
 audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
-        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,feedback_at_end_speak,width256] \
+        [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,feedback_at_end_speak,width256,\
+feedback_at_end_late] \
         [--steps=1000] [--num_examples=50] [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
@@ -69,8 +70,15 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # (4 heads of 64, FFN 1024: about 3x the parameters and a slower step)
     "width256": ("4 layers, twice the width (model.d_model=256, 4 heads of 64, FFN 1024)",
                  ["model.num_layers=4", "model.d_model=256", "model.head_dim=64", "model.ffn_dim=1024"]),
+    # one change from `feedback_at_end`: trained on CueSpeak whose responses come 0.5-0.7 s after the
+    # cue (task cuespeak_late_typed) instead of 0.25-0.45 s, after the heard word's transcript is
+    # written (it ends a median 0.43 s after the word); graded on the same test episodes and windows
+    "feedback_at_end_late": ("feedback_at_end, trained responses 0.5-0.7 s after the cue (task cuespeak_late_typed)",
+                             ["model.num_layers=4", "model.user_speech_feedback=True",
+                              "model.user_speech_timing=at_end"]),
 }
 TASK = "cuespeak_typed"
+ROW_TASKS = {"feedback_at_end_late": "cuespeak_late_typed"}  # rows trained on another task (own data)
 METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")
 FLAGS = flags.FLAGS
 
@@ -94,7 +102,13 @@ def _command() -> str:
 
 
 def _overrides(name: str) -> list[str]:
-    return probe_overrides(TASK, ROWS[name][1])
+    return probe_overrides(ROW_TASKS.get(name, TASK), ROWS[name][1])
+
+
+def _data_dir(name: str) -> str:
+    """The row's rendered training data, shared by the rows of one task."""
+    task = ROW_TASKS.get(name, TASK)
+    return os.path.join(FLAGS.workdir, "data" if task == TASK else f"data_{task}")
 
 
 def _last_scalars(logdir: str) -> dict:
@@ -111,7 +125,7 @@ def run_row(name: str, temperature: float) -> dict:
     from interaction_jax.evaluate import evaluate
 
     workdir = os.path.join(FLAGS.workdir, name)
-    train_s = train_row(workdir, os.path.join(FLAGS.workdir, "data"), _overrides(name), "depth")
+    train_s = train_row(workdir, _data_dir(name), _overrides(name), "depth")
     config = config_lib.load_run_config(os.path.join(workdir, "run"))
     with config.unlocked():
         config.inference.temperature = float(temperature)

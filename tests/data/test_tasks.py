@@ -271,3 +271,23 @@ def test_weighted_mix_draws_by_weight_and_rejects_bad_specs():
                      ("mix:others=x", "must be a number"), ("mix:others,others", "listed twice")):
         with pytest.raises(ValueError, match=msg):
             generate(bad, 0)
+
+
+def test_cuespeak_late_answers_later_inside_the_same_graded_windows():
+    """cuespeak_late: each response starts 0.5-0.7 s after its cue word ends (cuespeak: 0.25-0.45 s,
+    later only while an earlier response plays), and every speak window is still [cue end, +1.2 s)."""
+    for task, (lo, hi) in (("cuespeak_typed", (0.25, 0.45)), ("cuespeak_late_typed", (0.5, 0.7))):
+        for seed in (5, 6):
+            ep = generate(task, seed, duration_s=10.0)
+            assert ep.task == "cuespeak" and ep.metadata["instruction_mode"] == "typed"
+            ends = ep.metadata["cue_ends"]
+            speak = [g for g in ep.grading if g.kind == "speak"]
+            assert len(speak) == len(ends) > 0
+            gaps = []
+            for g, e in zip(speak, ends):
+                assert g.start == pytest.approx(e) and g.end == pytest.approx(e + 1.2)
+                said = [w.start for w in ep.model_words if g.start <= w.start < g.end]
+                assert said, (task, e)
+                gaps.append(said[0] - e)
+            assert min(gaps) >= lo - 1e-6, (task, gaps)  # never earlier than the variant's gap
+            assert any(g <= hi + 1e-6 for g in gaps), (task, gaps)  # and on time where nothing plays

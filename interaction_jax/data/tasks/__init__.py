@@ -33,6 +33,8 @@ TASKS: dict[str, TaskFn] = {
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # the tasks "mix" draws from
 # The refusal tasks (refusal.py) are selectable by name or in a weighted mix; plain "mix" never draws them.
+# CueSpeak with the response 0.5-0.7 s after the cue (cuespeak.LATE_RESPONSE_GAP_S), graded the same way
+TASKS["cuespeak_late"] = functools.partial(cuespeak.generate, response_gap_s=cuespeak.LATE_RESPONSE_GAP_S)
 TASKS.update(refusal=refusal.generate, refusal_benign=refusal.generate_benign, refusal_redteam=refusal.generate_redteam)
 # Visual-proactivity tasks (visual.py): selectable by name or in a weighted mix; plain "mix" never draws them.
 VISUAL_TASKS: tuple[str, ...] = tuple(_VISUAL)
@@ -41,8 +43,8 @@ TASKS.update(_VISUAL)
 # typed, so content is copied from text) and `<task>_spoken` (every instruction spoken). They are
 # selectable by name or in a weighted mix, never drawn by plain "mix"; episode.task keeps the
 # base name and episode.metadata["instruction_mode"] says which it was.
-INSTRUCTED_TASKS = ("timespeak", "cuespeak", "turntaking", "interruption", "delegation", "refusal", "refusal_benign",
-                    "refusal_redteam")
+INSTRUCTED_TASKS = ("timespeak", "cuespeak", "cuespeak_late", "turntaking", "interruption", "delegation", "refusal",
+                    "refusal_benign", "refusal_redteam")
 INSTRUCTED_TASKS = (*INSTRUCTED_TASKS, *VISUAL_TASKS)
 for _name in INSTRUCTED_TASKS:
     for _mode in ("typed", "spoken"):
