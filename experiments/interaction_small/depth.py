@@ -72,7 +72,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                  ["model.num_layers=4", "model.d_model=256", "model.head_dim=64", "model.ffn_dim=1024"]),
     # one change from `feedback_at_end`: trained on CueSpeak whose responses come 0.5-0.7 s after the
     # cue (task cuespeak_late_typed) instead of 0.25-0.45 s, after the heard word's transcript is
-    # written (it ends a median 0.43 s after the word); graded on the same test episodes and windows
+    # written (transcript_lag.json); graded on the same test episodes and windows
     "feedback_at_end_late": ("feedback_at_end, trained responses 0.5-0.7 s after the cue (task cuespeak_late_typed)",
                              ["model.num_layers=4", "model.user_speech_feedback=True",
                               "model.user_speech_timing=at_end"]),

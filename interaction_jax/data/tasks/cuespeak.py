@@ -32,9 +32,9 @@ LATE_S = 1.2
 RESPONSE_GAP_S = (0.25, 0.45)  # cue word end -> response start
 # Task "cuespeak_late": the response 0.5-0.7 s after the cue, still inside the graded window
 # [cue_end, cue_end + LATE_S) (so the benchmark is unchanged). Why: the byte-level transcript of a
-# heard word (model.user_speech_loss_weight) finishes a median 0.43 s after the word ends in a
-# running word stream (4 USER_AUDIO positions, one byte each, per micro-turn), so a response at
-# 0.25-0.45 s is due before the model has written which word it heard.
+# heard word (model.user_speech_loss_weight) falls behind in a running word stream (4 USER_AUDIO
+# positions, one byte each, per micro-turn), so a response at 0.25-0.45 s is often due before the
+# model has written which word it heard (experiments/interaction_small/transcript_lag.json).
 LATE_RESPONSE_GAP_S = (0.5, 0.7)
 MIN_SPACING = 3  # distractor words between two cues
 
