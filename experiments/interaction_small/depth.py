@@ -3,7 +3,7 @@ audio encoder per position), same data and steps.
 
     python experiments/interaction_small/depth.py --workdir=runs/interaction_small_depth \
         [--rows=layers4,layers8,frames_mlp,feedback,feedback_at_end,feedback_at_end_speak,width256,\
-feedback_at_end_late] \
+feedback_at_end_late,feedback_at_end_3000] \
         [--steps=1000] [--num_examples=50] [--temperature=0.7]
 
 CueSpeak asks for three things within one or two micro-turns of a spoken word's end: the word's
@@ -76,9 +76,15 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "feedback_at_end_late": ("feedback_at_end, trained responses 0.5-0.7 s after the cue (task cuespeak_late_typed)",
                              ["model.num_layers=4", "model.user_speech_feedback=True",
                               "model.user_speech_timing=at_end"]),
+    # the budget instead: `feedback_at_end` trained three times as long (the full run's 3,000 steps,
+    # all of them CueSpeak): is the speak decision learned with more steps?
+    "feedback_at_end_3000": ("feedback_at_end, 3,000 steps instead of 1,000",
+                             ["model.num_layers=4", "model.user_speech_feedback=True",
+                              "model.user_speech_timing=at_end"]),
 }
 TASK = "cuespeak_typed"
 ROW_TASKS = {"feedback_at_end_late": "cuespeak_late_typed"}  # rows trained on another task (own data)
+ROW_STEPS = {"feedback_at_end_3000": 3000}  # rows trained for another number of steps than --steps
 METRICS = ("accuracy", "false_alarm_rate", "cue_hit_rate", "exact", "response_latency_median_s")
 FLAGS = flags.FLAGS
 
@@ -102,7 +108,12 @@ def _command() -> str:
 
 
 def _overrides(name: str) -> list[str]:
-    return probe_overrides(ROW_TASKS.get(name, TASK), ROWS[name][1])
+    over = probe_overrides(ROW_TASKS.get(name, TASK), ROWS[name][1])
+    if name in ROW_STEPS:
+        steps = ROW_STEPS[name]
+        over = [f"train.num_steps={steps}" if o.startswith("train.num_steps=") else
+                f"train.keep_every={steps}" if o.startswith("train.keep_every=") else o for o in over]
+    return over
 
 
 def _data_dir(name: str) -> str:
