@@ -75,7 +75,8 @@ def test_every_text_event_lands_in_exactly_one_micro_turn(ep):
         ),
     ]:
         placed = [(t, int(x)) for t in range(grid.num_turns) for x in stream[t] if x != Control.NOTHING]
-        expected = [(LAYOUT.input_turn(time), int(i)) for time, ids in sorted(events) for i in ids]
+        by_time = sorted(events, key=lambda e: e[0])  # stable: events at one time keep their order
+        expected = [(LAYOUT.input_turn(time), int(i)) for time, ids in by_time for i in ids]
         assert grid.overflow[name] == len(expected) - len(placed)
         # same tokens, same order, never before their arrival micro-turn
         assert [i for _, i in placed] == [i for _, i in expected][: len(placed)]
