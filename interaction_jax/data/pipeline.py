@@ -190,7 +190,7 @@ def make_dataset(
         if tasks_of is None:
             raise CurriculumError("data.curriculum needs the task of every episode: a synthetic data set "
                                   "(prepared or generated), not a corpus store")
-        ds = curriculum_dataset(ds, tasks_of[pi::pc] if pc > 1 else tasks_of, phases, seed=seed,
+        ds = curriculum_dataset(ds, tasks_of[pi::pc], phases, seed=seed,
                                 elements_per_step=per_host)
     else:
         ds = ds.shuffle(seed=seed).repeat(num_epochs)
