@@ -8,9 +8,11 @@
   one dynamic slice of the stacked cache (no gather, no per-layer copy) and the softmax is
   online in float32. Slots are mapped one after another (`lax.map`) with their own traced
   loop bounds, so a young session reads its own few chunks whatever the oldest session's age,
-  an idle slot reads none, and a slot's result never depends on the other slots. When no slot
-  needs more than the first chunk (every session younger than one chunk), all slots take that
-  chunk in one batched softmax instead, without the per-slot loop's overhead.
+  an idle slot reads none, and a slot's result never depends on the other slots. Two shared
+  paths skip the per-slot loop's overhead where it saves nothing: when no slot needs more than
+  the first chunk, all slots take that chunk in one batched softmax; when the slots need about
+  the same number of chunks (`SHARED_LOOP_SLACK`: sessions of similar age), one loop runs over
+  chunks [0, most any slot needs) with every slot's chunk in one slice per step.
 * "live_window_batched": the same chunks with the slots in one batched loop that runs to the
   largest slot's chunk count (the others masked): equal-age sessions share each loop step. On the
   2-core CPU it is slower than the per-slot loop (`experiments/perf/README.md`); unmeasured elsewhere.
@@ -32,6 +34,9 @@ from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
 
 LIVE_BLOCK_BYTES = 256 * 1024  # bytes of keys (all KV heads) per chunk of "live_window"
 LIVE_BLOCK_RANGE = (512, 4096)  # fewest / most cache rows per chunk
+# The shared loop visits B x (most chunks any slot needs); the per-slot loop visits the sum of the
+# slots' own counts but pays a loop per slot. Shared when its visits are at most this many times the sum.
+SHARED_LOOP_SLACK = 1.25
 
 
 def live_block(kv_heads: int, head_dim: int, itemsize: int) -> int:
@@ -129,41 +134,86 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
         return jax.vmap(one_slot)(xs).astype(q.dtype)
     if t <= block:  # one chunk holds the whole cache: no per-slot loop to save
         return _first_chunk(q, k, v, layer, view, rows, block).astype(q.dtype)
-    return jax.lax.cond(_first_chunk_suffices(view, rows, block),
-                        lambda: _first_chunk(q, k, v, layer, view, rows, block),
-                        lambda: jax.lax.map(one_slot, xs)).astype(q.dtype)
+    return jax.lax.switch(live_path(view, rows, block),
+                          [lambda: _first_chunk(q, k, v, layer, view, rows, block),
+                           lambda: _shared_chunks(q, k, v, layer, view, rows, block),
+                           lambda: jax.lax.map(one_slot, xs)]).astype(q.dtype)
+
+
+def _slot_extents(view: CacheView, rows: RowMap, block: int) -> tuple[jax.Array, jax.Array]:
+    """([B], [B]) int32: per slot, the chunks it visits and one past the last chunk it needs (0 when idle)."""
+
+    def one(qp, valid, kvp):
+        ranges = slot_chunk_ranges(qp, valid, kvp, rows, block)
+        count = sum(jnp.maximum(hi - lo, 0) for lo, hi in ranges)
+        end = functools.reduce(jnp.maximum, [jnp.where(hi > lo, hi, 0) for lo, hi in ranges])
+        return jnp.asarray(count, jnp.int32), jnp.asarray(end, jnp.int32)
+
+    return jax.vmap(one)(view.q_positions, view.q_valid.astype(bool), view.kv_positions)
+
+
+def live_path(view: CacheView, rows: RowMap, block: int) -> jax.Array:
+    """() int32: the path "live_window" takes: 0 every slot within the first chunk (young
+    sessions, idle slots), 1 one shared loop over chunks [0, most needed) (slots of similar age),
+    2 the per-slot loop (ages far apart: a young slot does not pay for an old one)."""
+    counts, ends = _slot_extents(view, rows, block)
+    shared = counts.shape[0] * jnp.max(ends) <= SHARED_LOOP_SLACK * jnp.sum(counts)
+    return jnp.where(jnp.max(ends) <= 1, 0, jnp.where(shared, 1, 2)).astype(jnp.int32)
 
 
 def _first_chunk_suffices(view: CacheView, rows: RowMap, block: int) -> jax.Array:
     """() bool: every slot's live chunks are at most the first one (young sessions, idle slots)."""
-
-    def ok(qp, valid, kvp):
-        return jnp.all(jnp.stack([(hi <= lo) | (hi <= 1) for lo, hi in slot_chunk_ranges(qp, valid, kvp, rows, block)]))
-
-    return jnp.all(jax.vmap(ok)(view.q_positions, view.q_valid.astype(bool), view.kv_positions))
+    return live_path(view, rows, block) == 0
 
 
-def _first_chunk(q, k, v, layer, view: CacheView, rows: RowMap, block: int) -> jax.Array:
-    """The "live_window" path when no slot needs more than rows [0, block): every slot in one batched
-    softmax over that static slice (the old engine's shape: no per-slot loop overhead). Same
-    arithmetic as one step of the per-slot loop; a slot without a valid query gets zeros."""
-    b, s, h, hd = q.shape
-    kvh = k.shape[3]
-    g = h // kvh
-    kc = jax.lax.dynamic_slice(k, (layer, 0, 0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
-    vc = jax.lax.dynamic_slice(v, (layer, 0, 0, 0, 0), (1, b, block, kvh, hd))[0].astype(q.dtype)
-    pos = view.kv_positions[:, :block]
-    qb = q.reshape(b, s, kvh, g, hd)
+def _all_slots_chunk(qb, k, v, layer, view: CacheView, rows: RowMap, block: int, c, carry):
+    """One online-softmax step of every slot over its chunk `c` (rows [c*block, +block) of each slot,
+    one slice; a last chunk past the cache is moved back and its rows already visited masked)."""
+    b, s, kvh, g, hd = qb.shape
+    t = k.shape[2]
+    m, den, acc = carry  # [B, KVH, G, S], same, [B, KVH, G, S, hd]
+    r0 = jnp.minimum(c * block, t - block)
+    kc = jax.lax.dynamic_slice(k, (layer, 0, r0, 0, 0), (1, b, block, kvh, hd))[0].astype(qb.dtype)
+    vc = jax.lax.dynamic_slice(v, (layer, 0, r0, 0, 0), (1, b, block, kvh, hd))[0].astype(qb.dtype)
+    fresh = r0 + jnp.arange(block, dtype=jnp.int32) >= c * block
+    pos = jnp.where(fresh[None], jax.lax.dynamic_slice_in_dim(view.kv_positions, r0, block, axis=1), -1)
     logits = jnp.einsum("bskgd,bckd->bkgsc", qb, kc, preferred_element_type=jnp.float32) * (hd**-0.5)
     mask = make_mask(view.q_positions, pos, window=rows.window, sinks=rows.sinks, kv_valid=pos >= 0)
     mask = (mask & jnp.any(view.q_valid.astype(bool), axis=1)[:, None, None])[:, None, None]  # [B, 1, 1, S, C]
     logits = jnp.where(mask, logits, NEG_INF)
-    m = jnp.max(logits, axis=-1)
-    pr = jnp.where(mask, jnp.exp(logits - m[..., None]), 0.0)
-    den = jnp.sum(pr, axis=-1)
-    acc = jnp.einsum("bkgsc,bckd->bkgsd", pr.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    pr = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+    alpha = jnp.exp(m - m_new)
+    pv = jnp.einsum("bkgsc,bckd->bkgsd", pr.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+    return m_new, alpha * den + jnp.sum(pr, axis=-1), alpha[..., None] * acc + pv
+
+
+def _shared_chunks(q, k, v, layer, view: CacheView, rows: RowMap, block: int, num_chunks=None) -> jax.Array:
+    """Every slot through chunks [0, num_chunks) in one loop (default: the most any slot needs),
+    a slot's rows outside its live ranges masked: the old engine's batched shape, no per-slot
+    loop. Same result as the per-slot loop to float rounding; a slot without a valid query gets zeros."""
+    b, s, h, hd = q.shape
+    kvh = k.shape[3]
+    g = h // kvh
+    qb = q.reshape(b, s, kvh, g, hd)
+    carry = (jnp.full((b, kvh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kvh, g, s), jnp.float32),
+             jnp.zeros((b, kvh, g, s, hd), jnp.float32))
+    step = functools.partial(_all_slots_chunk, qb, k, v, layer, view, rows, block)
+    if num_chunks is None:
+        num_chunks = jnp.max(_slot_extents(view, rows, block)[1])
+    if isinstance(num_chunks, int) and num_chunks == 1:
+        carry = step(0, carry)  # static: no loop at all
+    else:
+        carry = jax.lax.fori_loop(0, num_chunks, step, carry)
+    _, den, acc = carry
     out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd)
+
+
+def _first_chunk(q, k, v, layer, view: CacheView, rows: RowMap, block: int) -> jax.Array:
+    """The "live_window" path when no slot needs more than rows [0, block): every slot in one batched
+    softmax over that static slice, no loop."""
+    return _shared_chunks(q, k, v, layer, view, rows, block, num_chunks=1)
 
 
 def batch_invariant(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:

@@ -1,7 +1,8 @@
 """The "live_window" cache attention (per-slot row chunks of the stacked cache; slot by slot and
 batched) against `jax.nn.dot_product_attention` on the same rows with the mask written out from
 the positions: a "hard" cache whose last chunk is clamped, a wrapped "sliding" ring with sinks,
-two slots of different lengths, a traced layer; and a young slot visits only its own chunks."""
+two slots of different lengths, a traced layer, each of the three paths forced; a young slot
+visits only its own chunks, and the path follows the slots' ages."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,14 @@ import numpy as np
 import pytest
 
 from interaction_jax.inference.cache import ContextPolicy
-from interaction_jax.model.cache_attention import _first_chunk_suffices, live_block, live_chunk_counts, live_window
+from interaction_jax.model import cache_attention
+from interaction_jax.model.cache_attention import (
+    _first_chunk_suffices,
+    live_block,
+    live_chunk_counts,
+    live_path,
+    live_window,
+)
 from interaction_jax.model.kv_cache import CacheView
 
 L, KVH, H, HD = 3, 2, 4, 16
@@ -35,8 +43,12 @@ def _reference(q, q_pos, k, v, kv_pos, window, sinks):
         (ContextPolicy("sliding", 6, 40, 44, 5, None), (250, 17)),  # ring wrapped several times / barely used
     ],
 )
-@pytest.mark.parametrize("batched", [False, True])
-def test_live_window_attention_matches_dense(policy, lengths, batched):
+@pytest.mark.parametrize("path", ["per_slot", "shared", "batched"])
+def test_live_window_attention_matches_dense(policy, lengths, path, monkeypatch):
+    """`path`: the per-slot loop (the shared loop never cheap enough), the shared loop (always), or
+    the vmapped "live_window_batched"; a case whose slots fit in the first chunk takes that path."""
+    monkeypatch.setattr(cache_attention, "SHARED_LOOP_SLACK", 1e9 if path == "shared" else 0.0)
+    batched = path == "batched"
     s, b = 5, 2
     rng = np.random.RandomState(0)
     rows = policy.rows
@@ -111,3 +123,22 @@ def test_the_first_chunk_path_is_taken_only_when_every_slot_fits_in_it():
 
     assert suffices([10, 64, 250], [True, True, False])  # the old slot is idle this step
     assert not suffices([10, 65, 0], [True, True, False])  # position 64 is in the second chunk
+
+
+def test_the_path_follows_the_slots_ages():
+    """Slots of one age share one loop; an old slot beside young ones sends each to its own loop (a
+    young session does not pay for the old one's chunks); young slots take the first chunk."""
+    policy = ContextPolicy("hard", 0, 0, 1000, 5, None)
+
+    def path(lengths, valid=None):
+        length = jnp.asarray(lengths, jnp.int32)
+        q_pos = length[:, None] - 1
+        valid = jnp.ones((len(lengths), 1), bool) if valid is None else jnp.asarray(valid)[:, None]
+        return int(live_path(CacheView(q_pos, q_pos, policy.row_positions(length), valid), policy, 64))
+
+    assert path([10, 40, 63]) == 0
+    assert path([900, 880, 910, 899]) == 1  # 15 chunks each: sharing visits no more than the slots need
+    assert path([900, 10, 10, 10]) == 2  # shared would visit 4 x 15 chunks for 18 needed
+    assert path([900, 10, 10, 10], [True, False, False, False]) == 2  # idle slots need none
+    assert path([900, 900, 900, 800]) == 1  # 60 visits for 58 needed: within the slack (1.25)
+    assert path([900, 900, 900, 10]) == 2  # 60 visits for 46 needed: past it
