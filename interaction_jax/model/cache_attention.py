@@ -12,7 +12,9 @@
   paths skip the per-slot loop's overhead where it saves nothing: when no slot needs more than
   the first chunk, all slots take that chunk in one batched softmax; when the slots need about
   the same number of chunks (`SHARED_LOOP_SLACK`: sessions of similar age), one loop runs over
-  chunks [0, most any slot needs) with every slot's chunk in one slice per step.
+  chunks [0, most any slot needs) with every slot's chunk in one slice per step. The shared
+  paths' chunks hold about `LIVE_BLOCK_BYTES` of keys over all slots together (shorter the more
+  slots there are), so a batch of young sessions does not read a long chunk's unused tail.
 * "live_window_batched": the same chunks with the slots in one batched loop that runs to the
   largest slot's chunk count (the others masked): equal-age sessions share each loop step. On the
   2-core CPU it is slower than the per-slot loop (`experiments/perf/README.md`); unmeasured elsewhere.
@@ -34,8 +36,9 @@ from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
 
 LIVE_BLOCK_BYTES = 256 * 1024  # bytes of keys (all KV heads) per chunk of "live_window"
 LIVE_BLOCK_RANGE = (512, 4096)  # fewest / most cache rows per chunk
-# The shared loop visits B x (most chunks any slot needs); the per-slot loop visits the sum of the
-# slots' own counts but pays a loop per slot. Shared when its visits are at most this many times the sum.
+# The shared loop reads B x (most chunks any slot needs) of its chunks; the per-slot loop reads the sum of
+# the slots' own counts of its chunks but pays a loop per slot. Shared when its rows are at most this
+# many times the per-slot loop's.
 SHARED_LOOP_SLACK = 1.25
 
 
@@ -90,7 +93,10 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
                 batched: bool = False) -> jax.Array:
     """Per-slot live-chunk attention over layer `layer` of the stacked cache (module docstring).
 
-    `block`: cache rows per chunk (default `live_block` of the cache's head group and dtype).
+    `block`: cache rows per chunk (default `live_block` of the cache's head group and dtype for the
+    per-slot loop, and of all slots' head groups together for the shared paths, which read every
+    slot's chunk in one slice: their chunks are shorter the more slots there are, so a young
+    session's last chunk wastes few rows).
     A last chunk that would run past the cache is moved back (the slice is clamped) and its rows
     already visited are masked. Same result as "dense" to float rounding. `batched`: the slots
     run as one loop (`vmap`) to the most chunks any slot needs, a slot past its own ranges masked
@@ -99,6 +105,7 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
     del impl
     b, s, h, hd = q.shape
     t, kvh = k.shape[2], k.shape[3]
+    shared = min(block or live_block(b * kvh, hd, k.dtype.itemsize), t)
     block = min(block or live_block(kvh, hd, k.dtype.itemsize), t)
     g = h // kvh
 
@@ -132,11 +139,11 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
           jnp.arange(b, dtype=jnp.int32))
     if batched:
         return jax.vmap(one_slot)(xs).astype(q.dtype)
-    if t <= block:  # one chunk holds the whole cache: no per-slot loop to save
-        return _first_chunk(q, k, v, layer, view, rows, block).astype(q.dtype)
-    return jax.lax.switch(live_path(view, rows, block),
-                          [lambda: _first_chunk(q, k, v, layer, view, rows, block),
-                           lambda: _shared_chunks(q, k, v, layer, view, rows, block),
+    if t <= shared:  # one chunk holds the whole cache: no loop to save
+        return _first_chunk(q, k, v, layer, view, rows, shared).astype(q.dtype)
+    return jax.lax.switch(live_path(view, rows, block, shared),
+                          [lambda: _first_chunk(q, k, v, layer, view, rows, shared),
+                           lambda: _shared_chunks(q, k, v, layer, view, rows, shared),
                            lambda: jax.lax.map(one_slot, xs)]).astype(q.dtype)
 
 
@@ -152,12 +159,16 @@ def _slot_extents(view: CacheView, rows: RowMap, block: int) -> tuple[jax.Array,
     return jax.vmap(one)(view.q_positions, view.q_valid.astype(bool), view.kv_positions)
 
 
-def live_path(view: CacheView, rows: RowMap, block: int) -> jax.Array:
-    """() int32: the path "live_window" takes: 0 every slot within the first chunk (young
-    sessions, idle slots), 1 one shared loop over chunks [0, most needed) (slots of similar age),
-    2 the per-slot loop (ages far apart: a young slot does not pay for an old one)."""
-    counts, ends = _slot_extents(view, rows, block)
-    shared = counts.shape[0] * jnp.max(ends) <= SHARED_LOOP_SLACK * jnp.sum(counts)
+def live_path(view: CacheView, rows: RowMap, block: int, shared_block: int | None = None) -> jax.Array:
+    """() int32: the path "live_window" takes: 0 every slot within the first `shared_block` rows
+    (young sessions, idle slots), 1 one shared loop of `shared_block`-row chunks over [0, most
+    needed) (slots of similar age), 2 the per-slot loop of `block`-row chunks (ages far apart: a
+    young slot does not pay for an old one). Shared when the rows it reads are at most
+    `SHARED_LOOP_SLACK` times the rows the per-slot loop reads."""
+    shared_block = shared_block or block
+    counts, _ = _slot_extents(view, rows, block)
+    _, ends = _slot_extents(view, rows, shared_block)
+    shared = counts.shape[0] * jnp.max(ends) * shared_block <= SHARED_LOOP_SLACK * jnp.sum(counts) * block
     return jnp.where(jnp.max(ends) <= 1, 0, jnp.where(shared, 1, 2)).astype(jnp.int32)
 
 

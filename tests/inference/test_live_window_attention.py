@@ -142,3 +142,20 @@ def test_the_path_follows_the_slots_ages():
     assert path([900, 10, 10, 10], [True, False, False, False]) == 2  # idle slots need none
     assert path([900, 900, 900, 800]) == 1  # 60 visits for 58 needed: within the slack (1.25)
     assert path([900, 900, 900, 10]) == 2  # 60 visits for 46 needed: past it
+
+
+def test_the_shared_paths_compare_rows_read_with_their_own_chunks():
+    """The shared paths read shorter chunks (64 rows) than the per-slot loop (256): the choice
+    compares rows read, and the first-chunk path needs every slot within the shorter chunk."""
+    policy = ContextPolicy("hard", 0, 0, 1000, 5, None)
+
+    def path(lengths):
+        length = jnp.asarray(lengths, jnp.int32)
+        q_pos = length[:, None] - 1
+        view = CacheView(q_pos, q_pos, policy.row_positions(length), jnp.ones((len(lengths), 1), bool))
+        return int(live_path(view, policy, 256, 64))
+
+    assert path([10, 40, 63]) == 0
+    assert path([10, 40, 100]) == 1  # 3 x 2 x 64 rows shared against 3 x 256 per slot
+    assert path([900, 880, 910, 899]) == 1  # 4 x 15 x 64 = 3,840 rows against 4 x 4 x 256 = 4,096
+    assert path([900, 10, 10, 10]) == 2  # 3,840 rows against (4 + 1 + 1 + 1) x 256 = 1,792
