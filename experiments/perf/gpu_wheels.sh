@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels of the packages the GPU machine's image lacks (or holds at other versions), for carrying
 # to it (nothing can be installed from the network there). Run here, from the repo root:
-#   bash experiments/perf/gpu_wheels.sh          # -> .whl/ (ignored by git: add it to .git/info/exclude)
+#   bash experiments/perf/gpu_wheels.sh          # -> .whl/ (ignored: .gitignore)
 # gpu_run.sh installs them with `pip install --no-index --no-deps --target` when .whl/ is present.
 # Versions come from constraints.txt (the tested lock file); the image's own jax / jaxlib (0.11)
 # and its GPU plugin are kept.

@@ -141,9 +141,10 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
         return jax.vmap(one_slot)(xs).astype(q.dtype)
     if t <= shared:  # one chunk holds the whole cache: no loop to save
         return _first_chunk(q, k, v, layer, view, rows, shared).astype(q.dtype)
-    return jax.lax.switch(live_path(view, rows, block, shared),
+    path, most = _path_and_shared_chunks(view, rows, block, shared)
+    return jax.lax.switch(path,
                           [lambda: _first_chunk(q, k, v, layer, view, rows, shared),
-                           lambda: _shared_chunks(q, k, v, layer, view, rows, shared),
+                           lambda: _shared_chunks(q, k, v, layer, view, rows, shared, num_chunks=most),
                            lambda: jax.lax.map(one_slot, xs)]).astype(q.dtype)
 
 
@@ -165,11 +166,18 @@ def live_path(view: CacheView, rows: RowMap, block: int, shared_block: int | Non
     needed) (slots of similar age), 2 the per-slot loop of `block`-row chunks (ages far apart: a
     young slot does not pay for an old one). Shared when the rows it reads are at most
     `SHARED_LOOP_SLACK` times the rows the per-slot loop reads."""
-    shared_block = shared_block or block
-    counts, _ = _slot_extents(view, rows, block)
-    _, ends = _slot_extents(view, rows, shared_block)
-    shared = counts.shape[0] * jnp.max(ends) * shared_block <= SHARED_LOOP_SLACK * jnp.sum(counts) * block
-    return jnp.where(jnp.max(ends) <= 1, 0, jnp.where(shared, 1, 2)).astype(jnp.int32)
+    return _path_and_shared_chunks(view, rows, block, shared_block or block)[0]
+
+
+def _path_and_shared_chunks(view: CacheView, rows: RowMap, block: int,
+                            shared_block: int) -> tuple[jax.Array, jax.Array]:
+    """(`live_path`, the most `shared_block`-row chunks any slot needs: the shared loop's length)."""
+    counts, ends = _slot_extents(view, rows, block)
+    if shared_block != block:
+        _, ends = _slot_extents(view, rows, shared_block)
+    most = jnp.max(ends)
+    shared = counts.shape[0] * most * shared_block <= SHARED_LOOP_SLACK * jnp.sum(counts) * block
+    return jnp.where(most <= 1, 0, jnp.where(shared, 1, 2)).astype(jnp.int32), most
 
 
 def _first_chunk_suffices(view: CacheView, rows: RowMap, block: int) -> jax.Array:
@@ -199,8 +207,8 @@ def _all_slots_chunk(qb, k, v, layer, view: CacheView, rows: RowMap, block: int,
     return m_new, alpha * den + jnp.sum(pr, axis=-1), alpha[..., None] * acc + pv
 
 
-def _shared_chunks(q, k, v, layer, view: CacheView, rows: RowMap, block: int, num_chunks=None) -> jax.Array:
-    """Every slot through chunks [0, num_chunks) in one loop (default: the most any slot needs),
+def _shared_chunks(q, k, v, layer, view: CacheView, rows: RowMap, block: int, num_chunks) -> jax.Array:
+    """Every slot through chunks [0, num_chunks) in one loop (the most any slot needs, or 1),
     a slot's rows outside its live ranges masked: the old engine's batched shape, no per-slot
     loop. Same result as the per-slot loop to float rounding; a slot without a valid query gets zeros."""
     b, s, h, hd = q.shape
@@ -210,8 +218,6 @@ def _shared_chunks(q, k, v, layer, view: CacheView, rows: RowMap, block: int, nu
     carry = (jnp.full((b, kvh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kvh, g, s), jnp.float32),
              jnp.zeros((b, kvh, g, s, hd), jnp.float32))
     step = functools.partial(_all_slots_chunk, qb, k, v, layer, view, rows, block)
-    if num_chunks is None:
-        num_chunks = jnp.max(_slot_extents(view, rows, block)[1])
     if isinstance(num_chunks, int) and num_chunks == 1:
         carry = step(0, carry)  # static: no loop at all
     else:
