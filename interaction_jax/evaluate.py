@@ -38,7 +38,8 @@ def _define_flags() -> None:
                       "else configs/tiny.py).")
     flags.DEFINE_string("workdir", None, "Training run directory (parameters from its newest checkpoint).")
     flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"], "Parameters: checkpoint or random init.")
-    flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"], "timespeak, cuespeak, fd, delegation, refusal.")
+    flags.DEFINE_list("benchmarks", ["timespeak", "cuespeak", "fd"],
+                      "timespeak, cuespeak, fd, delegation, refusal, visual.")
     flags.DEFINE_integer("num_examples", 20, "Episodes per task (fd has three tasks).", lower_bound=1)
     flags.DEFINE_float("episode_seconds", 0.0, "Episode length (0 = config.data.episode_seconds).", lower_bound=0.0)
     flags.DEFINE_bool("baseline", False, "Also evaluate the turn-based VAD cascade.")
