@@ -1,4 +1,4 @@
-"""refusal: one small model on the refusal tasks, sized for a 2-core CPU (about 1.5 h in all).
+"""refusal: one small model on the refusal tasks, sized for a 2-core CPU (about 1.75 h in all).
 
 Does a model trained with this codebase refuse disallowed requests in speech, answer the benign
 look-alikes, and keep refusing when the user presses (issue 21)? The recipe is the one of
@@ -57,7 +57,7 @@ def get_config(arg=None):
     c.model.flow.ode_steps = 4
     c.model.scan_layers = False  # unrolled layers and block attention: faster on CPU, same function
     c.model.attention_impl = "xla_causal_blocks"
-    c.train.num_steps = 1000
+    c.train.num_steps = 2500
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 50
     c.train.weight_decay = 0.05
