@@ -28,7 +28,8 @@ def test_mesh_specs_name_axes_whose_sizes_multiply_to_the_faked_devices():
             em.parse_mesh(bad)
 
 
-@pytest.mark.parametrize("args", [["--meshes=data=3"], ["--meshes=heads=8"], ["--ticks=0"]])
+@pytest.mark.parametrize("args", [["--meshes=data=3"], ["--meshes=heads=8"], ["--ticks=0"],
+                                  ["--slots=6", "--meshes=data=8"]])
 def test_bad_flags_exit_2_with_one_line(args):
     r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2, r.stderr

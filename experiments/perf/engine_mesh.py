@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     meshes = [m for m in args.meshes.split(",") if m]
     try:
         for m in meshes:
-            parse_mesh(m)
+            shape = parse_mesh(m)
+            slot_shards = shape.get("data", 1) * shape.get("fsdp", 1)
+            if args.slots % slot_shards:
+                raise MeshSpecError(f"--slots={args.slots} does not split over {m!r} ({slot_shards} slot shards)")
         if args.slots < 1 or args.ticks < 1 or args.seconds <= 0:
             raise MeshSpecError("--slots and --ticks must be >= 1 and --seconds > 0")
     except MeshSpecError as e:
