@@ -1,6 +1,9 @@
-"""Shared fixtures: repository paths and the tiny config."""
+"""Shared fixtures: repository paths, the tiny config, and scripts imported by path."""
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -10,6 +13,26 @@ CONFIGS = REPO / "configs"
 
 def config_path(name: str) -> str:
     return str(CONFIGS / name)
+
+
+def load_script(path: Path | str, name: str | None = None) -> ModuleType:
+    """An experiment script (not a package module) imported from its file, for its functions.
+
+    Registered in `sys.modules` (a dataclass resolves its annotations through it). Its folder is on
+    `sys.path` while it runs, so its imports of sibling scripts work; what the script puts on
+    `sys.path` itself stays (some import siblings lazily), only this function's own entry goes.
+    """
+    path = Path(path)
+    name = name or f"_script_{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))  # one copy: the script's own insert, if any, remains
+    return module
 
 
 @pytest.fixture(scope="session")

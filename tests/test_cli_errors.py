@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, config_path
+from conftest import REPO, config_path, load_script
 
 from interaction_jax import cli
 
@@ -93,10 +92,7 @@ def _flip_first_record(shard: Path) -> None:
 
 def _script(path: Path):
     """A script imported as a module (it defines its flags only in `_define_flags`)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def _command(name: str):

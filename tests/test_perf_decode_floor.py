@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 
 PERF = REPO / "experiments" / "perf"
 
 
 def _module(name):
-    spec = importlib.util.spec_from_file_location(f"_perf_{name}", PERF / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # a dataclass resolves its module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PERF / f"{name}.py", f"_perf_{name}")
 
 
 MODEL = SimpleNamespace(d_model=8, num_heads=2, num_kv_heads=1, head_dim=4, ffn_dim=16, num_layers=3)

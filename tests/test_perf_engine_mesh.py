@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 
 SCRIPT = REPO / "experiments" / "perf" / "engine_mesh.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("_perf_engine_mesh", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "_perf_engine_mesh")
 
 
 def test_mesh_specs_name_axes_whose_sizes_multiply_to_the_faked_devices():

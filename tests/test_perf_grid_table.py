@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "perf" / "grid_table.py"
+from conftest import REPO, load_script
+
+SCRIPT = REPO / "experiments" / "perf" / "grid_table.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("grid_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "grid_table")
 
 
 def _engine(cfg, n, secs, ms):

@@ -6,10 +6,8 @@ A flag defined at import would clash with the flags of the next command a test i
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 
 SCRIPTS = [
     "experiments/perf/data_pipeline.py",
@@ -29,9 +27,7 @@ def test_importing_a_script_defines_no_flags_and_define_flags_does(script):
 
     before = set(flags.FLAGS)
     path = REPO / script
-    spec = importlib.util.spec_from_file_location(f"_imported_{path.parent.name}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path, f"_imported_{path.parent.name}_{path.stem}")
     assert set(flags.FLAGS) == before, sorted(set(flags.FLAGS) - before)
     try:
         module._define_flags()
@@ -45,9 +41,7 @@ def test_train_throughput_config_entries_name_a_file_and_its_overrides():
     from interaction_jax.errors import UserError
 
     path = REPO / "experiments/perf/train_throughput.py"
-    spec = importlib.util.spec_from_file_location("_train_throughput_entries", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path, "_train_throughput_entries")
     assert module.config_path_and_overrides("small") == (str(REPO / "configs" / "small.py"), [])
     cfg = str(REPO / "experiments/interaction_small/config.py")
     got = module.config_path_and_overrides(f"{cfg}@model.scan_layers=True+model.attention_impl=xla")

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import REPO, load_script
 
 from interaction_jax.data.episode import GradingWindow, Word
 
-RUN = Path(__file__).resolve().parents[2] / "experiments" / "delegation" / "run.py"
+RUN = REPO / "experiments" / "delegation" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def run_module():
     """The script's grading functions (importing it defines no absl flags)."""
-    spec = importlib.util.spec_from_file_location("delegation_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN, "delegation_run")
 
 
 def _episode():

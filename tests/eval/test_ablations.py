@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import REPO, load_script
 
 from interaction_jax.config_lib import load_config
 
-HERE = Path(__file__).resolve().parents[2] / "experiments" / "interaction_small"
+HERE = REPO / "experiments" / "interaction_small"
 
 
 @pytest.fixture(scope="module")
 def ablations():
-    sys.path.insert(0, str(HERE))
-    try:
-        spec = importlib.util.spec_from_file_location("interaction_small_ablations", HERE / "ablations.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(HERE))
-    return module
+    return load_script(HERE / "ablations.py", "interaction_small_ablations")
 
 
 def _flat(cfg) -> dict:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import REPO, load_script
 
 from interaction_jax.data.episode import Episode, Word
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "interaction_small" / "depth.py"
+SCRIPT = REPO / "experiments" / "interaction_small" / "depth.py"
 
 
 @pytest.fixture(scope="module")
 def depth():
-    spec = importlib.util.spec_from_file_location("interaction_small_depth", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "interaction_small_depth")
 
 
 def _episode() -> Episode:

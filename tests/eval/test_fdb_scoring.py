@@ -2,25 +2,19 @@
 FDB's print format), its exit-2 lines, and its plumbing against a stand-in FDB folder whose scripts print and write
 known numbers."""
 
-import importlib.util
 import json
-import pathlib
 import textwrap
 
 import pytest
+from conftest import REPO, load_script
 
 from interaction_jax import cli
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def score():
     path = REPO / "experiments" / "fdb_scoring" / "score.py"
-    spec = importlib.util.spec_from_file_location("_fdb_scoring_score", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "_fdb_scoring_score")
 
 
 # what eval_smooth_turn_taking prints (print(path); print(f"the TOR is {TOR}"); print("Average take turn: ", x))

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import REPO, load_script
 
-REPORT = Path(__file__).resolve().parents[2] / "experiments" / "interaction_small" / "report.py"
+REPORT = REPO / "experiments" / "interaction_small" / "report.py"
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("interaction_small_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPORT, "interaction_small_report")
 
 
 METRICS = {

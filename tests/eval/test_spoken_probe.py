@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import REPO, load_script
 
 from interaction_jax.data import tasks
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "interaction_small" / "spoken.py"
+SCRIPT = REPO / "experiments" / "interaction_small" / "spoken.py"
 
 
 @pytest.fixture(scope="module")
 def spoken():
-    spec = importlib.util.spec_from_file_location("interaction_small_spoken", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(SCRIPT.parent))
+    return load_script(SCRIPT, "interaction_small_spoken")
 
 
 def test_rows_change_one_thing_on_a_spoken_task(spoken):
@@ -59,11 +52,7 @@ def test_analyse_splits_missed_windows_into_silence_and_wrong_word(spoken):
 
 
 def test_live_transcript_matches_words_in_order():
-    spec = importlib.util.spec_from_file_location("interaction_small_live_transcript",
-                                                  SCRIPT.parent / "live_transcript.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.path.remove(str(SCRIPT.parent))
+    module = load_script(SCRIPT.parent / "live_transcript.py", "interaction_small_live_transcript")
     said = "say river in three seconds".split()
     assert module.match_words(said, said) == 5
     assert module.match_words(said, "say liver in three seconds".split()) == 4  # one word misheard

@@ -5,10 +5,9 @@ the table, and its flag checks (exit 2)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 from test_serve import ThreadServer, engine  # noqa: F401 - the engine fixture
 
 from interaction_jax import cli
@@ -16,10 +15,7 @@ from interaction_jax import cli
 
 @pytest.fixture(scope="module")
 def serve_load():
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "experiments/perf/serve_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines no flags on import
-    return mod
+    return load_script(REPO / "experiments/perf/serve_load.py", "serve_load")  # defines no flags on import
 
 
 def test_one_client_row(engine, serve_load):  # noqa: F811 - fixture from test_serve
