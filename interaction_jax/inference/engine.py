@@ -208,23 +208,27 @@ def make_stream_step(graph: EngineGraph, layout: StreamLayout, policy: ContextPo
             else:
                 rows = policy.write_rows(base + a, z - a, active)
                 kv_pos = policy.row_positions(jnp.where(active, base + z, base))
-            hidden, logits, k_all, v_all = cached_forward(model, block, k_all, v_all, rows, kv_pos, policy=policy,
-                                                          strategy=strategy, groups=groups)
+            with jax.named_scope(f"model_call_{a}_{z}"):  # positions [a, z) of the micro-turn, for profiles
+                hidden, logits, k_all, v_all = cached_forward(model, block, k_all, v_all, rows, kv_pos,
+                                                              policy=policy, strategy=strategy, groups=groups)
             if a == 0:  # what the text head writes at the user's audio: its transcript of the user
                 heard_tok = jnp.argmax(logits[:, heard_sl], axis=-1).astype(jnp.int32)
             for p in range(a, z):
                 if text_sl.start <= p < text_sl.stop:
                     i = p - text_sl.start
                     keys = sampling.position_keys(tkeys, i)
-                    text_feed = sampling.sample_text(logits[:, p - a], keys, state.temperature, state.top_p)
+                    with jax.named_scope("sample_text"):  # scopes label the compiled ops for profiles
+                        text_feed = sampling.sample_text(logits[:, p - a], keys, state.temperature, state.top_p)
                     texts.append(text_feed)
                     logits_out.append(logits[:, p - a])
                 elif audio_sl.start <= p < audio_sl.stop:
                     j = p - audio_sl.start
                     keys = sampling.position_keys(tkeys, sampling.AUDIO_KEY_OFFSET + j)
                     h = hidden[:, p - a]
-                    mel = model.sample_mel_keys(h, keys)
-                    codes_feed = sampling.dmel_encode(mel, feature_params)
+                    with jax.named_scope("flow_sample"):
+                        mel = model.sample_mel_keys(h, keys)
+                    with jax.named_scope("dmel_encode"):
+                        codes_feed = sampling.dmel_encode(mel, feature_params)
                     mels.append(mel)
                     codes_out.append(codes_feed)
                     hiddens.append(h)

@@ -107,12 +107,15 @@ class InteractionModel(nnx.Module):
         cache (its row layout and attention strategy, `kv_cache.py`); returns (outputs, the cache
         with the block's K/V). `groups`: unstacked per-layer weights (`inference/layer_params.py`).
         """
-        x = self.embed(batch)
+        with jax.named_scope("embed"):  # scopes label the compiled ops for profiles
+            x = self.embed(batch)
         if cache is None:
             hidden, aux = self.backbone(x, batch["positions"], batch.get("valid"))
-            return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}
+            with jax.named_scope("text_head"):
+                return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}
         hidden, aux, cache = self.backbone.cached(x, batch["positions"], cache, batch.get("valid"), groups)
-        return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}, cache
+        with jax.named_scope("text_head"):
+            return {"text_logits": self.text_logits(hidden), "hidden": hidden, "aux": aux}, cache
 
     # ---- streaming ------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:

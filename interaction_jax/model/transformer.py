@@ -116,19 +116,22 @@ class Block(nnx.Module):
         self, x: jax.Array, positions: jax.Array, cache: BlockCache | None = None, mask: jax.Array | None = None
     ) -> tuple[jax.Array, dict, BlockCache | None]:
         """One block for training (cache=None) and streaming (a `BlockCache`, returned updated).
-        `mask` [B, L] (valid positions) only enters the MoE losses/counts, never the outputs."""
-        h = self.attn_norm(x)
-        if cache is None:
-            y = self.attn(h, positions)
-        else:
-            y, cache = self.attn(h, positions, cache)
-        x = x + y.astype(x.dtype)
-        h = self.ffn_norm(x)
-        if self.kind == "moe":
-            y, aux = self.ffn(h, mask)
-        else:
-            y, aux = self.ffn(h), {}
-        return x + y.astype(x.dtype), aux, cache
+        `mask` [B, L] (valid positions) only enters the MoE losses/counts, never the outputs.
+        The named scopes ("attn", "ffn") only label the compiled ops for profiles."""
+        with jax.named_scope("attn"):
+            h = self.attn_norm(x)
+            if cache is None:
+                y = self.attn(h, positions)
+            else:
+                y, cache = self.attn(h, positions, cache)
+            x = x + y.astype(x.dtype)
+        with jax.named_scope("ffn"):
+            h = self.ffn_norm(x)
+            if self.kind == "moe":
+                y, aux = self.ffn(h, mask)
+            else:
+                y, aux = self.ffn(h), {}
+            return x + y.astype(x.dtype), aux, cache
 
 
 class LayerGroup(nnx.Module):
