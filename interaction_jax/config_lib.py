@@ -203,10 +203,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.inference.window_seconds = 30.0  # "sliding": attention window when model.sliding_window == 0
     c.inference.sink_turns = 1  # "sliding": leading micro-turns kept visible forever (attention sinks)
     c.inference.griffin_lim_iters = 32  # waveform reconstruction of the model's mel output
-    # Engine attention over the cache: "live_window" (pure JAX, visits only live key chunks, slot by
-    # slot), "live_window_batched" (the same chunks, all slots in one loop) or
-    # "pallas" (split-K decode kernel; GPU: Triton, CPU: its reference) / "pallas_interpret" (tests).
-    c.inference.decode_attention = "live_window"
+    # Engine attention over the cache: "live_flat" (pure JAX; the one-position decode calls read
+    # each layer's cache buffer whole, the input block its live key chunks; fastest on the CPU),
+    # "live_window" (live key chunks for every call, slot by slot), "live_window_batched" (the
+    # same chunks, all slots in one loop) or "pallas" (split-K decode kernel; GPU: Triton, CPU: its
+    # reference) / "pallas_interpret" (tests). See model/cache_attention.py.
+    c.inference.decode_attention = "live_flat"
     # Layers at decode time: "unrolled" (per-layer weights sliced out of the training stack once;
     # fastest step, see inference/layer_params.py) | "scan" (the stacked weights; faster compile).
     c.inference.layer_loop = "unrolled"

@@ -195,14 +195,19 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=5, help="micro-turns traced")
     ap.add_argument("--iters", type=int, default=9, help="untraced micro-turns timed before the trace")
     ap.add_argument("--json", default="", help="write the result here (default: print only)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set inference.decode_attention=live_flat")
     args = ap.parse_args()
     if min(args.sessions, args.ticks, args.iters) < 1 or args.seconds <= 0:
         ap.error("--sessions, --ticks and --iters must be >= 1 and --seconds > 0")
     if not os.path.exists(os.path.join(REPO, "configs", f"{args.config}.py")):
         ap.error(f"--config={args.config}: no configs/{args.config}.py (expected a name such as tiny or small)")
     import jax
+    import streaming
 
+    streaming.EXTRA_OVERRIDES[:] = args.set
     r = profile(args.config, args.sessions, args.seconds, args.ticks, args.iters)
+    r["overrides"] = list(args.set)
     print(table(r))
     if args.json:
         r.update(device=str(jax.devices()[0]), jax=jax.__version__)

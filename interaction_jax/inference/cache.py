@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interaction_jax.model.kv_cache import cache_dtype, cache_shape
 from interaction_jax.streams.layout import StreamLayout
 from interaction_jax.streams.tokenizer import Control
 
@@ -133,8 +134,8 @@ class ContextPolicy:
 class EngineState(NamedTuple):
     """Everything the micro-turn step carries from one tick to the next (see the module docstring)."""
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple  # stacked [layers, slots, ...] or split per layer (`init_state`)
+    v: jax.Array | tuple
     length: jax.Array
     turn: jax.Array
     last_text: jax.Array
@@ -155,13 +156,22 @@ def init_state(
     dtype=jnp.float32,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    per_layer: bool = False,
 ) -> EngineState:
-    """Allocates the state once (zeros; every slot empty)."""
+    """Allocates the state once (zeros; every slot empty). `per_layer`: K and V split into one buffer
+    per layer, [slots, rows, kv_heads * head_dim] ([rows, ...] for one slot) (for strategies with `per_layer_cache`)."""
     shape = (num_layers, slots, rows, kv_heads, head_dim)
     F, M = layout.frames_per_audio_position, layout.n_mels
+
+    def cache():
+        if per_layer:
+            one = (rows, kv_heads * head_dim) if slots == 1 else (slots, rows, kv_heads * head_dim)
+            return tuple(jnp.zeros(one, dtype) for _ in range(num_layers))
+        return jnp.zeros(shape, dtype)
+
     return EngineState(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=cache(),
+        v=cache(),
         length=jnp.zeros((slots,), jnp.int32),
         turn=jnp.zeros((slots,), jnp.int32),
         last_text=jnp.full((slots,), int(Control.NOTHING), jnp.int32),
@@ -191,9 +201,9 @@ def reset_slot(
 
 def memory_report(state: EngineState, policy: ContextPolicy, layout: StreamLayout) -> dict[str, float]:
     """KV-cache bytes per session, per minute of interaction, and the session length they cover."""
-    k = state.k
-    slots = k.shape[1]
-    per_row = 2 * k.shape[0] * int(np.prod(k.shape[3:])) * k.dtype.itemsize
+    shape = cache_shape(state.k)
+    slots = shape[1]
+    per_row = 2 * shape[0] * int(np.prod(shape[3:])) * cache_dtype(state.k).itemsize
     per_session = per_row * policy.rows
     per_turn = layout.mean_positions_per_turn  # fewer with sparse video (`layout.video_every`)
     positions_per_min = 60.0 / layout.micro_turn_s * per_turn

@@ -56,6 +56,7 @@ from interaction_jax.model.kv_cache import (
     cache_attention_fn,
     cache_attention_names,
     resolve_strategy,
+    wants_per_layer_cache,
 )
 from interaction_jax.model.moe.experts import available_impls, check_expert_impl
 from interaction_jax.model.moe.layer import expert_impl
@@ -77,7 +78,7 @@ def segments(layout: StreamLayout) -> list[tuple[int, int]]:
 
 # `inference.decode_attention`: the cache-attention strategy the engine asks for (`model/kv_cache.py`);
 # any other registered strategy name works too.
-DECODE_ATTENTION_IMPLS = ("live_window", "live_window_batched", "dense", "pallas", "pallas_interpret")
+DECODE_ATTENTION_IMPLS = ("live_window", "live_window_batched", "live_flat", "dense", "pallas", "pallas_interpret")
 
 
 def check_decode_attention(name: str) -> str:
@@ -93,7 +94,7 @@ def check_decode_attention(name: str) -> str:
 def engine_strategy(config) -> str:
     """The strategy the engine's blocks read the cache with (`kv_cache.resolve_strategy`)."""
     m = config.model
-    requested = check_decode_attention(str(config.inference.get("decode_attention", "live_window")))
+    requested = check_decode_attention(str(config.inference.get("decode_attention", "live_flat")))
     return resolve_strategy(requested, batch_invariant=bool(m.get("batch_invariant", False)),
                             impl=str(m.attention_impl))
 
@@ -307,6 +308,11 @@ class StreamEngine:
         max_block = max(z - a for a, z in self.segments)
         self.policy = ContextPolicy.from_config(config, self.layout, max_block)
         self.feature_params = FeatureParams.from_config(config.features)
+        self.strategy = engine_strategy(config)
+        # per-layer cache buffers for the strategies that read them whole; the scanned layer loop
+        # (traced layer index) and a mesh (shard_map over the stack) keep the stacked cache
+        self.per_layer_cache = (wants_per_layer_cache(self.strategy) and self.layer_loop == "unrolled"
+                                and self.mesh is None)
         self.state = init_state(
             num_layers=model.backbone.num_layers,
             slots=self.slots,
@@ -317,8 +323,8 @@ class StreamEngine:
             dtype=model.backbone.dtype,
             temperature=float(inf.temperature),
             top_p=float(inf.top_p),
+            per_layer=self.per_layer_cache,
         )
-        self.strategy = engine_strategy(config)
         strategy = self.strategy if self.mesh is None else sharding.sharded_strategy(self.strategy, self.mesh)
         step = make_stream_step(self.graph, self.layout, self.policy, self.feature_params,
                                 debug_outputs=debug_outputs, strategy=strategy,

@@ -308,11 +308,23 @@ class Attention(nnx.Module):
             return self._out(self._sequence(q, k, v, positions))
         if self.batch_invariant and cache.strategy != "batch_invariant":
             raise ValueError(f"a batch-invariant model reads its cache with 'batch_invariant', not {cache.strategy!r}")
+        fn = cache_attention_fn(cache.strategy)
+        before_write = getattr(fn, "before_write", None)
+        o = None
+        if before_write is not None:
+            with jax.named_scope("cache_read"):
+                o = before_write(q, k, v, cache.k, cache.v, cache.layer, cache.view, cache.rows)
+        if o is not None:
+            # The write reads the output, so XLA runs it after the read and updates the (donated)
+            # buffer in place; a write it could schedule first would make it copy the buffer.
+            after = (0.0 * jnp.sum(o)).astype(k.dtype)
+            k, v = k + after, v + after
         with jax.named_scope("kv_write"):  # scopes label the compiled ops for profiles
             kc = write_rows(cache.k, cache.layer, cache.view.write_rows, k)
             vc = write_rows(cache.v, cache.layer, cache.view.write_rows, v)
-        with jax.named_scope("cache_read"):
-            o = cache_attention_fn(cache.strategy)(q, kc, vc, cache.layer, cache.view, cache.rows, self.impl)
+        if o is None:
+            with jax.named_scope("cache_read"):
+                o = fn(q, kc, vc, cache.layer, cache.view, cache.rows, self.impl)
         return self._out(o), cache.replace(k=kc, v=vc)
 
     def cached(

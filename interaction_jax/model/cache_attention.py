@@ -18,6 +18,15 @@
 * "live_window_batched": the same chunks with the slots in one batched loop that runs to the
   largest slot's chunk count (the others masked): equal-age sessions share each loop step. On the
   2-core CPU it is slower than the per-slot loop (`experiments/perf/README.md`); unmeasured elsewhere.
+* "live_flat": for a **split cache** (one [B, T, KVH * hd] buffer per layer, which the engine
+  allocates for it), a block of few query rows per KV head (at most `FLAT_QUERY_ROWS`: the
+  one-position decode calls) reads its layer's buffer whole, before the block's write, as two
+  matmuls against block-diagonal queries, and attends to its own K/V beside it
+  (`flat_before_write`); larger blocks (the input block) run "live_window" after the write.
+  XLA:CPU contracts a whole buffer at memory speed but copies a slice of a larger one (a chunk,
+  a layer of the stack) before a dot, so reading a session's whole ring flat costs less than
+  reading its live chunks once the session has filled a part of it (`experiments/perf/README.md`).
+  On a stacked cache it is "live_window".
 * "batch_invariant": `pallas_kernels.batch_invariant.chunked_attention` with keys gathered in
   absolute-position order from the rows (chunks of `BLOCK_KV` positions, only the live ones):
   bitwise the training forward's rows.
@@ -31,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from interaction_jax.model.attention import NEG_INF, attention, make_mask
-from interaction_jax.model.kv_cache import CacheView, RowMap, register_cache_attention
+from interaction_jax.model.kv_cache import CacheView, RowMap, cache_shape, layer_rows, register_cache_attention
 from pallas_kernels.batch_invariant import live_chunk_ranges, loop_ranges
 
 LIVE_BLOCK_BYTES = 256 * 1024  # bytes of keys (all KV heads) per chunk of "live_window"
@@ -40,6 +49,62 @@ LIVE_BLOCK_RANGE = (512, 4096)  # fewest / most cache rows per chunk
 # the slots' own counts of its chunks but pays a loop per slot. Shared when its rows are at most this
 # many times the per-slot loop's.
 SHARED_LOOP_SLACK = 1.25
+
+
+FLAT_QUERY_ROWS = 8  # "live_flat": query rows per KV head (positions x group) read flat; more run "live_window"
+
+
+def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMap) -> jax.Array | None:
+    """Attention of a few-query block over layer `layer` of a split cache as it is *before* the
+    block's write, plus the block's own K/V (`k_new`, `v_new` [B, S, KVH, hd]); None (static) for
+    a stacked cache or more than `FLAT_QUERY_ROWS` query rows per KV head.
+
+    The layer's buffer [B, T, KVH*hd] is contracted whole with block-diagonal queries (row (head,
+    group, position) holds the query in its KV head's columns only): one matmul for the scores and
+    one for the values, batched over slots, no transpose, slice or reshape of the cache; the wasted
+    FLOPs (x KVH) are free where the read is bandwidth-bound. Rows this block writes
+    (`view.write_rows`) are masked (their old content is being replaced); the block's own keys are
+    visible by position and `view.q_valid`: the keys the post-write read sees. Softmax in float32.
+    """
+    b, s, h, hd = q.shape
+    if not isinstance(k, tuple):
+        return None
+    kvh = k_new.shape[2]
+    g = h // kvh
+    if s * g > FLAT_QUERY_ROWS:
+        return None
+    f32 = jnp.float32
+    kl, vl = k[layer].astype(q.dtype), v[layer].astype(q.dtype)  # [B, T, E], or [T, E] for one slot
+    t = kl.shape[-2]
+    eye = jnp.eye(kvh, dtype=q.dtype)
+    qb = q.reshape(b, s, kvh, g, hd) * jnp.asarray(hd**-0.5, q.dtype)
+    q_diag = jnp.einsum("bskgd,kj->bkgsjd", qb, eye).reshape(b, kvh * g * s, kvh * hd)
+    if kl.ndim == 2:  # one slot: a plain matmul (a size-1 batch dim would make XLA copy the buffer)
+        old = jnp.dot(q_diag[0], kl.T, preferred_element_type=f32)[None]
+    else:
+        old = jnp.einsum("bqe,bte->bqt", q_diag, kl, preferred_element_type=f32)
+    old = old.reshape(b, kvh, g, s, t)
+    own = jnp.einsum("bskgd,bckd->bkgsc", qb, k_new.astype(q.dtype), preferred_element_type=f32)
+    written = jnp.zeros((b, t), bool).at[jnp.arange(b)[:, None], view.write_rows].set(True)
+    kv_old = jnp.where(written, -1, view.kv_positions)
+    valid = view.q_valid.astype(bool)
+    mask = jnp.concatenate(
+        [make_mask(view.q_positions, kv_old, window=rows.window, sinks=rows.sinks, kv_valid=kv_old >= 0),
+         make_mask(view.q_positions, view.q_positions, window=rows.window, sinks=rows.sinks, kv_valid=valid)],
+        axis=-1)[:, None, None]  # [B, 1, 1, S, T + S]
+    logits = jnp.where(mask, jnp.concatenate([old, own], axis=-1), NEG_INF)
+    pr = jnp.where(mask, jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), 0.0)
+    den = jnp.sum(pr, axis=-1)  # [B, KVH, G, S]
+    p_old = pr[..., :t].reshape(b, kvh * g * s, t).astype(q.dtype)
+    if kl.ndim == 2:
+        pv_old = jnp.dot(p_old[0], vl, preferred_element_type=f32)[None]
+    else:
+        pv_old = jnp.einsum("bqt,bte->bqe", p_old, vl, preferred_element_type=f32)
+    pv_old = jnp.einsum("bkgsjd,kj->bkgsd", pv_old.reshape(b, kvh, g, s, kvh, hd), eye.astype(f32))
+    pv_own = jnp.einsum("bkgsc,bckd->bkgsd", pr[..., t:].astype(q.dtype), v_new.astype(q.dtype),
+                        preferred_element_type=f32)
+    out = jnp.where(den[..., None] > 0, (pv_old + pv_own) / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd).astype(q.dtype)
 
 
 def live_block(kv_heads: int, head_dim: int, itemsize: int) -> int:
@@ -60,7 +125,9 @@ def rows_in_use(kv_positions: jax.Array) -> jax.Array:
 
 def dense(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:
     """Every row of the layer through `attention` (mask from the view's positions)."""
-    return attention(q, k[layer].astype(q.dtype), v[layer].astype(q.dtype), q_positions=view.q_positions,
+    hd = q.shape[-1]
+    return attention(q, layer_rows(k, layer, hd).astype(q.dtype), layer_rows(v, layer, hd).astype(q.dtype),
+                     q_positions=view.q_positions,
                      kv_positions=view.kv_positions, kv_valid=view.kv_positions >= 0, window=rows.window,
                      sinks=rows.sinks, impl=impl)
 
@@ -103,6 +170,9 @@ def live_window(q, k, v, layer, view: CacheView, rows: RowMap, impl: str, *, blo
     ("live_window_batched"): fewer, wider loop steps, but a young slot waits for the oldest.
     """
     del impl
+    if isinstance(k, tuple):  # a split cache: only this layer's buffer enters the loops and branches
+        hd = q.shape[-1]
+        k, v, layer = layer_rows(k, layer, hd)[None], layer_rows(v, layer, hd)[None], 0
     b, s, h, hd = q.shape
     t, kvh = k.shape[2], k.shape[3]
     shared = min(block or live_block(b * kvh, hd, k.dtype.itemsize), t)
@@ -238,12 +308,16 @@ def batch_invariant(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) ->
     del impl
     from pallas_kernels import batch_invariant as bi
 
-    block, t = bi.BLOCK_KV, k.shape[2]
+    block, t = bi.BLOCK_KV, cache_shape(k)[2]
 
     def chunk(c, b):
         p = c * block + jnp.arange(block, dtype=jnp.int32)
         r = jnp.clip(rows.position_rows(p), 0, t - 1)  # a row that does not hold p counts as no key
-        kc, vc = k[layer, b, r].astype(q.dtype), v[layer, b, r].astype(q.dtype)
+        if isinstance(k, tuple):
+            hd = q.shape[-1]
+            kc, vc = layer_rows(k, layer, hd)[b, r].astype(q.dtype), layer_rows(v, layer, hd)[b, r].astype(q.dtype)
+        else:
+            kc, vc = k[layer, b, r].astype(q.dtype), v[layer, b, r].astype(q.dtype)
         return kc, vc, jnp.where(view.kv_positions[b, r] == p, p, -1)
 
     ranges = functools.partial(live_chunk_ranges, window=rows.window, sinks=rows.sinks, block_kv=block)
@@ -255,3 +329,7 @@ register_cache_attention("dense", dense)
 register_cache_attention("live_window", live_window)
 register_cache_attention("live_window_batched", functools.partial(live_window, batched=True))
 register_cache_attention("batch_invariant", batch_invariant)
+_live_flat = functools.partial(live_window)
+_live_flat.before_write = flat_before_write
+_live_flat.per_layer_cache = True
+register_cache_attention("live_flat", _live_flat)

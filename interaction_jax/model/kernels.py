@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from interaction_jax.model.attention import AttentionMask, register_attention_impl
 from interaction_jax.model.cache_attention import rows_in_use
-from interaction_jax.model.kv_cache import CacheView, RowMap, register_cache_attention
+from interaction_jax.model.kv_cache import CacheView, RowMap, layer_rows, register_cache_attention
 from interaction_jax.model.moe.experts import ExpertWeights, register_expert_impl
 from interaction_jax.model.moe.router import Routing
 from pallas_kernels import batch_invariant
@@ -100,7 +100,9 @@ def make_decode_strategy(implementation: str | None = None):
     def fn(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) -> jax.Array:
         del impl
         used = jnp.where(jnp.any(view.q_valid, axis=1), rows_in_use(view.kv_positions), 0)
-        return decode_attention(q, k[layer].astype(q.dtype), v[layer].astype(q.dtype), used,
+        hd = q.shape[-1]
+        return decode_attention(q, layer_rows(k, layer, hd).astype(q.dtype), layer_rows(v, layer, hd).astype(q.dtype),
+                                used,
                                 q_positions=view.q_positions, kv_positions=view.kv_positions, window=rows.window,
                                 sinks=rows.sinks, implementation=implementation)
 

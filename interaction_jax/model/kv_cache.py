@@ -10,7 +10,12 @@ made once and served at once; a new way to read the cache is one registered func
     BlockCache(k, v, view, layer, rows, strategy)
       k, v      [layers, B, T, kv_heads, head_dim]  the whole cache, stacked over layers (it rides
                 in the layer loop's carry and only the new rows are scattered in, so a donated
-                cache is updated in place)
+                cache is updated in place), or a tuple of one buffer per layer with flat rows,
+                [B, T, kv_heads * head_dim] ([T, kv_heads * head_dim] for one slot): the engine's
+                split cache, for `per_layer_cache` strategies (XLA:CPU contracts a whole buffer at
+                memory speed where it copies a slice of a stack, or a buffer whose size-1 slot dim
+                it squeezes, first); `layer_rows(k, layer, head_dim)` is a layer's
+                [B, T, kv_heads, head_dim] either way
       view      CacheView: where this block writes and which positions every row holds
       layer     the layer a block reads / writes (set by the layer loop; static or traced)
       rows      RowMap (static): window, sinks, whether rows wrap (a ring) and position -> row
@@ -20,8 +25,15 @@ A strategy is `fn(q, k, v, layer, view, rows, impl) -> out`: q [B, S, H, hd] (Ro
 k / v the stacked cache *after* this block's write, `impl` the module's `attention_impl`; out
 [B, S, H, hd]. Key j of slot b is visible to query i iff kv_positions[b, j] >= 0 (written),
 kv_positions[b, j] <= q_positions[b, i] and the window / sinks rule of `attention.py` holds.
-Built-ins ("dense", "live_window", "live_window_batched", "batch_invariant": `cache_attention.py`; "pallas",
-"pallas_interpret": `kernels.py`) load on first use; `register_cache_attention` adds more.
+A strategy may also carry `before_write(q, k_new, v_new, k, v, layer, view, rows) -> out | None`:
+attention over the cache *before* this block's write (the rows this block writes excluded) and
+over the block's own K/V, merged; `Attention` then writes the block after the read (ordered by a
+data dependence, so a donated buffer read whole can be updated in place). It returns None
+(statically) when its shapes do not suit it, and the strategy itself runs after the write.
+Strategies with `per_layer_cache = True` ask the engine for a split cache.
+Built-ins ("dense", "live_window", "live_window_batched", "live_flat", "batch_invariant":
+`cache_attention.py`; "pallas", "pallas_interpret": `kernels.py`) load on first use;
+`register_cache_attention` adds more.
 """
 
 from __future__ import annotations
@@ -93,10 +105,43 @@ class BlockCache:
     strategy: str = struct.field(pytree_node=False, default="dense")
 
 
-def write_rows(cache: jax.Array, layer: int | jax.Array, rows: jax.Array, new: jax.Array) -> jax.Array:
-    """cache [layers, B, T, ...] with new [B, S, ...] scattered to rows [B, S] of `layer`."""
+def write_rows(cache, layer: int | jax.Array, rows: jax.Array, new: jax.Array):
+    """cache [layers, B, T, ...] (or a split cache, `layer` static) with new [B, S, kv_heads,
+    head_dim] scattered to rows [B, S] of `layer`."""
     b_idx = jnp.arange(rows.shape[0])[:, None]
+    if isinstance(cache, tuple):
+        buf = cache[layer]
+        flat = new.reshape(new.shape[:2] + (-1,)).astype(buf.dtype)
+        buf = buf.at[rows[0]].set(flat[0]) if buf.ndim == 2 else buf.at[b_idx, rows].set(flat)
+        return cache[:layer] + (buf,) + cache[layer + 1:]
     return cache.at[layer, b_idx, rows].set(new.astype(cache.dtype))
+
+
+def layer_rows(cache, layer: int | jax.Array, head_dim: int) -> jax.Array:
+    """[B, T, kv_heads, head_dim]: layer `layer` of a stacked or split cache (a reshape, no copy)."""
+    if isinstance(cache, tuple):
+        buf = cache[layer]
+        buf = buf[None] if buf.ndim == 2 else buf
+        return buf.reshape(buf.shape[:2] + (buf.shape[2] // head_dim, head_dim))
+    return cache[layer]
+
+
+def cache_shape(cache) -> tuple[int, ...]:
+    """[layers, B, T, ...] of a stacked cache ([..., kv_heads, head_dim]) or a split one
+    ([..., kv_heads * head_dim]): the product of the dims after T is a row's width either way."""
+    if isinstance(cache, tuple):
+        shape = tuple(cache[0].shape)
+        return (len(cache),) + ((1,) + shape if len(shape) == 2 else shape)
+    return tuple(cache.shape)
+
+
+def cache_dtype(cache):
+    return cache[0].dtype if isinstance(cache, tuple) else cache.dtype
+
+
+def wants_per_layer_cache(name: str) -> bool:
+    """Whether strategy `name` reads per-layer cache buffers (its `per_layer_cache` attribute)."""
+    return bool(getattr(cache_attention_fn(name), "per_layer_cache", False))
 
 
 CacheAttentionFn = Callable[..., jax.Array]
@@ -139,7 +184,7 @@ def resolve_strategy(requested: str, *, batch_invariant: bool, impl: str) -> str
     whose `attention_impl` is a registered kernel reads the whole cache with "dense" (its kernel)."""
     if batch_invariant:
         return "batch_invariant"
-    if requested in ("live_window", "live_window_batched") and impl not in PURE_XLA_IMPLS:
+    if requested in ("live_window", "live_window_batched", "live_flat") and impl not in PURE_XLA_IMPLS:
         return "dense"
     cache_attention_fn(requested)  # a clear error for an unknown name
     return requested

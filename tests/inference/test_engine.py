@@ -62,6 +62,22 @@ def test_teacher_forced_equals_forward_dense(dense):
     _check_alignment(model, engine, layout, grid, ref, outs, 1, atol=2e-5)
 
 
+@pytest.mark.parametrize("decode_attention", ["live_flat", "live_window"])
+def test_hard_policy_engine_equals_forward(decode_attention):
+    """Under the "hard" policy, with another session running and a third slot idle (its rows never
+    read): "live_flat" (the default: a split cache, one buffer per layer; the one-position calls
+    read their layer's rows whole before the write, beside their own K/V) and "live_window" (the
+    stacked cache, live chunks after the write) both replay the training forward."""
+    c, model, engine, layout, grid, ref = _setup([f"inference.decode_attention={decode_attention}",
+                                                  "inference.context_policy=hard"], slots=3)
+    split = decode_attention == "live_flat"
+    assert isinstance(engine.state.k, tuple) == split
+    if split:
+        assert len(engine.state.k) == c.model.num_layers and engine.state.k[0].shape[0] == 3
+    outs = _replay(engine, grid, slot=2, others=(0,))
+    _check_alignment(model, engine, layout, grid, ref, outs, 2, atol=2e-5)
+
+
 def test_heard_tokens_are_the_forward_text_head_at_user_audio(dense):
     """The engine's `heard_tokens` (what the model writes at the user's audio) are the training
     forward's argmax text logits at the USER_AUDIO positions of the same episode."""
@@ -142,7 +158,7 @@ def test_moe_teacher_forced_equals_forward(moe_impl):
     _check_alignment(model, engine, layout, grid, ref, outs, 0, atol=2e-5)
 
 
-@pytest.mark.parametrize("decode_attention", ["live_window", "live_window_batched", "pallas_interpret"])
+@pytest.mark.parametrize("decode_attention", ["live_window", "live_window_batched", "live_flat", "pallas_interpret"])
 def test_sliding_ring_buffer_equals_windowed_forward(decode_attention):
     """A model with a trained sliding window + sinks: the ring cache wraps several times and the
     engine still equals the windowed training forward — with the pure-JAX live-window attention

@@ -159,3 +159,54 @@ def test_the_shared_paths_compare_rows_read_with_their_own_chunks():
     assert path([10, 40, 100]) == 1  # 3 x 2 x 64 rows shared against 3 x 256 per slot
     assert path([900, 880, 910, 899]) == 1  # 4 x 15 x 64 = 3,840 rows against 4 x 4 x 256 = 4,096
     assert path([900, 10, 10, 10]) == 2  # 3,840 rows against (4 + 1 + 1 + 1) x 256 = 1,792
+
+
+def _split(stacked):
+    """A stacked [L, B, T, KVH, HD] cache as the engine's split one: per layer [B, T, KVH * HD]
+    ([T, KVH * HD] for one slot)."""
+    L_, b, t = stacked.shape[:3]
+    return tuple(stacked[i].reshape((t, -1) if b == 1 else (b, t, -1)) for i in range(L_))
+
+
+@pytest.mark.parametrize("policy, lengths, s", [
+    (ContextPolicy("hard", 0, 0, 300, 5, 60), (123, 297), 1),
+    (ContextPolicy("hard", 4, 50, 296, 5, 60), (200, 290), 2),  # window + sinks, two positions
+    (ContextPolicy("sliding", 6, 40, 44, 5, None), (250, 17), 1),  # a wrapped ring: the block evicts a row
+])
+def test_live_flat_reads_before_the_write_like_dense_after_it(policy, lengths, s):
+    """"live_flat" on a split cache: the one-position read of the cache as it was *before* the block's
+    write (the rows it writes hold stale K/V) plus the block's own K/V equals the reference over the
+    cache *after* the write; an idle slot's rows are its own; a larger block takes the per-slot loop
+    over each slot's buffer after the write, and a stacked cache the plain "live_window"."""
+    rng = np.random.RandomState(1)
+    b = 3
+    length = jnp.asarray(lengths + (5,), jnp.int32)  # slot 2 idle: writes to a scratch row
+    active = jnp.asarray([True, True, False])
+    k_old = jnp.asarray(rng.randn(L, b, policy.rows, KVH, HD), jnp.float32)
+    v_old = jnp.asarray(rng.randn(L, b, policy.rows, KVH, HD), jnp.float32)
+    k_new = jnp.asarray(rng.randn(b, s, KVH, HD), jnp.float32)
+    v_new = jnp.asarray(rng.randn(b, s, KVH, HD), jnp.float32)
+    q = jnp.asarray(rng.randn(b, s, H, HD), jnp.float32)
+    start = length - s
+    rows = policy.write_rows(start, s, active)
+    q_pos = start[:, None] + jnp.arange(s)[None]
+    kv_pos = policy.row_positions(jnp.where(active, length, start))
+    view = CacheView(rows, q_pos, kv_pos, jnp.broadcast_to(active[:, None], (b, s)))
+    layer = 1
+    b_idx = jnp.arange(b)[:, None]
+    k_after = k_old.at[layer, b_idx, rows].set(k_new)
+    v_after = v_old.at[layer, b_idx, rows].set(v_new)
+    want = _reference(q, q_pos, k_after[layer], v_after[layer], kv_pos, policy.window, policy.sinks)
+    got = cache_attention.flat_before_write(q, k_new, v_new, _split(k_old), _split(v_old), layer, view, policy)
+    np.testing.assert_allclose(np.asarray(got)[:2], np.asarray(want)[:2], atol=2e-5, rtol=0)
+    # after the write (what a block too large for the flat read runs), split and stacked alike
+    split_after = live_window(q, _split(k_after), _split(v_after), layer, view, policy, "xla", block=64)
+    np.testing.assert_allclose(np.asarray(split_after)[:2], np.asarray(want)[:2], atol=2e-5, rtol=0)
+    one = CacheView(*(a[:1] for a in view))  # a one-slot engine's split cache: [T, KVH * HD] per layer
+    got = cache_attention.flat_before_write(q[:1], k_new[:1], v_new[:1], _split(k_old[:, :1]), _split(v_old[:, :1]),
+                                            layer, one, policy)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want)[:1], atol=2e-5, rtol=0)
+    assert cache_attention.flat_before_write(q, k_new, v_new, k_old, v_old, layer, view, policy) is None
+    big = jnp.asarray(rng.randn(b, 5, H, HD), jnp.float32)  # 5 positions x 2 heads per KV head > 8 rows
+    assert cache_attention.flat_before_write(big, jnp.zeros((b, 5, KVH, HD)), jnp.zeros((b, 5, KVH, HD)),
+                                             _split(k_old), _split(v_old), layer, view, policy) is None
