@@ -24,7 +24,7 @@ in an order fixed by constants, never by M, B, S or T:
   (keys = the whole window, every chunk) and the streaming engine (keys gathered from its ring
   cache, only the live chunks) give bitwise the same rows.
 
-The price is throughput (no shape-specialised tiling, no split-K); `experiments/perf/kernels.py`
+The price is throughput (no shape-specialised tiling, no split-K); `experiments/perf/kernel_timings.py`
 measures the matmul overhead against plain `x @ w`, `experiments/perf/batch_invariant.py` the
 whole streaming step's.
 """

@@ -39,7 +39,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import machine_floor as mf  # noqa: E402
-from kernels import timeit  # noqa: E402  (median of jit(fn) calls after a compile call)
+from kernel_timings import timeit  # noqa: E402  (median of jit(fn) calls after a compile call)
 
 from interaction_jax.errors import UserError  # noqa: E402
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU-only check in one command (run from the repo root on a GPU machine):
 #   1. compiled-kernel tests (pytest -m gpu: Triton kernels vs references, bitwise batch invariance)
-#   2. experiments/perf/kernels.py (kernel timings vs XLA / cuDNN / ragged_dot)
+#   2. experiments/perf/kernel_timings.py (kernel timings vs XLA / cuDNN / ragged_dot)
 #   3. experiments/perf/streaming.py on the GPU (engine step time / RTF), if ml_collections imports
 #   4. thesis (only when STAGES names it): experiments/interaction_small/gpu_train.sh, the
 #      reproduction recipe trained for $STEPS steps, checkpoints packed into $OUT
@@ -32,7 +32,7 @@ stage_tests() {
   timeout "$T_TESTS" $PY -m pytest -q -m gpu tests/kernels -rfE -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 }
 stage_kernels() {
-  timeout "$T_KERNELS" $PY experiments/perf/kernels.py --out="$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+  timeout "$T_KERNELS" $PY experiments/perf/kernel_timings.py --out="$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
 }
 stage_stream() {
   if $PY -c "import ml_collections" 2>/dev/null; then

@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kernels import timeit  # noqa: E402  (median of jit(fn) calls after a compile call)
+from kernel_timings import timeit  # noqa: E402  (median of jit(fn) calls after a compile call)
 
 IMPLS = ("gather", "ragged_dot", "dense", "auto")
 

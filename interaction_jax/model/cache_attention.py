@@ -20,9 +20,10 @@
   2-core CPU it is slower than the per-slot loop (`experiments/perf/README.md`); unmeasured elsewhere.
 * "live_flat": for a **split cache** (one [B, T, KVH * hd] buffer per layer, which the engine
   allocates for it), a block of few query rows per KV head (at most `FLAT_QUERY_ROWS`: the
-  one-position decode calls) reads its layer's buffer whole, before the block's write, as two
-  matmuls against block-diagonal queries, and attends to its own K/V beside it
-  (`flat_before_write`); larger blocks (the input block) run "live_window" after the write.
+  one-position decode calls) reads its layer's buffer whole (its live chunks while it is mostly
+  empty), before the block's write, as two matmuls against block-diagonal queries, and attends
+  to its own K/V beside it (`flat_before_write`); larger blocks (the input block) run
+  "live_window" after the write.
   XLA:CPU contracts a whole buffer at memory speed but copies a slice of a larger one (a chunk,
   a layer of the stack) before a dot, so reading a session's whole ring flat costs less than
   reading its live chunks once the session has filled a part of it (`experiments/perf/README.md`).
@@ -52,6 +53,9 @@ SHARED_LOOP_SLACK = 1.25
 
 
 FLAT_QUERY_ROWS = 8  # "live_flat": query rows per KV head (positions x group) read flat; more run "live_window"
+# "live_flat" reads the whole buffer while at least 1/FLAT_MIN_FILL of its rows are in use, else its
+# live chunks: on the 2-core CPU a whole-buffer read ran 3-6x the rows per second of chunk reads.
+FLAT_MIN_FILL = 4
 
 
 def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMap) -> jax.Array | None:
@@ -59,10 +63,15 @@ def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMa
     block's write, plus the block's own K/V (`k_new`, `v_new` [B, S, KVH, hd]); None (static) for
     a stacked cache or more than `FLAT_QUERY_ROWS` query rows per KV head.
 
-    The layer's buffer [B, T, KVH*hd] is contracted whole with block-diagonal queries (row (head,
-    group, position) holds the query in its KV head's columns only): one matmul for the scores and
-    one for the values, batched over slots, no transpose, slice or reshape of the cache; the wasted
-    FLOPs (x KVH) are free where the read is bandwidth-bound. Rows this block writes
+    The cache part is read one of two ways. A ring (it holds about one attention window) or a
+    cache of at most `FLAT_MIN_FILL` chunks is always read whole; a longer "hard" cache is read
+    whole while at least one `FLAT_MIN_FILL`-th of its rows hold positions (`lax.cond` per call).
+    Whole: the layer's buffer [B, T, KVH*hd] is contracted
+    whole with block-diagonal queries (row (head, group, position) holds the query in its KV
+    head's columns only): one matmul for the scores and one for the values, batched over slots,
+    no transpose, slice or reshape of the cache; the wasted FLOPs (x KVH) are free where the read
+    is bandwidth-bound. A cache mostly empty (a young session under a long "hard" limit) is read
+    in its live chunks instead, as the shared loop of "live_window" does. Rows this block writes
     (`view.write_rows`) are masked (their old content is being replaced); the block's own keys are
     visible by position and `view.q_valid`: the keys the post-write read sees. Softmax in float32.
     """
@@ -74,36 +83,63 @@ def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMa
     if s * g > FLAT_QUERY_ROWS:
         return None
     f32 = jnp.float32
-    kl, vl = k[layer].astype(q.dtype), v[layer].astype(q.dtype)  # [B, T, E], or [T, E] for one slot
+    kl, vl = k[layer], v[layer]  # [B, T, E], or [T, E] for one slot
     t = kl.shape[-2]
-    eye = jnp.eye(kvh, dtype=q.dtype)
-    qb = q.reshape(b, s, kvh, g, hd) * jnp.asarray(hd**-0.5, q.dtype)
-    q_diag = jnp.einsum("bskgd,kj->bkgsjd", qb, eye).reshape(b, kvh * g * s, kvh * hd)
-    if kl.ndim == 2:  # one slot: a plain matmul (a size-1 batch dim would make XLA copy the buffer)
-        old = jnp.dot(q_diag[0], kl.T, preferred_element_type=f32)[None]
-    else:
-        old = jnp.einsum("bqe,bte->bqt", q_diag, kl, preferred_element_type=f32)
-    old = old.reshape(b, kvh, g, s, t)
-    own = jnp.einsum("bskgd,bckd->bkgsc", qb, k_new.astype(q.dtype), preferred_element_type=f32)
+    qb = q.reshape(b, s, kvh, g, hd)
+    qs = qb * jnp.asarray(hd**-0.5, q.dtype)  # scaled queries for the whole read and the own keys
     written = jnp.zeros((b, t), bool).at[jnp.arange(b)[:, None], view.write_rows].set(True)
     kv_old = jnp.where(written, -1, view.kv_positions)
+    old_view = view._replace(kv_positions=kv_old)
     valid = view.q_valid.astype(bool)
-    mask = jnp.concatenate(
-        [make_mask(view.q_positions, kv_old, window=rows.window, sinks=rows.sinks, kv_valid=kv_old >= 0),
-         make_mask(view.q_positions, view.q_positions, window=rows.window, sinks=rows.sinks, kv_valid=valid)],
-        axis=-1)[:, None, None]  # [B, 1, 1, S, T + S]
-    logits = jnp.where(mask, jnp.concatenate([old, own], axis=-1), NEG_INF)
-    pr = jnp.where(mask, jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), 0.0)
-    den = jnp.sum(pr, axis=-1)  # [B, KVH, G, S]
-    p_old = pr[..., :t].reshape(b, kvh * g * s, t).astype(q.dtype)
-    if kl.ndim == 2:
-        pv_old = jnp.dot(p_old[0], vl, preferred_element_type=f32)[None]
+
+    def whole(kl, vl):
+        kl, vl = kl.astype(q.dtype), vl.astype(q.dtype)
+        eye = jnp.eye(kvh, dtype=q.dtype)
+        q_diag = jnp.einsum("bskgd,kj->bkgsjd", qs, eye).reshape(b, kvh * g * s, kvh * hd)
+        if kl.ndim == 2:  # one slot: a plain matmul (a size-1 batch dim would make XLA copy the buffer)
+            logits = jnp.dot(q_diag[0], kl.T, preferred_element_type=f32)[None]
+        else:
+            logits = jnp.einsum("bqe,bte->bqt", q_diag, kl, preferred_element_type=f32)
+        logits = logits.reshape(b, kvh, g, s, t)
+        mask = make_mask(view.q_positions, kv_old, window=rows.window, sinks=rows.sinks,
+                         kv_valid=kv_old >= 0)[:, None, None]
+        m = jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1)
+        pr = jnp.where(mask, jnp.exp(logits - m[..., None]), 0.0)
+        pr_flat = pr.reshape(b, kvh * g * s, t).astype(q.dtype)
+        if kl.ndim == 2:
+            pv = jnp.dot(pr_flat[0], vl, preferred_element_type=f32)[None]
+        else:
+            pv = jnp.einsum("bqt,bte->bqe", pr_flat, vl, preferred_element_type=f32)
+        pv = jnp.einsum("bkgsjd,kj->bkgsd", pv.reshape(b, kvh, g, s, kvh, hd), eye.astype(f32))
+        return m, jnp.sum(pr, axis=-1), pv
+
+    def chunks(kl, vl):
+        ks = (kl[None] if kl.ndim == 2 else kl).reshape(1, b, t, kvh, hd)
+        vs = (vl[None] if vl.ndim == 2 else vl).reshape(1, b, t, kvh, hd)
+        block = min(live_block(b * kvh, hd, ks.dtype.itemsize), t)
+        _, most = _path_and_shared_chunks(old_view, rows, block, block)
+        carry = (jnp.full((b, kvh, g, s), NEG_INF, f32), jnp.zeros((b, kvh, g, s), f32),
+                 jnp.zeros((b, kvh, g, s, hd), f32))
+        step = functools.partial(_all_slots_chunk, qb, ks, vs, 0, old_view, rows, block)
+        return jax.lax.fori_loop(0, most, step, carry)
+
+    if rows.wraps or t <= FLAT_MIN_FILL * min(live_block(b * kvh, hd, kl.dtype.itemsize), t):
+        # a ring (about one window of rows) or a cache of a few chunks: whole, without a branch
+        m, den, acc = whole(kl, vl)
     else:
-        pv_old = jnp.einsum("bqt,bte->bqe", p_old, vl, preferred_element_type=f32)
-    pv_old = jnp.einsum("bkgsjd,kj->bkgsd", pv_old.reshape(b, kvh, g, s, kvh, hd), eye.astype(f32))
-    pv_own = jnp.einsum("bkgsc,bckd->bkgsd", pr[..., t:].astype(q.dtype), v_new.astype(q.dtype),
-                        preferred_element_type=f32)
-    out = jnp.where(den[..., None] > 0, (pv_old + pv_own) / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+        used = jnp.max(rows_in_use(kv_old))
+        m, den, acc = jax.lax.cond(used * FLAT_MIN_FILL >= t, whole, chunks, kl, vl)
+    # the block's own keys, merged into the online softmax
+    own = jnp.einsum("bskgd,bckd->bkgsc", qs, k_new.astype(q.dtype), preferred_element_type=f32)
+    own_mask = make_mask(view.q_positions, view.q_positions, window=rows.window, sinks=rows.sinks,
+                         kv_valid=valid)[:, None, None]
+    m_new = jnp.maximum(m, jnp.max(jnp.where(own_mask, own, NEG_INF), axis=-1))
+    pr = jnp.where(own_mask, jnp.exp(own - m_new[..., None]), 0.0)
+    alpha = jnp.exp(m - m_new)
+    den = alpha * den + jnp.sum(pr, axis=-1)
+    acc = alpha[..., None] * acc + jnp.einsum("bkgsc,bckd->bkgsd", pr.astype(q.dtype), v_new.astype(q.dtype),
+                                              preferred_element_type=f32)
+    out = jnp.where(den[..., None] > 0, acc / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd).astype(q.dtype)
 
 

@@ -168,16 +168,21 @@ def _split(stacked):
     return tuple(stacked[i].reshape((t, -1) if b == 1 else (b, t, -1)) for i in range(L_))
 
 
+@pytest.mark.parametrize("read", ["whole", "chunks"])
 @pytest.mark.parametrize("policy, lengths, s", [
     (ContextPolicy("hard", 0, 0, 300, 5, 60), (123, 297), 1),
+    (ContextPolicy("hard", 0, 0, 300, 5, 60), (12, 40), 1),  # young sessions: the default reads chunks
     (ContextPolicy("hard", 4, 50, 296, 5, 60), (200, 290), 2),  # window + sinks, two positions
     (ContextPolicy("sliding", 6, 40, 44, 5, None), (250, 17), 1),  # a wrapped ring: the block evicts a row
 ])
-def test_live_flat_reads_before_the_write_like_dense_after_it(policy, lengths, s):
+def test_live_flat_reads_before_the_write_like_dense_after_it(policy, lengths, s, read, monkeypatch):
     """"live_flat" on a split cache: the one-position read of the cache as it was *before* the block's
     write (the rows it writes hold stale K/V) plus the block's own K/V equals the reference over the
-    cache *after* the write; an idle slot's rows are its own; a larger block takes the per-slot loop
-    over each slot's buffer after the write, and a stacked cache the plain "live_window"."""
+    cache *after* the write, whether the old rows are read as the whole buffer or in live chunks
+    (`read`, forced where the cache does not wrap; a ring is read whole); an idle slot's rows are
+    its own; a block of more query rows runs
+    "live_window" after the write, and a stacked cache the plain "live_window"."""
+    monkeypatch.setattr(cache_attention, "FLAT_MIN_FILL", 10**9 if read == "whole" else 0)
     rng = np.random.RandomState(1)
     b = 3
     length = jnp.asarray(lengths + (5,), jnp.int32)  # slot 2 idle: writes to a scratch row

@@ -1,6 +1,6 @@
 """Pallas kernel benchmarks: prints a table and writes JSON.
 
-    python experiments/perf/kernels.py [--out=experiments/perf/results/kernels.json] [--iters=20]
+    python experiments/perf/kernel_timings.py [--out=experiments/perf/results/kernels.json] [--iters=20]
 
 On a GPU: flash attention (fwd and fwd+bwd) vs jax.nn.dot_product_attention (XLA and cuDNN) at
 training shapes; split-K decode attention vs the dense reference at micro-turn shapes; MoE
