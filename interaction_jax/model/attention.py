@@ -317,6 +317,7 @@ class Attention(nnx.Module):
         if o is not None:
             # The write reads the output, so XLA runs it after the read and updates the (donated)
             # buffer in place; a write it could schedule first would make it copy the buffer.
+            # `o` is finite (a convex combination of V rows, or zeros), so `after` is exactly 0.
             after = (0.0 * jnp.sum(o)).astype(k.dtype)
             k, v = k + after, v + after
         with jax.named_scope("kv_write"):  # scopes label the compiled ops for profiles
