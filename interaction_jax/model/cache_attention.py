@@ -66,12 +66,12 @@ def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMa
     The cache part is read one of two ways. A ring (it holds about one attention window) or a
     cache of at most `FLAT_MIN_FILL` chunks is always read whole; a longer "hard" cache is read
     whole while at least one `FLAT_MIN_FILL`-th of its rows hold positions (`lax.cond` per call).
-    Whole: the layer's buffer [B, T, KVH*hd] is contracted
-    whole with block-diagonal queries (row (head, group, position) holds the query in its KV
-    head's columns only): one matmul for the scores and one for the values, batched over slots,
-    no transpose, slice or reshape of the cache; the wasted FLOPs (x KVH) are free where the read
-    is bandwidth-bound. A cache mostly empty (a young session under a long "hard" limit) is read
-    in its live chunks instead, as the shared loop of "live_window" does. Rows this block writes
+    Whole: the layer's buffer [B, T, KVH*hd] is contracted with block-diagonal queries (row
+    (head, group, position) holds the query in its KV head's columns only): one matmul for the
+    scores and one for the values, batched over slots, no transpose, slice or reshape of the
+    cache; the wasted FLOPs (x KVH) are free where the read is bandwidth-bound. A cache mostly
+    empty (a young session under a long "hard" limit) is read in its live chunks instead, as the
+    shared loop of "live_window" does. Rows this block writes
     (`view.write_rows`) are masked (their old content is being replaced); the block's own keys are
     visible by position and `view.q_valid`: the keys the post-write read sees. Softmax in float32.
     """
@@ -91,6 +91,7 @@ def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMa
     kv_old = jnp.where(written, -1, view.kv_positions)
     old_view = view._replace(kv_positions=kv_old)
     valid = view.q_valid.astype(bool)
+    block = min(live_block(b * kvh, hd, kl.dtype.itemsize), t)  # the chunks of a mostly empty cache
 
     def whole(kl, vl):
         kl, vl = kl.astype(q.dtype), vl.astype(q.dtype)
@@ -116,14 +117,13 @@ def flat_before_write(q, k_new, v_new, k, v, layer, view: CacheView, rows: RowMa
     def chunks(kl, vl):
         ks = (kl[None] if kl.ndim == 2 else kl).reshape(1, b, t, kvh, hd)
         vs = (vl[None] if vl.ndim == 2 else vl).reshape(1, b, t, kvh, hd)
-        block = min(live_block(b * kvh, hd, ks.dtype.itemsize), t)
         _, most = _path_and_shared_chunks(old_view, rows, block, block)
         carry = (jnp.full((b, kvh, g, s), NEG_INF, f32), jnp.zeros((b, kvh, g, s), f32),
                  jnp.zeros((b, kvh, g, s, hd), f32))
         step = functools.partial(_all_slots_chunk, qb, ks, vs, 0, old_view, rows, block)
         return jax.lax.fori_loop(0, most, step, carry)
 
-    if rows.wraps or t <= FLAT_MIN_FILL * min(live_block(b * kvh, hd, kl.dtype.itemsize), t):
+    if rows.wraps or t <= FLAT_MIN_FILL * block:
         # a ring (about one window of rows) or a cache of a few chunks: whole, without a branch
         m, den, acc = whole(kl, vl)
     else:
@@ -349,9 +349,9 @@ def batch_invariant(q, k, v, layer, view: CacheView, rows: RowMap, impl: str) ->
     def chunk(c, b):
         p = c * block + jnp.arange(block, dtype=jnp.int32)
         r = jnp.clip(rows.position_rows(p), 0, t - 1)  # a row that does not hold p counts as no key
-        if isinstance(k, tuple):
-            hd = q.shape[-1]
-            kc, vc = layer_rows(k, layer, hd)[b, r].astype(q.dtype), layer_rows(v, layer, hd)[b, r].astype(q.dtype)
+        if isinstance(k, tuple):  # a split cache: the layer's buffer as [B, T, KVH, hd] (a reshape)
+            k_l, v_l = layer_rows(k, layer, q.shape[-1]), layer_rows(v, layer, q.shape[-1])
+            kc, vc = k_l[b, r].astype(q.dtype), v_l[b, r].astype(q.dtype)
         else:
             kc, vc = k[layer, b, r].astype(q.dtype), v[layer, b, r].astype(q.dtype)
         return kc, vc, jnp.where(view.kv_positions[b, r] == p, p, -1)
