@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import time
 
 from absl import app, flags
 
 from interaction_jax import cli
 from interaction_jax.errors import UserError
+from interaction_jax.results_io import commit, hardware
 
 FLAGS = flags.FLAGS
 
@@ -62,26 +61,6 @@ def _define_flags() -> None:
 
 class EvaluateError(UserError, RuntimeError):
     """A bad command-line input."""
-
-
-def commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def hardware() -> dict:
-    import jax
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()]}
 
 
 def make_engine(config, workdir: str | None, init: str, slots: int = 0, step: int | None = None):

@@ -148,17 +148,17 @@ def _curve_plot(curve: dict, path: str) -> str | None:
 
 
 def _hardware() -> dict:
-    """evaluate.hardware() (the evaluation's own record) plus the JAX version."""
+    """results_io.hardware() (the evaluation's own record) plus the JAX version."""
     import jax
 
-    from interaction_jax.evaluate import hardware
+    from interaction_jax.results_io import hardware
 
     return {**hardware(), "jax": jax.__version__}
 
 
 def build_results(config, workdir: str, timings: dict, command: str) -> dict:
     """Everything the report shows, from the saved stage outputs."""
-    from interaction_jax.evaluate import commit
+    from interaction_jax.results_io import commit
     from interaction_jax.summary import count_params
     from interaction_jax.train.metrics import read_scalars
 

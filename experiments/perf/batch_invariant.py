@@ -95,11 +95,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['config']:8} {r['sessions']:>4} {r['length_s']:>6.0f} {r['off_ms']:>9.1f} {r['on_ms']:>9.1f} "
               f"{r['ratio']:>7.2f}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
-                   "load_avg_1m": os.getloadavg()[0], "rows": rows}, f, indent=1)
-    print(f"wrote {args.json}")
+    from interaction_jax.results_io import write_record
+
+    write_record(args.json, {"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+                             "load_avg_1m": os.getloadavg()[0], "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Rates are per process (one core busy); with `data.worker_count` workers multiply
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -93,10 +92,9 @@ def main(argv):
     print(f"{'row':28s} {'median s/batch':>15s} {'micro-turns/s/core':>20s}")
     for name, r in rows.items():
         print(f"{name:28s} {r['median_batch_s']:15.4f} {r['micro_turns_per_s']:20.1f}")
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        json.dump({"config": sys.argv, "rows": rows, "cpu_count": os.cpu_count()}, f, indent=2)
-    print(f"wrote {FLAGS.out}")
+    from interaction_jax.results_io import write_record
+
+    write_record(FLAGS.out, {"config": sys.argv, "rows": rows, "cpu_count": os.cpu_count()})
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Median of `--iters` calls after a compile call (`kernels.timeit`). Timings are n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -218,10 +217,9 @@ def main() -> None:
         print(f"{r['config']:<8} {r['part']:<30} {r['dtype']:<9} {lay:<9} {r['ms']:>10.2f}  {r['note']}")
     out = dict(device=str(jax.devices()[0]), jax=jax.__version__, iters=args.iters, ticks=args.ticks,
                probes=probes, rows=rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.json}")
+    from interaction_jax.results_io import write_record
+
+    write_record(args.json, out)
 
 
 if __name__ == "__main__":

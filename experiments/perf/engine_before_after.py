@@ -91,13 +91,12 @@ def main() -> None:
               f"{c['after_ms']:>9.1f} {c['ratio']:>13.2f}")
     import jax
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"before": before, "after": after + ("-dirty" if dirty else ""), "rounds": args.rounds,
-                   "ticks": args.ticks, "after_set": args.after_set,
-                   "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
-                   "command": " ".join(sys.argv), "cells": cells}, f, indent=1)
-    print(f"wrote {args.json}")
+    from interaction_jax.results_io import write_record
+
+    write_record(args.json, {"before": before, "after": after + ("-dirty" if dirty else ""), "rounds": args.rounds,
+                             "ticks": args.ticks, "after_set": args.after_set,
+                             "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+                             "command": " ".join(sys.argv), "cells": cells})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ asserted in tests; run on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -160,16 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])], env=env).returncode
     sys.path.insert(0, REPO)
     result = run(args.config, args.slots, args.seconds, args.ticks, meshes)
-    from interaction_jax.evaluate import hardware
+    from interaction_jax.results_io import write_record
 
-    result["hardware"] = hardware()
     result["command"] = "python experiments/perf/engine_mesh.py " + " ".join(argv or sys.argv[1:])
     print(table(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
-    print(f"wrote {args.out}")
+    write_record(args.out, result)
     return 0
 
 

@@ -13,7 +13,6 @@ says so. Timings are medians of --iters runs after a warm-up (compile) call.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -173,11 +172,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['bench']:<24}{r['shape']:<40}{r['impl']:<20}{fmt(r.get('fwd_ms')):>10}"
               f"{fmt(r.get('fwd_bwd_ms')):>12}  {r.get('error') or ''}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(dict(device=device, backend=backend, jax=jax.__version__, commit=commit.strip(), note=note,
-                       rows=rows), fh, indent=1)
-    print(f"wrote {args.out}")
+    from interaction_jax.results_io import write_record
+
+    write_record(args.out, dict(device=device, backend=backend, jax=jax.__version__, commit=commit.strip(), note=note,
+                                rows=rows))
 
 
 if __name__ == "__main__":

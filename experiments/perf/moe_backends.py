@@ -15,7 +15,6 @@ Timings are never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -61,11 +60,11 @@ def main() -> None:
         row["best"] = best
         rows.append(row)
         print(f"{t:>5} " + " ".join(f"{row[n]:>10.3f}{'*' if n == best else ' '}" for n in IMPLS), flush=True)
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as fh:
-        json.dump({"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(), "config": args.config,
-                   "experts": e, "top_k": k, "d_model": d, "expert_ffn_dim": f, "rows": rows}, fh, indent=1)
-    print(f"wrote {args.json}")
+    from interaction_jax.results_io import write_record
+
+    write_record(args.json, {"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+                             "config": args.config, "experts": e, "top_k": k, "d_model": d, "expert_ffn_dim": f,
+                             "rows": rows})
 
 
 if __name__ == "__main__":

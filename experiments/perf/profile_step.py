@@ -211,10 +211,9 @@ def main() -> None:
     print(table(r))
     if args.json:
         r.update(device=str(jax.devices()[0]), jax=jax.__version__)
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
-        print(f"wrote {args.json}")
+        from interaction_jax.results_io import write_record
+
+        write_record(args.json, r)
 
 
 if __name__ == "__main__":

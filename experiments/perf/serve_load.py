@@ -180,15 +180,10 @@ def main(argv) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server we started
     rows = run(list(F.configs), clients, F.seconds, F.griffin_lim_iters)
     print(table(rows))
-    from interaction_jax.evaluate import hardware
+    from interaction_jax.results_io import write_record
 
-    os.makedirs(os.path.dirname(os.path.abspath(F.out)), exist_ok=True)
-    tmp = F.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"hardware": hardware(), "command": " ".join(sys.argv),
-                   "griffin_lim_iters": F.griffin_lim_iters or None, "rows": rows}, f, indent=1)
-    os.replace(tmp, F.out)
-    print(f"wrote {F.out}")
+    write_record(F.out, {"command": " ".join(sys.argv), "griffin_lim_iters": F.griffin_lim_iters or None,
+                         "rows": rows})
 
 
 if __name__ == "__main__":

@@ -223,11 +223,10 @@ def main() -> None:
             f"KV {r.get('kv_mb_per_session', 0):.1f} MiB/session"
         print(f"{r['bench']:13} {r['config']:10} {r['sessions']:>4} {r['length_s']:>6.0f} {r['median_ms']:>10.1f} "
               f"{r['p99_ms']:>8.1f} {r['rtf']:>6.2f}  {note}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(), "overrides": args.set,
-                   "rows": rows}, f, indent=1)
-    print(f"wrote {args.json}")
+    from interaction_jax.results_io import write_record
+
+    write_record(args.json, {"device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+                             "overrides": args.set, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from a prepared-features source, 1 process) is printed beside the step's consump
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -149,11 +148,10 @@ def main(argv):
             f"{r['tokens_per_s']:9.0f} {r['model_flops_per_s'] / 1e9:8.2f} {100 * r['mfu']:5.1f}% "
             f"{r['data_batches_per_s']:9.1f} {r['step_batches_per_s']:9.2f} {r['data_over_step']:8.0f}x"
         )
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        json.dump({"device": jax.devices()[0].device_kind, "peak_flops": peak, "peak_source": how, "rows": rows}, f,
-                  indent=2)
-    print(f"wrote {FLAGS.out}")
+    from interaction_jax.results_io import write_record
+
+    write_record(FLAGS.out, {"device": jax.devices()[0].device_kind, "peak_flops": peak, "peak_source": how,
+                             "rows": rows})
 
 
 if __name__ == "__main__":

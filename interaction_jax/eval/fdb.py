@@ -70,6 +70,7 @@ import numpy as np
 
 from interaction_jax.data.episode import Episode, Word
 from interaction_jax.errors import UserError
+from interaction_jax.results_io import write_json
 
 FDB_SAMPLE_RATE = 16000
 INPUT_WAV, OUTPUT_WAV, OUTPUT_JSON = "input.wav", "output.wav", "output.json"
@@ -94,22 +95,6 @@ class FdbError(UserError, ValueError):
 
 
 # ---- atomic, readable writes ---------------------------------------------------------------------
-def write_json(path: str, obj) -> str:
-    """Writes JSON atomically (temp file in the same folder, chmod 0644, then os.replace)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: unreadable to FDB run by another user
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def _copy(src: str, dst: str) -> None:
     """Copies a file atomically (temp file beside `dst`, chmod 0644, then os.replace)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".", suffix=".tmp")

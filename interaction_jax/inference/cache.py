@@ -156,15 +156,15 @@ def init_state(
     dtype=jnp.float32,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    per_layer: bool = False,
+    split: bool = False,
 ) -> EngineState:
-    """Allocates the state once (zeros; every slot empty). `per_layer`: K and V split into one buffer
-    per layer, [slots, rows, kv_heads * head_dim] ([rows, ...] for one slot) (for strategies with `per_layer_cache`)."""
+    """Allocates the state once (zeros; every slot empty). `split`: K and V split into one buffer
+    per layer, [slots, rows, kv_heads * head_dim] ([rows, ...] for one slot) (for strategies with `split_cache`)."""
     shape = (num_layers, slots, rows, kv_heads, head_dim)
     F, M = layout.frames_per_audio_position, layout.n_mels
 
     def cache():
-        if per_layer:
+        if split:
             one = (rows, kv_heads * head_dim) if slots == 1 else (slots, rows, kv_heads * head_dim)
             return tuple(jnp.zeros(one, dtype) for _ in range(num_layers))
         return jnp.zeros(shape, dtype)

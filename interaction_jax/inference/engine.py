@@ -56,7 +56,7 @@ from interaction_jax.model.kv_cache import (
     cache_attention_fn,
     cache_attention_names,
     resolve_strategy,
-    wants_per_layer_cache,
+    wants_split_cache,
 )
 from interaction_jax.model.moe.experts import available_impls, check_expert_impl
 from interaction_jax.model.moe.layer import expert_impl
@@ -309,10 +309,10 @@ class StreamEngine:
         self.policy = ContextPolicy.from_config(config, self.layout, max_block)
         self.feature_params = FeatureParams.from_config(config.features)
         self.strategy = engine_strategy(config)
-        # per-layer cache buffers for the strategies that read them whole; the scanned layer loop
-        # (traced layer index) and a mesh (shard_map over the stack) keep the stacked cache
-        self.per_layer_cache = (wants_per_layer_cache(self.strategy) and self.layer_loop == "unrolled"
-                                and self.mesh is None)
+        # a split cache (one buffer per layer) for the strategies that read it whole; the scanned
+        # layer loop (traced layer index) and a mesh (shard_map over the stack) keep the stacked one
+        self.split_cache = (wants_split_cache(self.strategy) and self.layer_loop == "unrolled"
+                            and self.mesh is None)
         self.state = init_state(
             num_layers=model.backbone.num_layers,
             slots=self.slots,
@@ -323,7 +323,7 @@ class StreamEngine:
             dtype=model.backbone.dtype,
             temperature=float(inf.temperature),
             top_p=float(inf.top_p),
-            per_layer=self.per_layer_cache,
+            split=self.split_cache,
         )
         strategy = self.strategy if self.mesh is None else sharding.sharded_strategy(self.strategy, self.mesh)
         step = make_stream_step(self.graph, self.layout, self.policy, self.feature_params,

@@ -367,5 +367,5 @@ register_cache_attention("live_window_batched", functools.partial(live_window, b
 register_cache_attention("batch_invariant", batch_invariant)
 _live_flat = functools.partial(live_window)
 _live_flat.before_write = flat_before_write
-_live_flat.per_layer_cache = True
+_live_flat.split_cache = True
 register_cache_attention("live_flat", _live_flat)

@@ -12,7 +12,7 @@ made once and served at once; a new way to read the cache is one registered func
                 in the layer loop's carry and only the new rows are scattered in, so a donated
                 cache is updated in place), or a tuple of one buffer per layer with flat rows,
                 [B, T, kv_heads * head_dim] ([T, kv_heads * head_dim] for one slot): the engine's
-                split cache, for `per_layer_cache` strategies (XLA:CPU contracts a whole buffer at
+                split cache, for `split_cache` strategies (XLA:CPU contracts a whole buffer at
                 memory speed where it copies a slice of a stack, or a buffer whose size-1 slot dim
                 it squeezes, first); `layer_rows(k, layer, head_dim)` is a layer's
                 [B, T, kv_heads, head_dim] either way
@@ -30,7 +30,7 @@ attention over the cache *before* this block's write (the rows this block writes
 over the block's own K/V, merged; `Attention` then writes the block after the read (ordered by a
 data dependence, so a donated buffer read whole can be updated in place). It returns None
 (statically) when its shapes do not suit it, and the strategy itself runs after the write.
-Strategies with `per_layer_cache = True` ask the engine for a split cache.
+Strategies with `split_cache = True` ask the engine for a split cache.
 Built-ins ("dense", "live_window", "live_window_batched", "live_flat", "batch_invariant":
 `cache_attention.py`; "pallas", "pallas_interpret": `kernels.py`) load on first use;
 `register_cache_attention` adds more.
@@ -139,9 +139,9 @@ def cache_dtype(cache):
     return cache[0].dtype if isinstance(cache, tuple) else cache.dtype
 
 
-def wants_per_layer_cache(name: str) -> bool:
-    """Whether strategy `name` reads per-layer cache buffers (its `per_layer_cache` attribute)."""
-    return bool(getattr(cache_attention_fn(name), "per_layer_cache", False))
+def wants_split_cache(name: str) -> bool:
+    """Whether strategy `name` reads a split cache, one buffer per layer (its `split_cache` attribute)."""
+    return bool(getattr(cache_attention_fn(name), "split_cache", False))
 
 
 CacheAttentionFn = Callable[..., jax.Array]
