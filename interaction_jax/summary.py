@@ -103,6 +103,9 @@ def format_plan(plan: dict) -> str:
         f"  KV cache per session ({plan['context_policy']}, {plan['cache_rows_per_session']} rows)"
         f"  {gib(plan['kv_bytes_per_session_per_device'])} per device",
     ]
+    for axis in plan.get("idle_axes", []):
+        lines.append(f"  note: {axis}={plan['mesh'][axis]} shards no parameter (it divides none of the dimensions "
+                     f"the rules map to it): every device holds what one device would")
     keys = ("param_bytes_per_device", "param_bytes_total", "kv_bytes_per_session_minute_per_device",
             "kv_bytes_per_session_per_device")
     lines.append(" ".join(f"{k}={plan[k]}" for k in keys))

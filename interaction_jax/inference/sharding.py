@@ -291,6 +291,12 @@ def serving_plan(config, shape: Mapping[str, int]) -> dict:
     head_split = math.prod(sizes[a] for a in ((head_entry,) if isinstance(head_entry, str) else head_entry or ()))
     per_position = 2 * L * (kvh // head_split) * hd * item  # K and V of one position, one device
     positions_per_minute = 60.0 / layout.micro_turn_s * layout.mean_positions_per_turn
+    # axes that split no parameter on their own (e.g. tensor=3 with 4 heads): every device of such an
+    # axis holds what one device would; the rules replicate any dimension an axis does not divide
+    # (data shards the sessions, not the parameters)
+    alone = lambda a: {**{b: 1 for b in sizes}, a: sizes[a]}  # noqa: E731
+    idle = [a for a, n in sizes.items() if n > 1 and a != "data"
+            and len(set(_shard_bytes(params, alone(a)))) == 1]
     return {
         "mesh": {a: n for a, n in sizes.items()},
         "devices": math.prod(sizes.values()),
@@ -300,4 +306,5 @@ def serving_plan(config, shape: Mapping[str, int]) -> dict:
         "kv_bytes_per_session_per_device": int(per_position * policy.rows),
         "context_policy": policy.kind,
         "cache_rows_per_session": int(policy.rows),
+        "idle_axes": idle,
     }

@@ -61,3 +61,14 @@ def test_pallas_moe_backends_fall_back_once_under_a_mesh():
         assert mesh_moe_impl("model", "ragged_dot", mesh) == "model"
     with pytest.warns(ServingMeshWarning, match="'pallas_gmm_interpret'"):
         assert mesh_moe_impl("model", "pallas_gmm_interpret", mesh) == "auto"  # the model's own backend
+
+
+def test_an_axis_that_divides_nothing_is_named():
+    from interaction_jax.summary import format_plan
+
+    c = load_config(config_path("tiny.py"))  # 4 heads, 2 kv heads
+    odd = serving_plan(c, {"tensor": 3, "data": 2})
+    assert odd["idle_axes"] == ["tensor"]
+    assert odd["param_bytes_per_device"] == odd["param_bytes_total"]
+    assert "note: tensor=3 shards no parameter" in format_plan(odd)
+    assert serving_plan(c, {"tensor": 2, "data": 2})["idle_axes"] == []  # data shards sessions: never named
