@@ -263,26 +263,19 @@ class Attention(nnx.Module):
         )
 
     def _proj(self, x: jax.Array, w: nnx.Param) -> jax.Array:
-        """x [B, S, D] @ w [D, H, hd] -> [B, S, H, hd] as one fixed-tile matmul (batch-invariant mode)."""
+        """x [B, S, D] @ w [D, H, hd] -> [B, S, H, hd] as one 2-D matmul (`matmul`: why 2-D)."""
         w = w[...].astype(self.dtype)
-        return matmul(x, w.reshape(w.shape[0], -1), True).reshape(x.shape[:-1] + w.shape[1:])
+        return matmul(x, w.reshape(w.shape[0], -1), self.batch_invariant).reshape(x.shape[:-1] + w.shape[1:])
 
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        dt = self.dtype
-        x = x.astype(dt)
-        if self.batch_invariant:
-            q, k, v = self._proj(x, self.wq), self._proj(x, self.wk), self._proj(x, self.wv)
-            return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
-        q = jnp.einsum("bsd,dhk->bshk", x, self.wq[...].astype(dt))
-        k = jnp.einsum("bsd,dhk->bshk", x, self.wk[...].astype(dt))
-        v = jnp.einsum("bsd,dhk->bshk", x, self.wv[...].astype(dt))
+        x = x.astype(self.dtype)
+        q, k, v = self._proj(x, self.wq), self._proj(x, self.wk), self._proj(x, self.wv)
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def _out(self, o: jax.Array) -> jax.Array:
-        if self.batch_invariant:
-            wo = self.wo[...].astype(self.dtype)
-            return matmul(o.astype(self.dtype).reshape(o.shape[:-2] + (-1,)), wo.reshape(-1, wo.shape[-1]), True)
-        return jnp.einsum("bshk,hkd->bsd", o, self.wo[...].astype(self.dtype))
+        wo = self.wo[...].astype(self.dtype)
+        o = (o.astype(self.dtype) if self.batch_invariant else o).reshape(o.shape[:-2] + (-1,))
+        return matmul(o, wo.reshape(-1, wo.shape[-1]), self.batch_invariant)
 
     def _sequence(self, q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array) -> jax.Array:
         """Causal (window / sinks) attention of a whole sequence over itself (teacher forcing)."""
