@@ -31,12 +31,25 @@ def commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; `platform.processor()` elsewhere): figures from
+    different CPUs must not be compared, and `processor` alone says only "x86_64"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> dict:
-    """The machine as JAX sees it (platform, CPU, core count, backend, devices)."""
+    """The machine as JAX sees it (platform, CPU model, core count, backend, devices)."""
     import jax
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()]}
 
 

@@ -34,3 +34,20 @@ def test_a_record_carries_commit_jax_hardware_and_command_and_keeps_its_own_keys
     assert got["rows"] == [1, 2] and got["command"] == "kept"
     write_record(str(path), {}, argv=[str(REPO / "experiments/perf/x.py"), "--a=1"])
     assert json.loads(path.read_text())["command"] == "python experiments/perf/x.py --a=1"  # no machine path
+
+
+def test_the_record_names_the_cpu_model_from_cpuinfo(tmp_path):
+    import platform
+
+    from interaction_jax.results_io import cpu_model
+
+    path = "/proc/cpuinfo"
+    if os.path.exists(path):
+        with open(path) as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.lower().startswith("model name")]
+    else:
+        names = []
+    expected = names[0] if names else (platform.processor() or platform.machine())
+    assert cpu_model() == expected and expected
+    write_record(str(tmp_path / "r.json"), {})
+    assert json.loads((tmp_path / "r.json").read_text())["hardware"]["cpu_model"] == expected
