@@ -27,4 +27,12 @@ def test_gpu_train_rejects_a_bad_step_count(steps, tmp_path):
 def test_gpu_run_rejects_an_unknown_stage(tmp_path):
     r = _run("experiments/perf/gpu_run.sh", {"STAGES": "tests_typo", "PYTHON": "true"}, tmp_path)
     assert r.returncode == 2
-    assert "unknown stage 'tests_typo'" in r.stderr and "expected tests, kernels, stream or thesis" in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown stage 'tests_typo'" in lines[0] and "train, invariant, hf" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_gpu_run_checks_every_stage_before_running_the_first(tmp_path):
+    r = _run("experiments/perf/gpu_run.sh", {"STAGES": "train,bogus", "PYTHON": "true"}, tmp_path)
+    assert r.returncode == 2 and "unknown stage 'bogus'" in r.stderr
+    assert not (tmp_path / "out").exists()  # the train stage never started

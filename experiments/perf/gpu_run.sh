@@ -5,7 +5,13 @@
 #   3. experiments/perf/streaming.py on the GPU (engine step time / RTF), if ml_collections imports
 #   4. thesis (only when STAGES names it): experiments/interaction_small/gpu_train.sh, the
 #      reproduction recipe trained for $STEPS steps, checkpoints packed into $OUT
-# STAGES picks and orders them (default tests,kernels,stream; e.g. STAGES=thesis STEPS=12000).
+#   5. train: experiments/perf/train_throughput.py, small and small_moe at their own batch and
+#      window (tokens/s, MFU against the device's peak)
+#   6. invariant: model.batch_invariant's end-to-end cost, in training (train_throughput.py, small
+#      off / on in one run) and in streaming (batch_invariant.py)
+#   7. hf: streaming.py with its Hugging Face row, both on the GPU (skipped without torch)
+# STAGES picks and orders them (default tests,kernels,stream; e.g. STAGES=thesis STEPS=12000, or
+# issue 18's GPU rows: STAGES=train,invariant,hf).
 # Packages the image lacks travel as wheels: `bash experiments/perf/gpu_wheels.sh` here fills .whl/,
 # name `.whl` in the device call's carry, and this script installs them into /tmp/site first.
 # Each stage has its own time limit so one hang cannot eat the others. Logs and JSON go to $OUT
@@ -13,11 +19,19 @@
 # present, else python3).
 set -u
 OUT=${OUT:-experiments/perf/results}
-mkdir -p "$OUT"
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 T_TESTS=${T_TESTS:-200} T_KERNELS=${T_KERNELS:-200} T_STREAM=${T_STREAM:-120} T_THESIS=${T_THESIS:-540}
+T_TRAIN=${T_TRAIN:-150} T_INVARIANT=${T_INVARIANT:-180} T_HF=${T_HF:-150}
 STAGES=${STAGES:-tests,kernels,stream}
+KNOWN="tests kernels stream thesis train invariant hf"
+for stage in ${STAGES//,/ }; do  # every name checked before any work: a typo costs no device time
+  case " $KNOWN " in
+    *" $stage "*) ;;
+    *) echo "gpu_run: unknown stage '$stage'; expected one of: ${KNOWN// /, }" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site || echo "gpu_run: installing .whl/ failed" >&2
@@ -45,10 +59,26 @@ stage_stream() {
 stage_thesis() {
   OUT="$OUT" PYTHON="$PY" timeout "$T_THESIS" bash experiments/interaction_small/gpu_train.sh
 }
+stage_train() {
+  timeout "$T_TRAIN" $PY experiments/perf/train_throughput.py --configs=small,small_moe --batch_size=0 --window=0 \
+    --steps=5 --out="$OUT/train_throughput_gpu.json" 2>&1 | tee "$OUT/train_throughput_gpu.log"
+}
+stage_invariant() {
+  timeout "$T_INVARIANT" $PY experiments/perf/train_throughput.py --configs=small,small@model.batch_invariant=True \
+    --batch_size=0 --window=0 --steps=5 --out="$OUT/train_batch_invariant_gpu.json" 2>&1 \
+    | tee "$OUT/train_batch_invariant_gpu.log"
+  timeout "$T_INVARIANT" $PY experiments/perf/batch_invariant.py --configs=small --sessions=1,16 --lengths=0,60 \
+    --ticks=10 --json="$OUT/batch_invariant_gpu.json" 2>&1 | tee "$OUT/batch_invariant_gpu.log"
+}
+stage_hf() {
+  if $PY -c "import torch, transformers, ml_collections" 2>/dev/null; then
+    timeout "$T_HF" $PY experiments/perf/streaming.py --configs=small,small_moe --sessions=1,4,16 --lengths=10,60 \
+      --ticks=5 --hf --no-naive --json="$OUT/streaming_gpu_hf.json" 2>&1 | tee "$OUT/streaming_gpu_hf.log"
+  else
+    echo "torch, transformers or ml_collections missing: the Hugging Face row skipped" | tee "$OUT/streaming_gpu_hf.log"
+  fi
+}
 for stage in ${STAGES//,/ }; do
   echo "== $stage"
-  case "$stage" in
-    tests|kernels|stream|thesis) "stage_$stage" ;;
-    *) echo "gpu_run: unknown stage '$stage'; expected tests, kernels, stream or thesis" >&2; exit 2 ;;
-  esac
+  "stage_$stage"
 done

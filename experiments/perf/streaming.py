@@ -113,7 +113,8 @@ def bench_naive(config_name: str, sessions: int, seconds: float, ticks: int) -> 
 
 
 def bench_hf(config_name: str, sessions: int, seconds: float, ticks: int) -> dict:
-    """The engine's micro-turn call pattern through Hugging Face transformers (PyTorch, CPU).
+    """The engine's micro-turn call pattern through Hugging Face transformers (PyTorch; on the GPU
+    when torch sees one, so a GPU engine row has its peer on the same device).
 
     A `LlamaForCausalLM` (dense) or `MixtralForCausalLM` (MoE: same experts, width, top-k) of the
     config's backbone dimensions (width, layers, GQA heads, head dim, FFN, text vocabulary; random
@@ -151,23 +152,29 @@ def bench_hf(config_name: str, sessions: int, seconds: float, ticks: int) -> dic
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(intermediate_size=m.ffn_dim, **dims)).eval()
     else:
         raise ValueError(f"bench_hf: no Hugging Face model for layer_pattern={m.layer_pattern!r} (dense or moe)")
-    embeds = [torch.randn(sessions, z - a, m.d_model) for a, z in segs]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    embeds = [torch.randn(sessions, z - a, m.d_model, device=device) for a, z in segs]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
         cache = None
         if turn:
-            cache = model(inputs_embeds=torch.randn(sessions, turn * P, m.d_model), use_cache=True).past_key_values
+            prefix = torch.randn(sessions, turn * P, m.d_model, device=device)
+            cache = model(inputs_embeds=prefix, use_cache=True).past_key_values
         for _ in range(ticks + 1):  # the first micro-turn warms up
+            sync()
             t0 = time.perf_counter()
             for x in embeds:
                 cache = model(inputs_embeds=x, past_key_values=cache, use_cache=True).past_key_values
+            sync()  # CUDA calls return before the work is done
             times.append(time.perf_counter() - t0)
     times = times[1:]
     med = float(np.median(times))
     return dict(bench="hf_transformers", config=config_name, sessions=sessions, length_s=seconds,
                 median_ms=med * 1e3, p99_ms=float(np.percentile(times, 99)) * 1e3, rtf=med / layout.micro_turn_s,
                 torch=torch.__version__, transformers=transformers.__version__,
-                threads=torch.get_num_threads())
+                threads=torch.get_num_threads(), torch_device=str(device))
 
 
 def _hf_available() -> bool:
