@@ -18,7 +18,17 @@ def _results() -> dict:
     return {"metrics": {"model": system([{"kind": "disallowed", "refused": True}]),
                         "baseline": system([{"kind": "benign", "refused": False}])},
             "metrics_by_mode": {"typed": {"model": {"refusal": {"refusal_rate": 1.0, "examples": [1]}}}},
+            "examples": {"refusal": [{"system": "model", "windows": [1, 2]}]},
             "workdir": "/somewhere/else", "commit": "abc1234"}
+
+
+def test_the_top_level_outputs_go_and_an_example_count_stays():
+    mod = load_script(SCRIPT, "_keep_results_top")
+    src = _results()
+    src["metrics"]["model"]["refusal"]["examples"] = 150  # evaluate's count of examples: a metric
+    got = mod.keep(src)
+    assert "examples" not in got and "examples" in src  # the input is not changed
+    assert got["metrics"]["model"]["refusal"]["examples"] == 150
 
 
 def test_keep_drops_outputs_and_other_judgements_but_no_metric(tmp_path):

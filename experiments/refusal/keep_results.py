@@ -20,16 +20,18 @@ NOTE = ("evaluate's results.json without the per-example outputs and without the
 def keep(results: dict, workdir: str | None = None) -> dict:
     """`results` with what the committed files leave out removed (a new dict; the input is not changed)."""
     d = json.loads(json.dumps(results))
+    d.pop("examples", None)  # evaluate's per-example outputs of every system, by benchmark
     for system, metrics in d["metrics"].items():
         r = metrics.get("refusal", {})
-        r.pop("examples", None)
+        if isinstance(r.get("examples"), list):  # per-example outputs; an int is the count, a metric
+            r.pop("examples")
         if system != "model":
             r.pop("judgements", None)
     for by_mode in d.get("metrics_by_mode", {}).values():
         for m in by_mode.values() if isinstance(by_mode, dict) else []:
             for r in m.values() if isinstance(m, dict) else []:
-                if isinstance(r, dict):
-                    r.pop("examples", None)
+                if isinstance(r, dict) and isinstance(r.get("examples"), list):
+                    r.pop("examples")
     if workdir:
         d["workdir"] = workdir
     d["note"] = NOTE
