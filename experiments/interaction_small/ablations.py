@@ -161,6 +161,34 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def collect(out_dir: str, steps: int, temperature: float) -> dict[str, dict]:
+    """Every row of `ROWS` whose results file in `out_dir` was trained for `steps` and decoded at
+    `temperature` (rows run by earlier invocations count; a row of another budget does not)."""
+    rows = {}
+    for name in ROWS:
+        path = os.path.join(out_dir, name, "results.json")
+        if not os.path.exists(path):
+            continue
+        res = json.load(open(path))
+        if (res["config"]["train"]["num_steps"] == steps
+                and abs(res["decoding"]["temperature"] - temperature) < 1e-9):
+            rows[name] = res
+    return rows
+
+
+def write_summary(out_dir: str, steps: int, num_examples: int, temperature: float) -> dict[str, dict]:
+    """`out_dir/summary.json` from the rows finished so far (rewritten after every row)."""
+    results = collect(out_dir, steps, temperature)
+    summary = {"steps": steps, "num_examples": num_examples, "temperature": temperature,
+               "split": "test", "command": " ".join(sys.argv),
+               "rows": {n: {"change": ROWS[n][0], "overrides": ROWS[n][1], "commit": r.get("commit"),
+                            "examples_per_task": r["test"].get("examples_per_task"),
+                            "train_seconds": r.get("wall_seconds", {}).get("train"),
+                            "headline": r["test"]["headline_typed"]["model"]} for n, r in results.items()}}
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    return results
+
+
 def main(argv):
     del argv
     unknown = [r for r in FLAGS.rows if r not in ROWS]
@@ -169,17 +197,11 @@ def main(argv):
     if FLAGS.steps < 1 or FLAGS.num_examples < 1:
         raise app.UsageError("--steps and --num_examples must be >= 1")
     temperature = chosen_temperature(FLAGS.temperature)
-    results = {name: run_row(name, temperature) for name in FLAGS.rows}
-    summary = {"steps": FLAGS.steps, "num_examples": FLAGS.num_examples, "temperature": temperature,
-               "split": "test", "command": " ".join(sys.argv),
-               "rows": {n: {"change": ROWS[n][0], "overrides": ROWS[n][1],
-                            "headline": r["test"]["headline_typed"]["model"]} for n, r in results.items()}}
-    path = os.path.join(FLAGS.out_dir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(table(results))
-    print(f"[ablations] wrote {path}")
+    for name in FLAGS.rows:
+        run_row(name, temperature)
+        results = write_summary(FLAGS.out_dir, FLAGS.steps, FLAGS.num_examples, temperature)
+        print(table(results), flush=True)
+    print(f"[ablations] wrote {os.path.join(FLAGS.out_dir, 'summary.json')}")
 
 
 if __name__ == "__main__":

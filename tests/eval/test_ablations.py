@@ -47,3 +47,21 @@ def test_table_has_one_line_per_row(ablations):
     rows = {"recipe": {"test": {"headline_typed": {"model": h}}}}
     lines = ablations.table(rows).splitlines()
     assert len(lines) == 3 and lines[2].startswith("| recipe |") and "| - |" in lines[2]
+
+
+def test_summary_keeps_only_rows_of_this_budget(ablations, tmp_path):
+    import json
+
+    def res(steps, temperature):
+        return {"config": {"train": {"num_steps": steps}}, "decoding": {"temperature": temperature},
+                "commit": "abc", "wall_seconds": {"train": 10.0},
+                "test": {"examples_per_task": 20, "headline_typed": {"model": {"timespeak_accuracy": 0.5}}}}
+
+    for name, r in {"recipe": res(750, 0.7), "one_head": res(500, 0.7), "cropped_windows": res(750, 0.3)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    rows = ablations.write_summary(str(tmp_path), 750, 20, 0.7)
+    assert list(rows) == ["recipe"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["rows"]) == ["recipe"] and summary["rows"]["recipe"]["examples_per_task"] == 20
+    assert summary["rows"]["recipe"]["headline"] == {"timespeak_accuracy": 0.5}
