@@ -51,6 +51,8 @@ def _define_flags() -> None:
                       "decoding settings on 'validation' (disjoint).")
     flags.DEFINE_enum("instruction_mode", "mixed", ["mixed", "typed", "spoken"], "How instructions reach the "
                       "model: the tasks' own mix of typed and spoken, or every one typed / spoken.")
+    flags.DEFINE_enum("scene", "default", ["default", "clean"], "Visual tasks' frames: as trained by default, or "
+                      "'clean' (same seeds and content, still camera, no noise or flicker: the `_clean` variants).")
     flags.DEFINE_integer("slots", 0, "Concurrent sessions per engine tick (0 = config.inference.slots).",
                          lower_bound=0)
     flags.DEFINE_string("asr", None, "Also grade the model's audio through this transcriber, "
@@ -94,11 +96,13 @@ def _attach_speech(runs, params, n_iter: int) -> None:
 def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], num_examples: int, out_dir: str,
              baseline: bool = False, oracle: bool = False, plot: bool = False, seed: int = 0, slots: int = 0,
              episode_seconds: float = 0.0, asr: str | None = None, split: str = "test",
-             instruction_mode: str | dict[str, str] = "mixed", step: int | None = None) -> dict:
+             instruction_mode: str | dict[str, str] = "mixed", step: int | None = None,
+             scene: str = "default") -> dict:
     """Runs the benchmarks; returns (and writes) the results dict.
 
     `instruction_mode` applies to every task, or per task as {task: mode} (others "mixed");
-    `split` picks the benchmark seed range; `step` a checkpoint other than the newest. Where a
+    `split` picks the benchmark seed range; `step` a checkpoint other than the newest; `scene`
+    "clean" renders the visual tasks without camera jitter and noise (same seeds). Where a
     benchmark's episodes carry both typed and spoken instructions, `metrics_by_mode` holds the
     metrics of each kind apart.
     """
@@ -115,8 +119,8 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
     seconds = float(episode_seconds or config.data.episode_seconds)
     tasks = sorted({t for b in benchmarks for t in bm.BENCHMARK_TASKS[b]})
     modes = instruction_mode if isinstance(instruction_mode, dict) else dict.fromkeys(tasks, instruction_mode)
-    episodes = {t: benchmark_episodes(t, num_examples, seconds, split=split, instruction_mode=modes.get(t, "mixed"))
-                for t in tasks}
+    episodes = {t: benchmark_episodes(t, num_examples, seconds, split=split, instruction_mode=modes.get(t, "mixed"),
+                                      scene=scene) for t in tasks}
     all_eps = [ep for t in tasks for ep in episodes[t]]
     transcriber = None
     if asr:
@@ -171,7 +175,7 @@ def evaluate(config, *, workdir: str | None, init: str, benchmarks: list[str], n
         results["examples"][b] = rows
     results.update(
         benchmarks=benchmarks, num_examples=num_examples, episode_seconds=seconds, workdir=workdir, init=init,
-        split=split, instruction_mode=modes, temperature=float(config.inference.temperature),
+        split=split, instruction_mode=modes, scene=scene, temperature=float(config.inference.temperature),
         top_p=float(config.inference.top_p), self_audio=str(config.inference.self_audio),
         commit=commit(), hardware=hardware(), model_seconds=model_s, slots=engine.slots,
         table=bm.table(results["metrics"]),
@@ -239,7 +243,7 @@ def main(argv):
         evaluate(config, workdir=FLAGS.workdir, init=FLAGS.init, benchmarks=FLAGS.benchmarks,
                  num_examples=FLAGS.num_examples, out_dir=out, baseline=FLAGS.baseline, oracle=FLAGS.oracle,
                  plot=FLAGS.plot, seed=FLAGS.seed, slots=FLAGS.slots, episode_seconds=FLAGS.episode_seconds,
-                 asr=FLAGS.asr, split=FLAGS.split, instruction_mode=FLAGS.instruction_mode)
+                 asr=FLAGS.asr, split=FLAGS.split, instruction_mode=FLAGS.instruction_mode, scene=FLAGS.scene)
     except (EvaluateError, ParamsError, AudioError, CheckpointMismatchError, FdbError, ConfigError, ASRError) as e:
         raise app.UsageError(str(e)) from e
 

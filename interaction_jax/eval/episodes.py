@@ -27,6 +27,7 @@ TASK_SEED_OFFSET.update(visual_cue=1_200_000, repcount=1_300_000, visual_qa=1_40
 # settings are chosen), so nothing is tuned on the episodes it is reported on.
 SPLIT_OFFSET = {"test": 0, "validation": 50_000}
 INSTRUCTION_MODES = ("mixed", "typed", "spoken")
+SCENES = ("default", "clean")  # how the visual tasks' frames are rendered (data/tasks/visual_scene.py)
 
 
 def eval_seed(task: str, index: int, split: str = "test") -> int:
@@ -41,18 +42,22 @@ def eval_seed(task: str, index: int, split: str = "test") -> int:
 
 
 def benchmark_episodes(task: str, num: int, duration_s: float, *, log: bool = True, split: str = "test",
-                       instruction_mode: str = "mixed") -> list[Episode]:
+                       instruction_mode: str = "mixed", scene: str = "default") -> list[Episode]:
     """`num` held-out episodes of `task` rendered with espeak-ng (deterministic per seed).
 
     `instruction_mode` "typed" / "spoken" gives every instruction that way (the task's curriculum
     variant, same seeds: the same episode content with the instruction typed or spoken); tasks
-    without instructions ignore it.
+    without instructions ignore it. `scene="clean"` renders the visual tasks' `_clean` variants
+    (same seeds and content, still camera, no noise); other tasks ignore it.
     """
     from interaction_jax.data import tasks
 
     if instruction_mode not in INSTRUCTION_MODES:
         raise ValueError(f"eval: instruction_mode must be one of {INSTRUCTION_MODES}, got {instruction_mode!r}")
-    name = task if instruction_mode == "mixed" or task not in tasks.INSTRUCTED_TASKS else f"{task}_{instruction_mode}"
+    if scene not in SCENES:
+        raise ValueError(f"eval: scene must be one of {SCENES}, got {scene!r}")
+    base = f"{task}_clean" if scene == "clean" and f"{task}_clean" in tasks.TASKS else task
+    name = base if instruction_mode == "mixed" or base not in tasks.INSTRUCTED_TASKS else f"{base}_{instruction_mode}"
     t0 = time.perf_counter()
     out = [tasks.generate(name, eval_seed(task, i, split), duration_s=duration_s) for i in range(int(num))]
     if log:

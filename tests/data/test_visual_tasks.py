@@ -150,3 +150,30 @@ def test_negatives_are_silent_throughout():
                                                    ep.metadata["instruction_mode"])
         diff = np.abs(ep.video[-1].image.astype(int) - ep.video[0].image.astype(int)).mean()
         assert diff > 1.0  # the picture changes
+
+
+def test_clean_variant_has_the_same_content_without_camera_noise():
+    """`<task>_clean`: same seed, same words and windows, but a still, noiseless camera."""
+    seed = next(s for s in range(40) if episode("visual_cue_typed", s).metadata["variant"] == "light")
+    ep = episode("visual_cue_typed", seed)
+    clean = episode("visual_cue_clean_typed", seed)
+    assert clean.task == "visual_cue" and clean.metadata["word"] == ep.metadata["word"]
+    assert [(w.kind, w.start, w.end, w.expected) for w in clean.grading] == \
+        [(w.kind, w.start, w.end, w.expected) for w in ep.grading]
+    a, b = (x.image.astype(np.int32) for x in clean.video[:2])
+    assert np.array_equal(a, b)  # nothing happens in the first 0.2 s: a still camera shows the same frame
+    noisy0, noisy1 = (x.image.astype(np.int32) for x in ep.video[:2])
+    assert np.abs(noisy0 - noisy1).mean() > 1.0  # the default camera's noise changes every pixel
+
+
+def test_benchmark_renders_the_clean_scene_on_the_same_seeds():
+    from interaction_jax.eval.episodes import benchmark_episodes
+
+    default, = benchmark_episodes("visual_qa", 1, DUR, log=False, instruction_mode="typed")
+    clean, = benchmark_episodes("visual_qa", 1, DUR, log=False, instruction_mode="typed", scene="clean")
+    assert clean.episode_id == default.episode_id
+    assert [e.text for e in clean.user_text] == [e.text for e in default.user_text]
+    assert np.array_equal(clean.video[0].image, clean.video[1].image)
+    assert not np.array_equal(default.video[0].image, default.video[1].image)
+    with pytest.raises(ValueError, match="scene must be one of"):
+        benchmark_episodes("visual_qa", 1, DUR, log=False, scene="noisy")

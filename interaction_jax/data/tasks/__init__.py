@@ -39,13 +39,17 @@ TASKS.update(refusal=refusal.generate, refusal_benign=refusal.generate_benign, r
 # Visual-proactivity tasks (visual.py): selectable by name or in a weighted mix; plain "mix" never draws them.
 VISUAL_TASKS: tuple[str, ...] = tuple(_VISUAL)
 TASKS.update(_VISUAL)
+# `<visual task>_clean`: the same episodes (same seeds, same content) with a still camera and no
+# noise or flicker (visual_scene.Scene(clean=True)); episode.task keeps the base name.
+CLEAN_VISUAL_TASKS: tuple[str, ...] = tuple(f"{t}_clean" for t in _VISUAL)
+TASKS.update({f"{t}_clean": functools.partial(fn, clean=True) for t, fn in _VISUAL.items()})
 # Curriculum variants: every task that gives an instruction has `<task>_typed` (every instruction
 # typed, so content is copied from text) and `<task>_spoken` (every instruction spoken). They are
 # selectable by name or in a weighted mix, never drawn by plain "mix"; episode.task keeps the
 # base name and episode.metadata["instruction_mode"] says which it was.
 INSTRUCTED_TASKS = ("timespeak", "cuespeak", "cuespeak_late", "turntaking", "interruption", "delegation", "refusal",
                     "refusal_benign", "refusal_redteam")
-INSTRUCTED_TASKS = (*INSTRUCTED_TASKS, *VISUAL_TASKS)
+INSTRUCTED_TASKS = (*INSTRUCTED_TASKS, *VISUAL_TASKS, *CLEAN_VISUAL_TASKS)
 for _name in INSTRUCTED_TASKS:
     for _mode in ("typed", "spoken"):
         TASKS[f"{_name}_{_mode}"] = functools.partial(TASKS[_name], instruction_mode=_mode)

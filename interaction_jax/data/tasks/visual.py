@@ -241,7 +241,8 @@ def _reps(scene: Scene, rng: np.random.Generator, start: int, max_reps: int, end
 
 
 # ---- tasks ----------------------------------------------------------------------------------------
-def visual_cue(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+def visual_cue(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed",
+               clean: bool = False) -> Episode:
     b = EpisodeBuilder("visual_cue", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     kind = ("light", "leave")[int(rng.integers(2))]
@@ -253,7 +254,7 @@ def visual_cue(seed: int, *, duration_s: float, renderer: SpeechRenderer, instru
     else:
         text = f"Say {word} when the {shape} leaves the screen."
     ready = b.instruct(text, float(rng.uniform(0.3, 0.8)))
-    scene = Scene(rng, b.duration)
+    scene = Scene(rng, b.duration, clean=clean)
     lo = _frame_at_or_after(ready + 1.2)
     hi = max(lo, int(np.floor((b.duration - CUE_LATE_S) / FRAME_S)))
     planned = int(rng.integers(lo, hi + 1))
@@ -298,12 +299,13 @@ def visual_cue(seed: int, *, duration_s: float, renderer: SpeechRenderer, instru
                    available=[(said, event)] if said is not None else [])
 
 
-def repcount(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+def repcount(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed",
+             clean: bool = False) -> Episode:
     b = EpisodeBuilder("repcount", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     text = str(rng.choice(COUNT_TEXTS))
     ready = b.instruct(text, float(rng.uniform(0.3, 0.8)))
-    scene = Scene(rng, b.duration)
+    scene = Scene(rng, b.duration, clean=clean)
     start = _frame_at_or_after(ready + float(rng.uniform(0.3, 1.0)))
     end = int(np.floor((b.duration - COUNT_LATE_S) / FRAME_S))
     completions, halves, info = _reps(scene, rng, start, int(rng.integers(3, 9)), end)
@@ -326,7 +328,8 @@ def repcount(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruct
     return _finish(b, frames, scene="reps", events=events, lookalikes=half_times, available=available)
 
 
-def visual_qa(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed") -> Episode:
+def visual_qa(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruction_mode: str = "mixed",
+              clean: bool = False) -> Episode:
     b = EpisodeBuilder("visual_qa", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     colour, shape = COLOURS[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]
@@ -334,7 +337,7 @@ def visual_qa(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruc
     text = str(rng.choice(QA_TEXTS))
     asked_first = bool(rng.random() < 0.5)
     decoy = bool(rng.random() < 0.5)
-    scene = Scene(rng, b.duration)
+    scene = Scene(rng, b.duration, clean=clean)
     if rng.random() < 0.5:  # a look-alike differs in one attribute
         d_colour, d_shape = _other(rng, COLOURS, colour), shape
     else:
@@ -376,7 +379,7 @@ def visual_qa(seed: int, *, duration_s: float, renderer: SpeechRenderer, instruc
 
 
 def visual_negative(seed: int, *, duration_s: float, renderer: SpeechRenderer,
-                    instruction_mode: str = "mixed") -> Episode:
+                    instruction_mode: str = "mixed", clean: bool = False) -> Episode:
     b = EpisodeBuilder("visual_negative", seed, duration_s, renderer, instruction_mode)
     rng = b.rng
     variant = ("unasked", "absent_cue")[int(rng.integers(2))]
@@ -392,7 +395,7 @@ def visual_negative(seed: int, *, duration_s: float, renderer: SpeechRenderer,
         b.metadata["instruction_end"] = quiet_from - MIN_LATENCY_S
     else:
         b.metadata["instruction_mode"] = "none"
-    scene = Scene(rng, b.duration)
+    scene = Scene(rng, b.duration, clean=clean)
     spacing = int(round(LOOKALIKE_GAP_S / FRAME_S))
     changes = _spread(rng, _frame_at_or_after(quiet_from), scene.n - 3, int(rng.integers(2, 5)), spacing)
     if kind == "light":

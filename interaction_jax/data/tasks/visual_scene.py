@@ -11,6 +11,11 @@ is not the event must change too, so that "something changed" is never the answe
     small per-frame brightness flicker,
   * pixel noise (`NOISE_STD`) on every frame.
 
+`Scene(..., clean=True)` keeps the same content (every seeded draw is made as before, so an
+episode's events, timing and words do not change) but with a still camera, no flicker and no
+noise: the tasks' `<task>_clean` variants, for probing whether the nuisance changes or the
+event itself is what a model fails to read.
+
 Sprites are drawn in *world* coordinates on a canvas `JITTER` px larger on every side than the
 frame; the camera crops `FRAME_SIZE` px from it. `Scene.render` returns the frames and, per
 sprite, its visible pixel count in every frame (from its mask, before noise), so a task can
@@ -97,8 +102,9 @@ def jitter_colour(rng: np.random.Generator, rgb: tuple, amount: int = 12) -> tup
 class Scene:
     """Background, clutter, camera and sprites of one episode; `render()` draws every frame."""
 
-    def __init__(self, rng: np.random.Generator, duration_s: float, size: int = FRAME_SIZE):
+    def __init__(self, rng: np.random.Generator, duration_s: float, size: int = FRAME_SIZE, *, clean: bool = False):
         self.rng, self.size, self.n = rng, int(size), num_frames(duration_s)
+        self.clean = bool(clean)
         c = self.size + 2 * JITTER
         self.canvas_size = c
         base = rng.integers(50, 140)
@@ -117,6 +123,9 @@ class Scene:
         steps = rng.integers(-1, 2, (self.n, 2))
         self.offsets = np.clip(np.cumsum(steps, axis=0), -JITTER, JITTER).astype(int)  # camera random walk
         self.gain = rng.uniform(0.96, 1.04, self.n).astype(np.float32)
+        if self.clean:  # the same draws, then a still camera without flicker (module docstring)
+            self.offsets[:] = 0
+            self.gain[:] = 1.0
         self.sprites: list[Sprite] = []
         self.extra: list[Callable[[int, np.ndarray], None]] = []
 
@@ -157,7 +166,7 @@ class Scene:
             for draw in self.extra:
                 draw(k, img)
             crop = img[oy : oy + s, ox : ox + s] * self.gain[k]
-            crop = crop + rng.normal(0.0, NOISE_STD, crop.shape)
+            crop = crop + (0.0 if self.clean else 1.0) * rng.normal(0.0, NOISE_STD, crop.shape)  # drawn either way
             frames.append(VideoFrame(frame_time(k), np.clip(np.rint(crop), 0, 255).astype(np.uint8)))
         return frames, visible
 
