@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.layout.video_frame_size = 160  # frames are resized/cropped to this square size
     # a frame's patches every k micro-turns; the others carry no video positions (training only so far)
     c.layout.video_every = 1
+    # each VIDEO patch also carries its change since the previous shown frame (3 more channels)
+    c.layout.video_delta = False
     c.layout.user_text_slots = 4
     c.layout.background_slots = 4
     c.layout.model_text_slots = 4

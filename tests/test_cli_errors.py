@@ -97,8 +97,9 @@ def _script(path: Path):
 
 def _command(name: str):
     """(main, define_flags) of a command."""
-    if name == "delegation":
-        module = _script(REPO / "experiments" / "delegation" / "run.py")
+    if name in ("delegation", "reproduce"):
+        folder = "delegation" if name == "delegation" else "interaction_small"
+        module = _script(REPO / "experiments" / folder / "run.py")
         return module.main, module._define_flags
     module = importlib.import_module({
         "train": "interaction_jax.train.__main__", "evaluate": "interaction_jax.evaluate",
@@ -233,6 +234,10 @@ CASES = [
     ("delegation", [C, "--num_examples=abc"], "num_examples"),
     ("delegation", [C], "--init=checkpoint needs --workdir"),
     ("delegation", [C, "--workdir=nowhere"], "nowhere"),
+    # --- experiments/interaction_small/run.py (make reproduce) ---
+    ("reproduce", ["--workdir=new_repro", "--self_audios=loud"], "--self_audios: got ['loud']"),
+    ("reproduce", ["--workdir=new_repro", "--temperatures=hot"], "--temperatures must be numbers"),
+    ("reproduce", ["--workdir=new_repro", "--stages=cook"], "unknown ['cook']"),
 ]
 
 

@@ -218,7 +218,7 @@ def markdown(res: dict, figures: list[str]) -> str:
         f"{res['training']['steps']} steps; final train loss {res['training']['final_loss']:.3f}"
         if res["training"]["final_loss"] is not None else "* model: see config.py",
         f"* decoding: temperature {res['decoding']['temperature']}, top-p {res['decoding']['top_p']}, chosen on the "
-        f"validation seeds; the model hears its own voice as `{res['decoding']['self_audio']}`",
+        f"validation seeds with what the model hears of its own voice: `{res['decoding']['self_audio']}`",
         f"* test: {res['test']['examples_per_task']} episodes per task of {res['test']['episode_seconds']:.0f} s "
         "(benchmark test seeds; delegation seeds 3,100,000..), through the streaming Scheduler",
         f"* hardware: {res['hardware']['cpu_count']} CPUs ({res['hardware']['processor']}), JAX "
@@ -259,8 +259,10 @@ def markdown(res: dict, figures: list[str]) -> str:
         lines.append("")
     sel = res["decoding"]["selection"]
     if sel:
-        lines += ["## Decoding settings (validation seeds)", "", "| temperature | score |", "|---|---|"]
-        lines += [f"| {c['temperature']} | {c['score']:.3f} |" for c in sel["candidates"]]
+        lines += ["## Decoding settings (validation seeds)", "", "| temperature | self-audio | score |",
+                  "|---|---|---|"]
+        lines += [f"| {c['temperature']} | {c.get('self_audio', 'generated')} | {c['score']:.3f} |"
+                  for c in sel["candidates"]]
         lines += ["", f"Score: {sel['score']}; {sel['examples_per_task']} validation episodes per task.", ""]
     for f in figures:
         lines += [f"![{os.path.splitext(f)[0]}](figures/{f})", ""]

@@ -8,10 +8,13 @@ Stages (each resumable: re-running skips what is done, pass --redo=STAGE to redo
 
 1. prepare: renders the training mix and a held-out-loss set (`data.prepare`, all cores).
 2. train: `config.py` (the recipe is in its docstring).
-3. select: decoding settings (`--temperatures`, top-p 0.95) tried on the *validation* seed range;
-   the best by the mean of the headline rates is used for every later stage.
+3. select: decoding settings (`--temperatures` x `--self_audios`, top-p 0.95) tried on the
+   *validation* seed range; the best by the mean of the headline rates is used for every later
+   stage. `--self_audios` (default: the generated voice only) is what the model hears of its own
+   voice while served: its generated voice, or silence (the muted condition `train.self_audio_dropout`
+   trains half of the windows in); `--self_audios=generated,silence` tries both.
 4. evaluate: the *test* seed range, `--num_examples` episodes per task, through the streaming
-   `Scheduler` (200 ms chunks, the model hearing its own generated voice): TimeSpeak, CueSpeak
+   `Scheduler` (200 ms chunks, the model hearing its own voice as selected): TimeSpeak, CueSpeak
    and delegation with typed instructions (the headline) and with spoken ones, FD-style tasks
    (interruption/backchannel, talking to others/background speech, turn-taking) with the tasks'
    own mix of typed and spoken instructions, each with the turn-based cascade and the oracle
@@ -38,6 +41,7 @@ sys.path.insert(0, HERE)
 import report as report_lib  # noqa: E402  (experiments/interaction_small/report.py)
 
 STAGES = ("prepare", "train", "select", "evaluate", "curve", "report")
+SELF_AUDIOS = ("generated", "silence")  # config_lib's choices of inference.self_audio
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +54,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_examples", 50, "Test episodes per benchmark task.")
     flags.DEFINE_integer("select_examples", 8, "Validation episodes per task for choosing the decoding settings.")
     flags.DEFINE_list("temperatures", ["0.3", "0.7"], "Sampling temperatures tried on the validation range.")
+    flags.DEFINE_list("self_audios", ["generated"], "What the served model hears of its own voice "
+                      "(inference.self_audio: generated, silence), tried on the validation range with every "
+                      "temperature.")
     flags.DEFINE_integer("curve_every", 500, "Learning curve: evaluate every N steps' checkpoint (0 = off).")
     flags.DEFINE_integer("curve_examples", 8, "Learning curve: validation episodes per task and checkpoint.")
     flags.DEFINE_string("results", os.path.join(HERE, "results.json"),
@@ -79,11 +86,18 @@ def _done(path: str, stage: str) -> bool:
     return False
 
 
-def _with_temperature(config, temperature: float):
+def _with_decoding(config, temperature: float, self_audio: str):
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.inference.temperature = float(temperature)
+        c.inference.self_audio = str(self_audio)
     return c
+
+
+def _select_dir(workdir: str, temperature: str, self_audio: str) -> str:
+    """Where one validation candidate's evaluations go (the generated-voice ones keep their older names)."""
+    tag = f"select_t{temperature}" if self_audio == "generated" else f"select_t{temperature}_{self_audio}"
+    return os.path.join(workdir, "eval", tag)
 
 
 def stage_prepare(config, workdir: str) -> None:
@@ -135,14 +149,15 @@ def run_benchmarks(config, workdir: str, out_dir: str, *, split: str, num: int, 
 
 
 def run_live_delegation(workdir: str, out: str, *, task: str, seed: int, num: int, temperature: float,
-                        plot_dir: str = "") -> dict:
+                        self_audio: str, plot_dir: str = "") -> dict:
     """experiments/delegation/run.py in a subprocess: a live hub, results computed from the model's requests."""
-    overrides = [a for a in sys.argv[1:] if a.startswith("--config.") and "inference.temperature" not in a]
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.") and "inference.temperature" not in a
+                 and "inference.self_audio" not in a]
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "delegation", "run.py"),
            f"--config={config_flags.get_config_filename(FLAGS['config'])}", *overrides,
            f"--workdir={os.path.join(workdir, 'run')}",
            f"--task={task}", f"--num_examples={num}", f"--seed={seed}", f"--out={out}",
-           f"--config.inference.temperature={temperature}"]
+           f"--config.inference.temperature={temperature}", f"--config.inference.self_audio={self_audio}"]
     if plot_dir:
         cmd += [f"--plot_dir={plot_dir}", "--num_plots=2"]
     print("[experiment] " + " ".join(cmd[1:]), flush=True)
@@ -155,43 +170,48 @@ def stage_select(config, workdir: str) -> dict:
     if _done(path, "select"):
         return _json(path)
     rows = []
-    for t in FLAGS.temperatures:
-        cfg = _with_temperature(config, float(t))
-        res = run_benchmarks(cfg, workdir, os.path.join(workdir, "eval", f"select_t{t}"), split="validation",
-                             num=FLAGS.select_examples, spoken_content=False, cascade=False)
-        deleg = run_live_delegation(workdir, os.path.join(workdir, "eval", f"select_t{t}", "delegation_live.json"),
-                                    task="delegation_typed", seed=DELEGATION_VALIDATION_SEED,
-                                    num=FLAGS.select_examples, temperature=float(t))
-        headline = report_lib.headline(res["typed"]["metrics"]["model"], deleg)
-        rows.append({"temperature": float(t), "score": report_lib.selection_score(headline), "headline": headline,
-                     "headline_scripted": report_lib.headline(res["typed"]["metrics"]["model"], None)})
-        print(f"[experiment] validation, temperature {t}: score {rows[-1]['score']:.3f}", flush=True)
-    best = max(rows, key=lambda r: r["score"])
-    out = {"candidates": rows, "temperature": best["temperature"], "top_p": float(config.inference.top_p),
-           "examples_per_task": FLAGS.select_examples, "split": "validation",
-           "score": "mean of the headline rates (report.selection_score)"}
+    for sa in FLAGS.self_audios:
+        for t in FLAGS.temperatures:
+            cfg = _with_decoding(config, float(t), sa)
+            d = _select_dir(workdir, t, sa)
+            res = run_benchmarks(cfg, workdir, d, split="validation", num=FLAGS.select_examples,
+                                 spoken_content=False, cascade=False)
+            deleg = run_live_delegation(workdir, os.path.join(d, "delegation_live.json"), task="delegation_typed",
+                                        seed=DELEGATION_VALIDATION_SEED, num=FLAGS.select_examples,
+                                        temperature=float(t), self_audio=sa)
+            headline = report_lib.headline(res["typed"]["metrics"]["model"], deleg)
+            rows.append({"temperature": float(t), "self_audio": sa, "score": report_lib.selection_score(headline),
+                         "headline": headline,
+                         "headline_scripted": report_lib.headline(res["typed"]["metrics"]["model"], None)})
+            print(f"[experiment] validation, temperature {t}, self-audio {sa}: score {rows[-1]['score']:.3f}",
+                  flush=True)
+    best = max(rows, key=lambda r: r["score"])  # ties keep the first: generated voice, lower temperature
+    out = {"candidates": rows, "temperature": best["temperature"], "self_audio": best["self_audio"],
+           "top_p": float(config.inference.top_p), "examples_per_task": FLAGS.select_examples,
+           "split": "validation", "score": "mean of the headline rates (report.selection_score)"}
     _write_json(path, out)
-    print(f"[experiment] chose temperature {best['temperature']} on the validation seeds")
+    print(f"[experiment] chose temperature {best['temperature']}, self-audio {best['self_audio']} on the "
+          "validation seeds")
     return out
 
 
-def stage_evaluate(config, workdir: str, temperature: float) -> dict:
+def stage_evaluate(config, workdir: str, temperature: float, self_audio: str) -> dict:
     path = os.path.join(workdir, "eval", "test.json")
     if _done(path, "evaluate"):
         return _json(path)
-    cfg = _with_temperature(config, temperature)
+    cfg = _with_decoding(config, temperature, self_audio)
     out_dir = os.path.join(workdir, "eval", "test")
     res = run_benchmarks(cfg, workdir, out_dir, split="test", num=FLAGS.num_examples)
     for mode in ("typed", "spoken"):
         res[f"delegation_live_{mode}"] = run_live_delegation(
             workdir, os.path.join(out_dir, f"delegation_live_{mode}.json"), task=f"delegation_{mode}",
-            seed=DELEGATION_TEST_SEED, num=FLAGS.num_examples, temperature=temperature,
+            seed=DELEGATION_TEST_SEED, num=FLAGS.num_examples, temperature=temperature, self_audio=self_audio,
             plot_dir=os.path.join(out_dir, "delegation_plots") if mode == "typed" else "")
     _write_json(path, res)
     return res
 
 
-def stage_curve(config, workdir: str, temperature: float) -> dict:
+def stage_curve(config, workdir: str, temperature: float, self_audio: str) -> dict:
     from interaction_jax.train import checkpoint as ckpt
 
     path = os.path.join(workdir, "eval", "curve.json")
@@ -202,9 +222,10 @@ def stage_curve(config, workdir: str, temperature: float) -> dict:
     last = manager.latest_step()
     if last is not None and last not in steps:
         steps.append(last)
-    cfg = _with_temperature(config, temperature)
+    cfg = _with_decoding(config, temperature, self_audio)
     sel = _json(os.path.join(workdir, "eval", "select.json"))
-    chosen = next((r for r in (sel or {}).get("candidates", []) if r["temperature"] == temperature), None)
+    chosen = next((r for r in (sel or {}).get("candidates", []) if r["temperature"] == temperature
+                   and r.get("self_audio", "generated") == self_audio), None)
     if (chosen and last is not None and last not in points and sel["examples_per_task"] == FLAGS.curve_examples
             and "headline_scripted" in chosen):
         points[last] = chosen["headline_scripted"]  # the same episodes, seeds and checkpoint: select ran it
@@ -215,7 +236,8 @@ def stage_curve(config, workdir: str, temperature: float) -> dict:
         res = run_benchmarks(cfg, workdir, os.path.join(workdir, "eval", "curve", str(step)), split="validation",
                              num=FLAGS.curve_examples, spoken_content=False, cascade=False, step=step)
         points[step] = report_lib.headline(res["typed"]["metrics"]["model"], None)
-        _write_json(path, {"temperature": temperature, "examples_per_task": FLAGS.curve_examples,
+        _write_json(path, {"temperature": temperature, "self_audio": self_audio,
+                           "examples_per_task": FLAGS.curve_examples,
                            "split": "validation", "points": {str(k): v for k, v in sorted(points.items())}})
     return _json(path) or {}
 
@@ -241,11 +263,14 @@ def main(argv):
     bad = [t for t in FLAGS.temperatures if not t.replace(".", "", 1).isdigit()]
     if bad or FLAGS.num_examples < 1 or FLAGS.select_examples < 1 or FLAGS.curve_examples < 1:
         raise app.UsageError("--temperatures must be numbers >= 0 and the example counts >= 1")
+    bad_sa = [s for s in FLAGS.self_audios if s not in SELF_AUDIOS]
+    if bad_sa or not FLAGS.self_audios:
+        raise app.UsageError(f"--self_audios: got {FLAGS.self_audios}; expected a list of {', '.join(SELF_AUDIOS)}")
     with config.unlocked():
         config.data.data_dir = os.path.join(workdir, "data", "train")
         config.data.eval_data_dir = os.path.join(workdir, "data", "eval")
     os.makedirs(workdir, exist_ok=True)
-    temperature = float(config.inference.temperature)
+    temperature, self_audio = float(config.inference.temperature), str(config.inference.self_audio)
     for stage in FLAGS.stages:
         t0 = time.perf_counter()
         print(f"[experiment] stage {stage}", flush=True)
@@ -254,14 +279,13 @@ def main(argv):
         elif stage == "train":
             stage_train(config, workdir)
         elif stage == "select":
-            temperature = stage_select(config, workdir)["temperature"]
-        elif stage == "evaluate":
+            sel = stage_select(config, workdir)
+            temperature, self_audio = sel["temperature"], sel.get("self_audio", "generated")
+        elif stage in ("evaluate", "curve"):
             sel = _json(os.path.join(workdir, "eval", "select.json"))
-            temperature = sel["temperature"] if sel else temperature
-            stage_evaluate(config, workdir, temperature)
-        elif stage == "curve":
-            sel = _json(os.path.join(workdir, "eval", "select.json"))
-            stage_curve(config, workdir, sel["temperature"] if sel else temperature)
+            if sel:  # a select.json written before self-audio was selected chose among the generated voice
+                temperature, self_audio = sel["temperature"], sel.get("self_audio", "generated")
+            (stage_evaluate if stage == "evaluate" else stage_curve)(config, workdir, temperature, self_audio)
         else:
             report_lib.write_report(config, workdir, FLAGS.results, _timings(workdir), " ".join(sys.argv))
             continue

@@ -56,9 +56,31 @@ def frame_to_patches(image: np.ndarray, frame_size: int = 160, patch_size: int =
     return np.ascontiguousarray(p.reshape(n * n, patch_size, patch_size, 3))
 
 
+DELTA_ZERO = 128  # the stored value of "no change" in a delta channel
+
+
+def with_delta(patches: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """[..., p, p, 3] uint8 RGB -> [..., p, p, 6]: the RGB and its change since `previous` (same shape;
+    None: no earlier frame, zero change), stored as uint8 `(now - before) // 2 + DELTA_ZERO` (0..255)."""
+    patches = np.asarray(patches)
+    if patches.dtype != np.uint8 or patches.shape[-1] != 3:
+        raise ValueError(f"with_delta: expected uint8 RGB patches [..., 3], got {patches.dtype} {patches.shape}")
+    if previous is None:
+        delta = np.full(patches.shape, DELTA_ZERO, np.uint8)
+    else:
+        previous = np.asarray(previous)
+        if previous.shape != patches.shape or previous.dtype != np.uint8:
+            raise ValueError(f"with_delta: previous patches {previous.dtype} {previous.shape} do not match "
+                             f"{patches.dtype} {patches.shape}")
+        delta = ((patches.astype(np.int16) - previous.astype(np.int16)) // 2 + DELTA_ZERO).astype(np.uint8)
+    return np.concatenate([patches, delta], axis=-1)
+
+
 def patches_to_frame(patches: np.ndarray, frame_size: int = 160) -> np.ndarray:
     """Inverse of `frame_to_patches`: [N, p, p, 3] row-major patches -> frame_size x frame_size x 3."""
     patches = np.asarray(patches)
+    if patches.ndim == 4 and patches.shape[3] == 6:  # `with_delta` patches: the RGB half
+        patches = patches[..., :3]
     if patches.ndim != 4 or patches.shape[1] != patches.shape[2] or patches.shape[3] != 3:
         raise ValueError(f"patches must be [N, p, p, 3], got shape {patches.shape}")
     n2, p = patches.shape[0], patches.shape[1]

@@ -14,7 +14,7 @@ along, so the default layout needs 7 model calls per micro-turn:
 Segments come from `StreamLayout` (kinds and block slices), never from hard-coded indices.
 
 `inputs` is one micro-turn per slot in the packed format of `StreamLayout.packed_spec(1)`
-(token_ids [B, P], dmel [B, P, F, M], patches [B, 1, V, ps, ps, 3], video_present [B, 1]) plus
+(token_ids [B, P], dmel [B, P, F, M], patches [B, 1, V, ps, ps, C], video_present [B, 1]) plus
 `active` [B] (slot takes part in this tick) and `forced` [B] (teacher forcing: output positions
 take the given inputs instead of the samples — `pack.pack_turn(grid, t)` of an episode makes the
 engine replay exactly the training sequence); optional `forced_audio` [B] forces only the

@@ -57,7 +57,7 @@ from interaction_jax.background.session import DelegationHub
 from interaction_jax.background.slots import BackgroundQueue
 from interaction_jax.data.episode import TextEvent, Word
 from interaction_jax.features.mel import mel_to_audio
-from interaction_jax.features.video import frame_to_patches
+from interaction_jax.features.video import frame_to_patches, with_delta
 from interaction_jax.inference.cache import SessionLimitError
 from interaction_jax.inference.engine import StreamEngine
 from interaction_jax.inference.features import StreamingFeatures
@@ -237,6 +237,7 @@ class Session:
         self._feedback = bool(engine.config.model.get("user_speech_feedback", False))
         self._heard_feed = np.full(self.layout.audio_positions, int(Control.NOTHING), np.int32)
         self._frame: np.ndarray | None = None  # video_every > 1: the last frame since the last video micro-turn
+        self._shown: np.ndarray | None = None  # layout.video_delta: RGB patches the last video micro-turn showed
 
     # ---- client side ------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> None:
@@ -295,9 +296,15 @@ class Session:
             self._frame, frame = self._frame if frame is None else frame, None
             if lay.has_video(self.turns_fed):
                 frame, self._frame = self._frame, None
-        if lay.video_patches and frame is not None:
-            inputs["patches"][row, 0] = frame_to_patches(frame, lay.video_frame_size, lay.patch_size)
+        video_turn = lay.video_patches and (lay.uniform or lay.has_video(self.turns_fed))
+        if video_turn and frame is not None:
+            patches = frame_to_patches(frame, lay.video_frame_size, lay.patch_size)
+            # the change since the last video micro-turn's frame (streams/pack.py `shown_frame`, the same rule)
+            inputs["patches"][row, 0] = with_delta(patches, self._shown) if lay.video_delta else patches
             inputs["video_present"][row, 0] = True
+            self._shown = patches
+        elif video_turn:
+            self._shown = None
         inputs["active"][row] = True
         text_forced = chunk.text_forced
         inputs["forced"][row] = text_forced

@@ -150,6 +150,7 @@ class InputEmbedding(nnx.Module):
         dmel_frame_width: int = 64,
         dmel_mlp_hidden: int = 512,
         user_speech_feedback: bool = False,
+        video_channels: int = 3,
         rngs: nnx.Rngs,
     ):
         self.d_model = d_model
@@ -183,7 +184,8 @@ class InputEmbedding(nnx.Module):
             )
         self.kind = param(rngs, nnx.initializers.normal(1.0), (NUM_KINDS, d_model), ("kinds", "embed"), param_dtype)
         if video_patches > 0:
-            self.hmlp = HMLPStem(d_model, patch_size=patch_size, dtype=dtype, param_dtype=param_dtype,
+            self.hmlp = HMLPStem(d_model, patch_size=patch_size, in_channels=video_channels, dtype=dtype,
+                                 param_dtype=param_dtype,
                                  batch_invariant=bi, gelu=hmlp_gelu, norm_eps=hmlp_norm_eps, rngs=rngs)
             self.no_frame = param(rngs, nnx.initializers.normal(1.0), (d_model,), ("embed",), param_dtype)
         else:

@@ -32,6 +32,9 @@ from interaction_jax.model.layers import LayerNorm, Linear
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
+# Channels 3..5 of 6-channel patches are frame deltas (`features.video.with_delta`: (now - before) // 2 + 128).
+DELTA_CENTER = 128.0
+DELTA_STD = 32.0  # a lamp switching on (about 115 levels, stored as ~57) reads ~1.8; pixel noise ~0.1
 GELU_FORMS = ("tanh", "exact")
 
 
@@ -55,9 +58,10 @@ def _tiles_to_channels(x: jax.Array, k: int) -> jax.Array:
 
 
 class HMLPStem(nnx.Module):
-    """Patches [..., P, P, 3] (uint8 or float in [0, 1] x 255) -> embeddings [..., D].
+    """Patches [..., P, P, C] (uint8 or float in [0, 1] x 255) -> embeddings [..., D].
 
-    Works on any leading shape (any number of patches); each patch is processed independently.
+    C is `in_channels`: 3 (RGB) or 6 (RGB and its frame delta, `layout.video_delta`). Works on any
+    leading shape (any number of patches); each patch is processed independently.
     """
 
     def __init__(
@@ -71,9 +75,14 @@ class HMLPStem(nnx.Module):
         batch_invariant: bool = False,
         gelu: str = "tanh",
         norm_eps: float = 1e-6,
+        in_channels: int = 3,
         rngs: nnx.Rngs,
     ):
-        """`gelu`: "tanh" (approximate, the default) or "exact" (erf, the paper's); `norm_eps`: LayerNorm eps."""
+        """`gelu`: "tanh" (approximate, the default) or "exact" (erf, the paper's); `norm_eps`: LayerNorm eps;
+        `in_channels`: 3 (RGB) or 6 (RGB + frame delta)."""
+        if in_channels not in (3, 6):
+            raise ValueError(f"hMLP: in_channels must be 3 (RGB) or 6 (RGB + frame delta), got {in_channels}")
+        self.in_channels = int(in_channels)
         if gelu not in GELU_FORMS:
             raise ValueError(f"hMLP: gelu must be one of {GELU_FORMS}, got {gelu!r}")
         if not norm_eps > 0:
@@ -88,7 +97,7 @@ class HMLPStem(nnx.Module):
         self.kernels = tuple(kernels)
         self.dtype = dtype
         widths = [max(d_model // 4, 1)] * (len(kernels) - 1) + [d_model]
-        c_in = 3
+        c_in = self.in_channels
         projs, norms = [], []
         for i, (k, c_out) in enumerate(zip(kernels, widths, strict=True)):
             out_axis = "embed" if i == len(kernels) - 1 else "conv_out"
@@ -136,10 +145,13 @@ class HMLPStem(nnx.Module):
     def __call__(self, patches: jax.Array) -> jax.Array:
         lead = patches.shape[:-3]
         p = self.patch_size
-        if patches.shape[-3:] != (p, p, 3):
-            raise ValueError(f"hMLP: expected patches [..., {p}, {p}, 3], got {patches.shape}")
-        x = patches.reshape((-1, p, p, 3)).astype(jnp.float32)
-        x = ((x / 255.0 - PIXEL_MEAN) / PIXEL_STD).astype(self.dtype)
+        c = self.in_channels
+        if patches.shape[-3:] != (p, p, c):
+            raise ValueError(f"hMLP: expected patches [..., {p}, {p}, {c}], got {patches.shape}")
+        x = patches.reshape((-1, p, p, c)).astype(jnp.float32)
+        rgb = (x[..., :3] / 255.0 - PIXEL_MEAN) / PIXEL_STD
+        x = rgb if c == 3 else jnp.concatenate([rgb, (x[..., 3:] - DELTA_CENTER) / DELTA_STD], axis=-1)
+        x = x.astype(self.dtype)
         last = len(self.kernels) - 1
         for i, k in enumerate(self.kernels):
             x = self.norms[i](self.projs[i](_tiles_to_channels(x, k)))

@@ -62,6 +62,7 @@ class InteractionModel(nnx.Module):
             dmel_bins=int(config.features.dmel_bins),
             patch_size=layout.patch_size,
             video_patches=layout.video_patches,
+            video_channels=layout.video_channels,
             time_embedding=bool(m.time_embedding),
             dtype=dtype,
             param_dtype=param_dtype,

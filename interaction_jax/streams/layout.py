@@ -20,6 +20,11 @@ positions at all (dropped from the sequence, not filled with empty patches). Pos
 sequence index, a fixed function of time. Packing, the model and the streaming engine read such
 layouts (the engine counts micro-turns from each session's own start, `inference/engine.py`);
 `uniform` says whether every micro-turn has the same positions.
+
+Frame deltas: with `video_delta` every patch carries 6 channels, the frame's RGB and its change
+since the frame shown at the previous video micro-turn (`features.video.with_delta`: zero change
+when that micro-turn showed none), so a model sees *what changed* without having to compare
+two positions. Packing and the streaming session compute it with the same function.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class StreamLayout:
     background_slots: int = 4
     model_text_slots: int = 4
     video_every: int = 1  # a frame's patches every k micro-turns (module docstring)
+    video_delta: bool = False  # patches carry RGB and the change since the last shown frame (module docstring)
 
     def __post_init__(self):
         ratio = self.micro_turn_ms / (self.frame_ms * self.frames_per_audio_position)
@@ -110,6 +116,7 @@ class StreamLayout:
             background_slots=int(lc.background_slots),
             model_text_slots=int(lc.model_text_slots),
             video_every=int(lc.get("video_every", 1)),
+            video_delta=bool(lc.get("video_delta", False)),  # .get: run configs saved before the key existed
         )
 
     # ---- derived sizes --------------------------------------------------------------------
@@ -147,6 +154,11 @@ class StreamLayout:
     def uniform(self) -> bool:
         """Every micro-turn has the same positions (no video, or video in every micro-turn)."""
         return self.video_every == 1 or self.video_patches == 0
+
+    @property
+    def video_channels(self) -> int:
+        """Channels of a packed patch: RGB, plus the RGB change with `video_delta`."""
+        return 6 if self.video_delta else 3
 
     def has_video(self, turn: int) -> bool:
         """Whether micro-turn `turn` (from the start of the session or window) holds the VIDEO block."""
@@ -257,7 +269,7 @@ class StreamLayout:
         return {
             "token_ids": ((L,), np.int32),  # text id fed at text positions, PAD elsewhere
             "dmel": ((L, F, M), np.uint8),  # dMel codes fed at audio positions, 0 elsewhere
-            "patches": ((W, V, ps, ps, 3), np.uint8),  # video patches per micro-turn holding VIDEO
+            "patches": ((W, V, ps, ps, self.video_channels), np.uint8),  # per micro-turn holding VIDEO
             "video_present": ((W,), np.bool_),  # a frame arrived in this micro-turn (its k micro-turns)
             "kinds": ((L,), np.int32),
             "positions": ((L,), np.int32),  # 0..L-1 within the window: position is time

@@ -55,7 +55,7 @@ class EpisodeGrid:
     model_text: np.ndarray  # [num_turns, model_text_slots] int32 (targets)
     user_speech: np.ndarray  # [num_turns, audio_positions] int32: user words as text (aux targets)
     prev_model_text: np.ndarray  # [num_turns] int32: last model-text target before turn t
-    patches: np.ndarray  # [num_turns, V, ps, ps, 3] uint8
+    patches: np.ndarray  # [num_turns, V, ps, ps, 3] uint8 RGB (`shown_frame` adds the deltas of video_delta)
     video_present: np.ndarray  # [num_turns] bool
     overflow: dict  # tokens per stream that did not fit before the episode ended
 
@@ -209,8 +209,7 @@ def pack_window(grid: EpisodeGrid, start: int, num_turns: int) -> dict[str, np.n
             dmel[w, sl[Kind.MODEL_AUDIO]] = fed
             fv = grid.model_frames_valid[f0 : f0 + N].reshape(A, F)
             amask[w, sl[Kind.MODEL_AUDIO]] = fv.all(axis=1).astype(np.float32)
-        out["patches"][w] = grid.patches[t]
-        out["video_present"][w] = grid.video_present[t]
+        out["patches"][w], out["video_present"][w] = shown_frame(grid, t)
     return out
 
 
@@ -232,7 +231,7 @@ def _pack_sparse_video(grid: EpisodeGrid, start: int, num_turns: int) -> dict[st
     patches = np.zeros(layout.packed_spec(num_turns)["patches"][0], np.uint8)
     present = np.zeros(layout.video_turns(num_turns), bool)
     for i, t in enumerate(range(start, start + num_turns, k)):
-        patches[i], present[i] = sparse_frame(grid, t)
+        patches[i], present[i] = shown_frame(grid, t)
     packed["patches"], packed["video_present"] = patches, present
     return packed
 
@@ -248,6 +247,24 @@ def sparse_frame(grid: EpisodeGrid, turn: int) -> tuple[np.ndarray, bool]:
     return grid.patches[got[-1]], True
 
 
+def shown_frame(grid: EpisodeGrid, turn: int) -> tuple[np.ndarray, bool]:
+    """(patches [V, ps, ps, layout.video_channels], present) the video micro-turn `turn` holds: its
+    `sparse_frame` (with k = 1, the frame of the micro-turn itself), and with `layout.video_delta`
+    the change since the frame shown at micro-turn turn - k (`features.video.with_delta`; zero change
+    when that one showed none or `turn` is the first). `inference/session.py` applies the same rule."""
+    from interaction_jax.features.video import with_delta
+
+    layout = grid.layout
+    raw, present = sparse_frame(grid, turn)
+    if not layout.video_delta:
+        return raw, present
+    if not present:
+        return np.zeros(raw.shape[:-1] + (layout.video_channels,), np.uint8), False
+    k = layout.video_every
+    before, seen = sparse_frame(grid, turn - k) if turn - k >= 0 else (None, False)
+    return with_delta(raw, before if seen else None), True
+
+
 def pack_turn(grid: EpisodeGrid, turn: int) -> dict[str, np.ndarray]:
     """Micro-turn `turn` as one row of the streaming engine's inputs (`packed_spec(1)`: every
     position of a micro-turn that holds VIDEO), e.g. for teacher forcing (`Chunk.force`).
@@ -260,7 +277,7 @@ def pack_turn(grid: EpisodeGrid, turn: int) -> dict[str, np.ndarray]:
     if layout.uniform:
         return pack_window(grid, turn, 1)
     one = pack_window(dataclasses.replace(grid, layout=dataclasses.replace(layout, video_every=1)), turn, 1)
-    patches, present = sparse_frame(grid, turn) if layout.has_video(turn) else (None, False)
+    patches, present = shown_frame(grid, turn) if layout.has_video(turn) else (None, False)
     one["patches"] = np.zeros_like(one["patches"]) if patches is None else patches[None]
     one["video_present"] = np.array([present], bool)
     return one

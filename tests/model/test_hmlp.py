@@ -58,10 +58,10 @@ def test_wrong_patch_size_is_rejected(stem):
         jax.eval_shape(lambda x: stem(x), jnp.zeros((2, 32, 32, 3), jnp.uint8))
 
 
-def _torch_layout_weights(d, kernels=(4, 2, 5), seed=0):
+def _torch_layout_weights(d, kernels=(4, 2, 5), seed=0, in_channels=3):
     """Random weights as a torch hMLP stem stores them: Conv2d [out, in, k, k] + bias, LayerNorm weight + bias."""
     rs = np.random.RandomState(seed)
-    widths, c_in, convs, norms = [d // 4, d // 4, d], 3, [], []
+    widths, c_in, convs, norms = [d // 4, d // 4, d], in_channels, [], []
     for k, c_out in zip(kernels, widths, strict=True):
         convs.append((rs.normal(0, 1 / np.sqrt(k * k * c_in), (c_out, c_in, k, k)).astype(np.float32),
                       rs.normal(0, 0.1, c_out).astype(np.float32)))
@@ -75,6 +75,8 @@ def _numpy_stem(patches, convs, norms, *, exact: bool, eps: float, kernels=(4, 2
     from scipy.special import erf
 
     x = (patches.astype(np.float64) / 255.0 - 0.5) / 0.25
+    if patches.shape[-1] == 6:  # RGB + frame delta (features.video.with_delta: change // 2 + 128), scaled by 32
+        x[..., 3:] = (patches[..., 3:].astype(np.float64) - 128.0) / 32.0
     x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     for i, (k, (w, b), (g, beta)) in enumerate(zip(kernels, convs, norms, strict=True)):
         n, c, h, wd = x.shape
@@ -110,3 +112,18 @@ def test_stem_options_are_config_keys_and_checked(tiny_config):
     convs, norms = _torch_layout_weights(D)
     with pytest.raises(ValueError, match="stage 0 conv weight"):
         HMLPStem(D, rngs=nnx.Rngs(0)).load_torch_weights([(convs[0][0][:, :2], convs[0][1])] + convs[1:], norms)
+
+
+def test_six_channel_stem_with_frame_deltas_matches_the_numpy_reference():
+    """`in_channels=6` (layout.video_delta): RGB normalised as before, the delta channels centred on
+    128 and scaled by 32; the same stride == kernel stages."""
+    convs, norms = _torch_layout_weights(D, in_channels=6)
+    stem = HMLPStem(D, in_channels=6, gelu="exact", norm_eps=1e-5, rngs=nnx.Rngs(1))
+    stem.load_torch_weights(convs, norms)
+    x = np.random.RandomState(4).randint(0, 256, (3, 40, 40, 6)).astype(np.uint8)
+    ref = _numpy_stem(x, convs, norms, exact=True, eps=1e-5)
+    np.testing.assert_allclose(np.asarray(_apply(stem, x)), ref, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="40, 40, 6"):
+        jax.eval_shape(lambda p: stem(p), jnp.zeros((2, 40, 40, 3), jnp.uint8))
+    with pytest.raises(ValueError, match="in_channels must be 3"):
+        HMLPStem(D, in_channels=4, rngs=nnx.Rngs(0))
