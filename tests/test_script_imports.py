@@ -18,6 +18,7 @@ SCRIPTS = [
     "experiments/interaction_small/transcription_probe.py",
     "experiments/delegation/run.py",
     "experiments/fdb_scoring/score.py",
+    "experiments/visual_proactivity/probe.py",
 ]
 
 
