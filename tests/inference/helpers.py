@@ -3,11 +3,15 @@ engine-vs-training-forward comparison."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from interaction_jax.background.protocol import DelegationEvent
 from interaction_jax.data.episode import BackgroundEvent, Episode, TextEvent, VideoFrame, Word
 from interaction_jax.features.mel import FeatureParams
 from interaction_jax.inference import sampling
+from interaction_jax.inference.session import Chunk
 from interaction_jax.streams.layout import Kind, StreamLayout
 from interaction_jax.streams.pack import EpisodeGrid, pack_turn, pack_window
 from interaction_jax.streams.tokenizer import ByteTokenizer
@@ -71,3 +75,28 @@ def check_alignment(model, layout, grid, ref, outs, slot, atol, seed: int = 7) -
             k = sampling.position_keys(tk, sampling.AUDIO_KEY_OFFSET + j)[0]
             want = np.asarray(model.sample_mel(ref_h[t, j], k))
             np.testing.assert_allclose(outs[t]["mel"][slot, j], want, atol=10 * atol, rtol=0)
+
+
+# frames in micro-turns 0, 1, 2, 4 and 6 (200 ms micro-turns): none arrives in micro-turn 3 or 5
+FRAME_TIMES = (0.05, 0.3, 0.5, 0.9, 1.25)
+
+
+def video_episode(duration: float = 1.4) -> Episode:
+    """`episode(duration, seed=3)` with random 80x80 frames at FRAME_TIMES (the sparse-video tests')."""
+    ep = episode(duration, seed=3)
+    rng = np.random.default_rng(1)
+    return dataclasses.replace(ep, video=[VideoFrame(t, rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
+                                          for t in FRAME_TIMES])
+
+
+def live_chunks(ep: Episode, layout: StreamLayout) -> list[Chunk]:
+    """The episode cut into 200 ms chunks, each event in the micro-turn it arrives in."""
+    S = int(layout.micro_turn_s * 16000)
+    chunks = [Chunk(audio=ep.user_audio[t * S : (t + 1) * S]) for t in range(layout.num_turns(ep.duration))]
+    for ev in ep.user_text:
+        chunks[layout.input_turn(ev.time)].text = ev.text
+    for ev in ep.background:
+        chunks[layout.input_turn(ev.time)].background = [DelegationEvent("done", ev.job_id, "s", ev.time, ev.text)]
+    for fr in sorted(ep.video, key=lambda f: f.time):
+        chunks[layout.input_turn(fr.time)].video = fr.image
+    return chunks

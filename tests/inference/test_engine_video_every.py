@@ -3,34 +3,23 @@ equals the training forward on the sparse-packed window, also with sessions at o
 in the same batch; sessions at different phases leave each other bitwise unchanged; a live session
 shows the frame the packer shows; the combinations still refused fail with one clear line."""
 
-import dataclasses
 
 import jax
 import numpy as np
 import pytest
 from conftest import config_path
 from flax import nnx
-from helpers import check_alignment, episode, forced_inputs, grid_and_window
+from helpers import check_alignment, forced_inputs, grid_and_window, live_chunks, video_episode
 
-from interaction_jax.background.protocol import DelegationEvent
 from interaction_jax.config_lib import ConfigError, load_config
-from interaction_jax.data.episode import VideoFrame
 from interaction_jax.inference.engine import StreamEngine
-from interaction_jax.inference.session import Chunk, Scheduler
+from interaction_jax.inference.session import Scheduler
 from interaction_jax.model.interaction_model import InteractionModel, block_of
 from interaction_jax.streams.layout import Kind
 from interaction_jax.streams.pack import pack_turn, pack_window
 
-# frames in micro-turns 0, 1, 2, 4 and 6 (200 ms micro-turns): with k = 3, micro-turn 3 shows the
-# frame of micro-turn 2 (none arrived in 3 itself), micro-turn 6 its own
-FRAME_TIMES = (0.05, 0.3, 0.5, 0.9, 1.25)
-
-
-def _episode(duration=1.4):
-    ep = episode(duration, seed=3)
-    rng = np.random.default_rng(1)
-    return dataclasses.replace(ep, video=[VideoFrame(t, rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
-                                          for t in FRAME_TIMES])
+# with k = 3, micro-turn 3 shows the frame of micro-turn 2 (none arrived in 3 itself), micro-turn 6 its own
+_episode = video_episode
 
 
 def _setup(k, overrides=(), slots=3, duration=1.4):
@@ -130,17 +119,7 @@ def test_sessions_at_different_phases_do_not_see_each_other_bitwise(sparse2):
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"slot {s} {key}")
 
 
-def _chunks(ep, layout):
-    """The episode cut into 200 ms chunks, each event in the micro-turn it arrives in."""
-    S = int(layout.micro_turn_s * 16000)
-    chunks = [Chunk(audio=ep.user_audio[t * S : (t + 1) * S]) for t in range(layout.num_turns(ep.duration))]
-    for ev in ep.user_text:
-        chunks[layout.input_turn(ev.time)].text = ev.text
-    for ev in ep.background:
-        chunks[layout.input_turn(ev.time)].background = [DelegationEvent("done", ev.job_id, "s", ev.time, ev.text)]
-    for fr in sorted(ep.video, key=lambda f: f.time):
-        chunks[layout.input_turn(fr.time)].video = fr.image
-    return chunks
+_chunks = live_chunks
 
 
 @pytest.mark.parametrize("k", [2, 3])

@@ -3,32 +3,23 @@ the previous video micro-turn. The delta is checked against a hand formula on th
 frames; a live session shows what the packer shows (uniform and sparse video); a teacher-forced
 replay through the engine equals the training forward on the delta-packed window."""
 
-import dataclasses
 
 import jax
 import numpy as np
 import pytest
 from conftest import config_path
 from flax import nnx
-from helpers import check_alignment, episode, forced_inputs, grid_and_window
+from helpers import check_alignment, forced_inputs, grid_and_window, live_chunks, video_episode
 
 from interaction_jax.config_lib import load_config
-from interaction_jax.data.episode import VideoFrame
 from interaction_jax.features.video import frame_to_patches, with_delta
 from interaction_jax.inference.engine import StreamEngine
-from interaction_jax.inference.session import Chunk, Scheduler
+from interaction_jax.inference.session import Scheduler
 from interaction_jax.model.interaction_model import InteractionModel
 from interaction_jax.streams.pack import pack_turn
 
-# frames in micro-turns 0, 1, 2, 4 and 6: micro-turn 3 shows none, so micro-turn 4 has no change to show
-FRAME_TIMES = (0.05, 0.3, 0.5, 0.9, 1.25)
-
-
-def _episode(duration=1.4):
-    ep = episode(duration, seed=3)
-    rng = np.random.default_rng(1)
-    return dataclasses.replace(ep, video=[VideoFrame(t, rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
-                                          for t in FRAME_TIMES])
+# (helpers.FRAME_TIMES) micro-turn 3 shows no frame, so micro-turn 4 has no change to show
+_episode = video_episode
 
 
 def _config(k=1, *more):
@@ -68,14 +59,7 @@ def test_packed_window_holds_each_frame_and_its_change_since_the_one_before():
     assert (win["patches"][1, ..., 3:] != 128).any()  # a real change is there to see
 
 
-def _chunks(ep, layout):
-    S = int(layout.micro_turn_s * 16000)
-    chunks = [Chunk(audio=ep.user_audio[t * S : (t + 1) * S]) for t in range(layout.num_turns(ep.duration))]
-    for ev in ep.user_text:
-        chunks[layout.input_turn(ev.time)].text = ev.text
-    for fr in sorted(ep.video, key=lambda f: f.time):
-        chunks[layout.input_turn(fr.time)].video = fr.image
-    return chunks
+_chunks = live_chunks
 
 
 @pytest.mark.parametrize("k", [1, 2])
